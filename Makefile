@@ -1,0 +1,50 @@
+# The two commands: `make run` (set up + full retrain on the embedded default) and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export BENTOML_HOME ?= $(CURDIR)/.bentoml
+export BENTOML_DO_NOT_TRACK := True
+export HF_HUB_OFFLINE := 1
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: run test test-fast setup repro serve monitor bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade "pip>=24"
+	# constraints.txt is the lock: the exact versions verified together (torch = the local CPU wheel).
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+.git:
+	git init -q
+
+.dvc/config: | .git
+	$(BIN)/dvc init -q
+
+run: $(STAMP) | .git
+	$(BIN)/causalrec retrain --params params.yaml
+
+test: $(STAMP)
+	# pytest exits 5 when it collected no test: that fails CI too.
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+repro: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+
+serve: $(STAMP)
+	$(BIN)/bentoml serve causalrec:latest --host 127.0.0.1 --port 3000
+
+monitor: $(STAMP)
+	$(BIN)/causalrec monitor-flow --params params.yaml
+
+clean:
+	rm -rf artifacts .cache .bentoml .prefect

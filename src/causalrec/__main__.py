@@ -1,0 +1,3 @@
+from causalrec.cli import app
+
+app()

@@ -1,0 +1,1 @@
+"""Propensities, debiasing losses, uplift learners, causal graphs and effect estimates."""

@@ -1,0 +1,79 @@
+"""Exposure propensities p(O=1 | u, i): logged by the policy, or estimated, then clipped.
+
+Estimators are small sklearn-style objects: `fit(interactions)` then `predict(users, items)`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+
+
+@dataclass
+class PopularityPropensity:
+    """p(exposed | item) = the item's share of exposures among its logged visits (smoothed)."""
+
+    smoothing: float = 1.0
+    rates_: dict = field(default_factory=dict, init=False, repr=False)
+
+    def fit(self, interactions: pd.DataFrame) -> "PopularityPropensity":
+        g = interactions.groupby("item_id")["exposed"].agg(["sum", "count"])
+        prior = interactions["exposed"].mean()
+        self.rates_ = ((g["sum"] + self.smoothing * prior) / (g["count"] + self.smoothing)).to_dict()
+        self.prior_ = float(prior)
+        return self
+
+    def predict(self, users, items) -> np.ndarray:
+        return np.array([self.rates_.get(i, self.prior_) for i in items], dtype=np.float64)
+
+
+@dataclass
+class LogisticPropensity:
+    """Logistic exposure model on user and item activity (log counts) and item popularity rank."""
+
+    C: float = 1.0
+    model_: object = field(default=None, init=False, repr=False)
+
+    def _features(self, users, items) -> np.ndarray:
+        u = np.log1p(pd.Series(users).map(self.user_counts_).fillna(0).to_numpy())
+        i = np.log1p(pd.Series(items).map(self.item_counts_).fillna(0).to_numpy())
+        return np.c_[u, i, u * i]
+
+    def fit(self, interactions: pd.DataFrame) -> "LogisticPropensity":
+        exposed = interactions[interactions["exposed"] == 1]
+        self.user_counts_ = exposed["user_id"].value_counts().to_dict()
+        self.item_counts_ = exposed["item_id"].value_counts().to_dict()
+        x = self._features(interactions["user_id"], interactions["item_id"])
+        self.model_ = LogisticRegression(C=self.C, max_iter=500).fit(x, interactions["exposed"].to_numpy())
+        return self
+
+    def predict(self, users, items) -> np.ndarray:
+        return self.model_.predict_proba(self._features(users, items))[:, 1]
+
+
+def clip_propensity(p: np.ndarray, clip_min: float) -> np.ndarray:
+    return np.clip(np.asarray(p, dtype=np.float64), clip_min, 1.0)
+
+
+def effective_sample_size(weights: np.ndarray) -> float:
+    """Kish's ESS of importance weights: how many unweighted samples they are worth."""
+    w = np.asarray(weights, dtype=np.float64)
+    return float(w.sum() ** 2 / (w ** 2).sum())
+
+
+def estimate_propensities(interactions: pd.DataFrame, method: str, clip_min: float) -> np.ndarray:
+    """Propensity of exposure for every row of `interactions`, clipped to [clip_min, 1]."""
+    if method == "logged":
+        if "propensity" not in interactions or interactions["propensity"].isna().any():
+            raise ValueError("propensity.method is 'logged' but the interactions have no (complete) 'propensity' column; "
+                             "use 'popularity' or 'logistic'")
+        p = interactions["propensity"].to_numpy()
+    elif method == "popularity":
+        p = PopularityPropensity().fit(interactions).predict(interactions["user_id"], interactions["item_id"])
+    elif method == "logistic":
+        p = LogisticPropensity().fit(interactions).predict(interactions["user_id"], interactions["item_id"])
+    else:
+        raise ValueError(f"unknown propensity method {method!r}")
+    return clip_propensity(p, clip_min)

@@ -1,0 +1,93 @@
+"""`causalrec <stage>`: a thin shell over causalrec.pipeline (dvc.yaml calls these)."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(add_completion=False, help="Causal recommendation pipeline: stages, flows and serving.",
+                  pretty_exceptions_enable=False)
+PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="params.yaml of the project")
+
+
+def _run(stage: str, params_path: Path) -> None:
+    from causalrec import pipeline
+    from causalrec.config import ConfigError, load_params
+    from causalrec.data.schema import DataError
+    from causalrec.validation import ValidationFailed
+
+    try:
+        params = load_params(params_path)
+        result = pipeline.STAGES[stage](params)
+    except (ConfigError, DataError, ValidationFailed, pipeline.StageError, ValueError) as exc:
+        typer.secho(f"causalrec {stage}: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+def _stage_command(stage: str, doc: str):
+    def command(params: Path = PARAMS) -> None:
+        _run(stage, params)
+
+    command.__doc__ = doc
+    app.command(stage)(command)
+
+
+for _name, _doc in [
+    ("ingest", "Write data/ from the configured source (simulator by default); ground truth apart."),
+    ("validate", "Great Expectations suites on every table; fails with table, column, rule, examples."),
+    ("embed", "Embed item and user texts with the encoder (cached by text hash)."),
+    ("propensity", "Propensity of exposure for every logged row, with diagnostics."),
+    ("train", "Train the configured models on the exposed rows."),
+    ("evaluate", "Unbiased evaluation; writes artifacts/metrics.json."),
+    ("package", "Save the best model to BentoML and build the bento if it beats production."),
+    ("monitor", "Evidently drift report on the interaction log."),
+]:
+    _stage_command(_name, _doc)
+
+
+@app.command()
+def simulate(out: Path = typer.Option(Path("data"), help="directory for the three tables"),
+             truth: Path = typer.Option(Path("artifacts/ground_truth"), help="ground-truth directory"),
+             params: Path = PARAMS) -> None:
+    """Run the simulator alone (sizes and seed from params.yaml)."""
+    from causalrec.config import ConfigError, load_params
+    from causalrec.data.simulate import SimulationConfig, simulate as run
+
+    try:
+        p = load_params(params)
+    except ConfigError as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(run(SimulationConfig(**p.simulate.model_dump(), seed=p.seed), out, truth), indent=2))
+
+
+@app.command()
+def retrain(params: Path = PARAMS, version: bool = typer.Option(True, help="dvc add + push data/ first")) -> None:
+    """Run the Prefect retrain flow (ephemeral Prefect API unless PREFECT_API_URL is set)."""
+    sys.path.insert(0, str(params.resolve().parent))
+    from flows.retrain import retrain_flow
+
+    result = retrain_flow(params_path=str(params), version=version)
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@app.command("monitor-flow")
+def monitor_flow(params: Path = PARAMS, retrain_on_drift: bool = True) -> None:
+    """Run the Prefect monitor flow: drift report, retrain when drift is detected."""
+    sys.path.insert(0, str(params.resolve().parent))
+    from flows.monitor import monitor_flow as flow
+
+    typer.echo(json.dumps(flow(params_path=str(params), retrain_on_drift=retrain_on_drift), indent=2, default=str))
+
+
+def main() -> None:  # pragma: no cover
+    logging.basicConfig(level=logging.INFO)
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

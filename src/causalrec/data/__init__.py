@@ -1,0 +1,1 @@
+"""Data contract, sources (simulator, Coat, Open Bandit, parquet) and splits."""

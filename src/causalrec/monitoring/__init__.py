@@ -1,0 +1,1 @@
+"""Evidently drift reports and the drift decision that triggers retraining."""

@@ -1,0 +1,389 @@
+"""One function per pipeline stage. The CLI, dvc.yaml and the Prefect flows all call these.
+
+Every stage reads params (causalrec.config.Params), reads its inputs from data/ or artifacts/,
+and writes its outputs under artifacts/ atomically, returning a small JSON-able summary.
+Heavy optional dependencies are imported inside the stage that needs them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from causalrec.config import Params
+from causalrec.data.schema import INTERACTIONS, ITEMS, USERS, read_table
+from causalrec.io import atomic_dir, atomic_write_json, atomic_write_text
+
+log = logging.getLogger("causalrec")
+
+MODEL_STORE_NAME = "causalrec-recommender"
+BENTO_NAME = "causalrec"
+
+
+class StageError(RuntimeError):
+    """A stage cannot run: a missing upstream output or an external command that failed."""
+
+
+def _dirs(params: Params) -> dict[str, Path]:
+    a = params.paths.artifacts_dir
+    return {"data": params.paths.data_dir, "truth": a / "ground_truth", "validation": a / "validation",
+            "embeddings": a / "embeddings", "propensity": a / "propensity", "models": a / "models",
+            "metrics": a / "metrics.json", "plots": a / "plots", "package": a / "package",
+            "monitor": a / "monitor", "registry": a / "production.json", "cache": params.paths.cache_dir}
+
+
+def _require(path: Path, stage: str) -> Path:
+    if not path.exists():
+        raise StageError(f"{stage}: required input {path} does not exist; run the upstream stage first")
+    return path
+
+
+def project_root(params: Params) -> Path:
+    return params.paths.data_dir.parent
+
+
+# --------------------------------------------------------------------------------------- ingest
+def ingest(params: Params) -> dict:
+    """Write the raw tables to data/ (simulator, Coat or a parquet directory); ground truth goes apart."""
+    d = _dirs(params)
+    src = params.ingest
+    if src.source == "simulator":
+        from causalrec.data.simulate import SimulationConfig, simulate
+
+        cfg = SimulationConfig(**params.simulate.model_dump(), seed=params.seed)
+        summary = simulate(cfg, d["data"], d["truth"])
+    elif src.source == "coat":
+        from causalrec.data.sources import ingest_coat
+
+        if src.source_path is None:
+            raise StageError("ingest.source is 'coat' but ingest.source_path is not set")
+        summary = ingest_coat(src.source_path, d["data"], d["truth"])
+    else:
+        from causalrec.data.sources import ingest_parquet
+
+        if src.source_path is None:
+            raise StageError("ingest.source is 'parquet' but ingest.source_path is not set")
+        shutil.rmtree(d["truth"], ignore_errors=True)
+        summary = ingest_parquet(src.source_path, d["data"])
+    summary = {"source": src.source, **summary}
+    d["truth"].mkdir(parents=True, exist_ok=True)
+    atomic_write_json(d["truth"] / "ingest.json", summary)
+    return summary
+
+
+# ------------------------------------------------------------------------------------- validate
+def validate(params: Params) -> dict:
+    """Run the Great Expectations suites; raises ValidationFailed (nothing downstream runs)."""
+    from causalrec.validation import validate_data
+
+    return validate_data(params.paths.data_dir, _dirs(params)["validation"],
+                         max_examples=params.validate_.max_examples, min_rows=params.validate_.min_rows)
+
+
+# ---------------------------------------------------------------------------------------- embed
+def item_texts(items: pd.DataFrame) -> list[str]:
+    return (items["title"].astype(str) + ". " + items["description"].astype(str)).tolist()
+
+
+def embed(params: Params) -> dict:
+    """Embed item texts (and user profiles when present) with the encoder; cached by text hash."""
+    from causalrec.text import TextEncoder
+
+    d = _dirs(params)
+    cfg = params.embed
+    if cfg.finetune:
+        raise StageError("embed.finetune: true is not implemented yet (issue 4); set it to false")
+    encoder = TextEncoder(model_path=cfg.model_path, batch_size=cfg.batch_size, max_length=cfg.max_length,
+                          device=cfg.device, quantize_int8=cfg.quantize_int8, cache_dir=d["cache"] / "embeddings").load()
+    items = read_table(d["data"], ITEMS)
+    item_vectors = encoder.embed(item_texts(items))
+    n_embedded = encoder.last_embedded
+    users = read_table(d["data"], USERS)
+    with atomic_dir(d["embeddings"]) as tmp:
+        np.save(tmp / "items.npy", item_vectors)
+        items[["item_id"]].to_parquet(tmp / "items_index.parquet", index=False)
+        if "profile_text" in users.columns:
+            user_vectors = encoder.embed(users["profile_text"].fillna("").astype(str).tolist())
+            n_embedded += encoder.last_embedded
+            np.save(tmp / "users.npy", user_vectors)
+            users[["user_id"]].to_parquet(tmp / "users_index.parquet", index=False)
+        manifest = {"fingerprint": encoder.fingerprint, "model_path": str(encoder.path), "dim": int(item_vectors.shape[1]),
+                    "items": len(items), "users": len(users), "newly_embedded": n_embedded,
+                    "device": str(encoder.torch_device), "finetuned_checkpoint": None}
+        atomic_write_json(tmp / "manifest.json", manifest)
+    return manifest
+
+
+# ----------------------------------------------------------------------------------- propensity
+def propensity(params: Params) -> dict:
+    """Propensity of exposure for every logged row, clipped; diagnostics and a histogram."""
+    from causalrec.causal.propensity import effective_sample_size, estimate_propensities
+
+    d = _dirs(params)
+    inter = read_table(d["data"], INTERACTIONS)
+    p = estimate_propensities(inter, params.propensity.method, params.propensity.clip_min)
+    exposed = inter["exposed"].to_numpy() == 1
+    weights = 1.0 / p[exposed]
+    diag = {"method": params.propensity.method, "clip_min": params.propensity.clip_min, "rows": len(p),
+            "exposed_rows": int(exposed.sum()), "mean": float(p.mean()), "min": float(p.min()), "max": float(p.max()),
+            "clipped_share": float(np.mean(p <= params.propensity.clip_min)),
+            "ess_exposed": effective_sample_size(weights), "ess_ratio": effective_sample_size(weights) / max(1, exposed.sum())}
+    with atomic_dir(d["propensity"]) as tmp:
+        pd.DataFrame({"propensity": p}).to_parquet(tmp / "propensities.parquet", index=False)
+        atomic_write_json(tmp / "diagnostics.json", diag)
+        counts, edges = np.histogram(p[exposed], bins=20, range=(0, 1))
+        pd.DataFrame({"propensity": (edges[:-1] + edges[1:]) / 2, "exposed_rows": counts}).to_csv(tmp / "histogram.csv", index=False)
+        _plot_hist(p[exposed], tmp / "propensity_hist.png")
+    return diag
+
+
+def _plot_hist(values: np.ndarray, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.hist(values, bins=40, color="#4477aa")
+    ax.set(xlabel="propensity of exposure", ylabel="exposed rows", title="Logged propensities (exposed rows)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------- train
+def _training_rows(params: Params) -> tuple[pd.DataFrame, pd.DataFrame]:
+    d = _dirs(params)
+    inter = read_table(d["data"], INTERACTIONS, columns=["user_id", "item_id", "exposed", "outcome"])
+    p = pd.read_parquet(_require(d["propensity"] / "propensities.parquet", "train"))["propensity"].to_numpy()
+    if len(p) != len(inter):
+        raise StageError(f"train: {len(p)} propensities for {len(inter)} interactions; rerun the propensity stage")
+    inter["propensity"] = p
+    exposed = inter[inter["exposed"] == 1].reset_index(drop=True)
+    rng = np.random.default_rng(params.seed)
+    is_val = rng.random(len(exposed)) < params.train.val_fraction
+    return exposed[~is_val], exposed[is_val]
+
+
+def make_model(name: str, params: Params):
+    from causalrec.models import MatrixFactorization, Popularity
+
+    t = params.train
+    if name == "popularity":
+        return Popularity()
+    return MatrixFactorization(weighting=name.removeprefix("mf_"), dim=t.dim, epochs=t.epochs, lr=t.lr,
+                               weight_decay=t.weight_decay, batch_size=t.batch_size, patience=t.patience, seed=params.seed)
+
+
+def train(params: Params) -> dict:
+    """Fit every model in train.models on exposed rows (validation split for early stopping)."""
+    d = _dirs(params)
+    fit_rows, val_rows = _training_rows(params)
+    cols = ["user_id", "item_id", "outcome", "propensity"]
+    val = tuple(val_rows[c].to_numpy() for c in cols)
+    summary, curves = {}, []
+    with atomic_dir(d["models"]) as tmp:
+        for name in params.train.models:
+            model = make_model(name, params).fit(*(fit_rows[c].to_numpy() for c in cols), val=val, progress=True)
+            model.save(tmp / f"{name}.pt")
+            curves += [{"model": name, **row} for row in model.history]
+            summary[name] = {"epochs": len(model.history), "fit_rows": len(fit_rows), "val_rows": len(val_rows)}
+        curve = pd.DataFrame(curves, columns=["model", "epoch", "train_loss", "val_loss"])
+        curve.to_csv(tmp / "training_curves.csv", index=False)
+        _plot_curves(curve, tmp / "training_curves.png")
+        atomic_write_json(tmp / "train.json", summary)
+    return summary
+
+
+def _plot_curves(curve: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for name, g in curve.groupby("model"):
+        ax.plot(g["epoch"], g["train_loss"], label=f"{name} train")
+        ax.plot(g["epoch"], g["val_loss"], "--", label=f"{name} val (SNIPS-weighted)")
+    ax.set(xlabel="epoch", ylabel="weighted BCE", title="Training curves")
+    if len(curve):
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------- evaluate
+def evaluate(params: Params) -> dict:
+    """Unbiased evaluation: simulator ground truth when present, else the randomized test pairs."""
+    from causalrec.evaluation import metrics as M
+    from causalrec.models import load_model
+
+    d = _dirs(params)
+    k = params.evaluate.k
+    test_path = d["truth"] / "test_pairs.parquet"
+    world_dir = d["truth"] / "world"
+    if not test_path.exists():
+        raise StageError(f"evaluate: no unbiased test set at {test_path} (the parquet source has none); "
+                         "provide ground truth or use the simulator / coat sources")
+    test = pd.read_parquet(test_path)
+    world = truth = None
+    if world_dir.exists():
+        from causalrec.data.simulate import World
+
+        world = World.load(world_dir)
+        rel, upl = world.truth_matrices()
+        users = [f"u{u:06d}" for u in range(rel.shape[0])]
+        items = [f"i{i:06d}" for i in range(rel.shape[1])]
+        # Each user's truly most relevant items: the top decile of p1.
+        relevant = rel >= np.quantile(rel, 0.9, axis=1, keepdims=True)
+        truth = (users, items, rel, upl, relevant)
+    results = {}
+    for name in params.train.models:
+        model = load_model(_require(d["models"] / f"{name}.pt", "evaluate"))
+        pred = model.predict(test["user_id"].to_numpy(), test["item_id"].to_numpy())
+        row = {"auc": M.auc(test["y1"], pred), "mse": M.mse(test["y1"], pred)}
+        if truth is not None:
+            users, items, rel, upl, relevant = truth
+            S = model.score_matrix(users, items)
+            row.update({f"ndcg@{k}": M.ndcg_at_k(S, rel, k), f"recall@{k}": M.recall_at_k(S, relevant, k),
+                        f"cp@{k}": M.causal_precision_at_k(S, upl, k), f"cdcg@{k}": M.cdcg_at_k(S, upl, k)})
+        else:
+            ndcg, recall = M.per_user_ndcg_recall(test["user_id"].to_numpy(), pred, test["y1"].to_numpy(), k)
+            row.update({f"ndcg@{k}": ndcg, f"recall@{k}": recall})
+        results[name] = {m: round(float(v), 6) for m, v in row.items()}
+    primary = params.evaluate.primary_metric
+    if primary not in next(iter(results.values())):
+        primary = "auc"
+    best = max(results, key=lambda n: (np.nan_to_num(results[n][primary], nan=-np.inf)))
+    out = {"models": results, "primary_metric": primary, "best": {"model": best, primary: results[best][primary]},
+           "protocol": "simulator ground truth" if truth is not None else "randomized test pairs"}
+    if truth is not None:
+        out["oracle"] = {f"cp@{k}": round(M.causal_precision_at_k(truth[3], truth[3], k), 6)}
+    atomic_write_json(d["metrics"], out)
+    with atomic_dir(d["plots"]) as tmp:
+        pd.DataFrame([{"model": n, **r} for n, r in results.items()]).to_csv(tmp / "metrics_by_model.csv", index=False)
+    return out
+
+
+# -------------------------------------------------------------------------------------- package
+def _bentoml_env(params: Params) -> None:
+    # The project keeps its own BentoML store unless the user points BENTOML_HOME elsewhere.
+    os.environ.setdefault("BENTOML_HOME", str(project_root(params) / ".bentoml"))
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+
+
+def write_bundle(params: Params, model_name: str, out: Path) -> dict:
+    """The directory a Recommender service loads: model, catalogue, manifest."""
+    d = _dirs(params)
+    metrics = json.loads(_require(d["metrics"], "package").read_text())
+    shutil.copy2(_require(d["models"] / f"{model_name}.pt", "package"), out / "model.pt")
+    read_table(d["data"], ITEMS)[["item_id", "title"]].to_parquet(out / "items.parquet", index=False)
+    emb_manifest = d["embeddings"] / "manifest.json"
+    manifest = {"model": model_name, "metrics": metrics["models"][model_name], "primary_metric": metrics["primary_metric"],
+                "data_md5": data_hash(params), "encoder": json.loads(emb_manifest.read_text()) if emb_manifest.exists() else None}
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def package(params: Params) -> dict:
+    """Save the best model to the BentoML store and build the bento, if it beats production."""
+    d = _dirs(params)
+    metrics = json.loads(_require(d["metrics"], "package").read_text())
+    primary, best = metrics["primary_metric"], metrics["best"]["model"]
+    candidate = metrics["models"][best][primary]
+    current = json.loads(d["registry"].read_text()) if d["registry"].exists() else None
+    promote = current is None or current.get("primary_metric") != primary or candidate > current["score"]
+    result = {"candidate": {"model": best, primary: candidate}, "promoted": promote,
+              "production": current, "bento_tag": current.get("bento_tag") if current else None}
+    if promote and params.package.enabled:
+        _bentoml_env(params)
+        import bentoml
+
+        with bentoml.models.create(MODEL_STORE_NAME, labels={"model": best},
+                                   metadata={"primary_metric": primary, "score": candidate}) as bento_model:
+            manifest = write_bundle(params, best, Path(bento_model.path))
+        model_tag = str(bento_model.tag)
+        bento_tag = None
+        if params.package.build_bento:
+            bento_tag = build_bento(project_root(params))
+        current = {"model": best, "primary_metric": primary, "score": candidate, "model_tag": model_tag,
+                   "bento_tag": bento_tag, "data_md5": manifest["data_md5"]}
+        atomic_write_json(d["registry"], current)
+        result.update(production=current, bento_tag=bento_tag, model_tag=model_tag)
+    with atomic_dir(d["package"]) as tmp:
+        atomic_write_json(tmp / "bento.json", result)
+    return result
+
+
+def build_bento(root: Path) -> str:
+    """`bentoml build` of bentos/bentofile.yaml with the project root as build context."""
+    cmd = [sys.executable, "-m", "bentoml", "build", "-f", "bentos/bentofile.yaml", "--output", "tag", "."]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env={**os.environ, "BENTOML_DO_NOT_TRACK": "True"})
+    if proc.returncode != 0:
+        raise StageError(f"bentoml build failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    tag = proc.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    return tag
+
+
+# -------------------------------------------------------------------------------------- monitor
+def monitor(params: Params, interactions: pd.DataFrame | None = None) -> dict:
+    """Evidently drift report: the earliest vs latest window of the log, plus prediction drift."""
+    from causalrec.models import load_model
+    from causalrec.monitoring.drift import drift_report, time_windows
+
+    d = _dirs(params)
+    inter = interactions if interactions is not None else read_table(d["data"], INTERACTIONS)
+    items = read_table(d["data"], ITEMS)
+    keep = [c for c in ("item_id", "category", "price") if c in items.columns]
+    frame = inter.merge(items[keep], on="item_id", how="left")
+    metrics_path = d["metrics"]
+    if metrics_path.exists():
+        best = json.loads(metrics_path.read_text())["best"]["model"]
+        model = load_model(_require(d["models"] / f"{best}.pt", "monitor"))
+        frame["prediction"] = model.predict(frame["user_id"].to_numpy(), frame["item_id"].to_numpy())
+    ref, cur = time_windows(frame, params.monitor.window_fraction)
+    return drift_report(ref, cur, d["monitor"], params.monitor.drift_share)
+
+
+# ---------------------------------------------------------------------------------- versioning
+def _dvc(root: Path, *args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise StageError(f"dvc {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return proc.stdout
+
+
+def data_hash(params: Params) -> str | None:
+    """The md5 DVC recorded for data/ in data.dvc (None before the data is versioned)."""
+    import yaml
+
+    dvc_file = project_root(params) / "data.dvc"
+    if not dvc_file.exists():
+        return None
+    outs = yaml.safe_load(dvc_file.read_text()).get("outs", [])
+    return outs[0].get("md5") if outs else None
+
+
+def version_data(params: Params, push: bool = True) -> dict:
+    """`dvc add data` (+ `dvc push` to the default remote): the data version the run trains on."""
+    root = project_root(params)
+    if not (root / ".dvc").is_dir():
+        raise StageError(f"{root} is not a DVC repository (no .dvc/); run `dvc init` there first")
+    _dvc(root, "add", "--quiet", os.path.relpath(params.paths.data_dir, root))
+    pushed = None
+    if push:
+        out = _dvc(root, "push", "--jobs", "2")
+        pushed = out.strip().splitlines()[-1] if out.strip() else "up to date"
+    return {"data_md5": data_hash(params), "pushed": pushed}
+
+
+STAGES = {"ingest": ingest, "validate": validate, "embed": embed, "propensity": propensity, "train": train,
+          "evaluate": evaluate, "package": package, "monitor": monitor}

@@ -1,0 +1,1 @@
+"""Service logic used by bentos/: load a packaged bundle, recommend, fall back for cold start."""

@@ -1,0 +1,4 @@
+"""Great Expectations suites for every table of the data contract."""
+from causalrec.validation.suites import ValidationFailed, validate_data
+
+__all__ = ["ValidationFailed", "validate_data"]

@@ -1,0 +1,155 @@
+"""One Great Expectations suite per contract table, run before anything trains.
+
+A failed expectation raises `ValidationFailed` whose message names the table, the column, the
+rule and example rows; the JSON report and GE's HTML data docs are written to the output
+directory either way, so the failure can be read in a browser.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from causalrec.data.schema import INTERACTIONS, ITEMS, USERS, TableSpec, read_table
+from causalrec.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+# dtype names GE sees through pandas, by contract kind.
+_INTS = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "Int8", "Int16", "Int32", "Int64"]
+_FLOATS = ["float16", "float32", "float64", "Float32", "Float64"]
+TYPE_LISTS = {
+    "id": ["object", "string", "str", *_INTS],
+    "text": ["object", "string", "str"],
+    "int": _INTS,
+    "float": _INTS + _FLOATS,
+    "binary": _INTS + ["bool", "boolean"],
+    "time": ["datetime64[ns]", "datetime64[us]", "datetime64[ms]", "datetime64[s]"],  # read_table makes them UTC-naive
+}
+EARLIEST = pd.Timestamp("1990-01-01")
+
+
+class ValidationFailed(ValueError):
+    """Data broke a suite; `.failures` lists {table, column, rule, examples}."""
+
+    def __init__(self, message: str, failures: list[dict]):
+        super().__init__(message)
+        self.failures = failures
+
+
+@dataclass
+class _Check:
+    table: str
+    expectation: object  # a gx expectation
+
+
+def _expectations(spec: TableSpec, df: pd.DataFrame, ids: dict[str, set], min_rows: int) -> list:
+    import great_expectations as gx
+
+    E = gx.expectations
+    out = [E.ExpectTableRowCountToBeBetween(min_value=min_rows)]
+    for col, kind in spec.columns.items():
+        if col not in df.columns:
+            continue
+        out.append(E.ExpectColumnValuesToBeInTypeList(column=col, type_list=TYPE_LISTS[kind]))
+        if col in spec.required:
+            out.append(E.ExpectColumnValuesToNotBeNull(column=col))
+    if spec.key:
+        out.append(E.ExpectColumnValuesToBeUnique(column=spec.key))
+    if spec is INTERACTIONS:
+        for col in ("exposed", "treatment"):
+            if col in df.columns:
+                out.append(E.ExpectColumnValuesToBeInSet(column=col, value_set=[0, 1]))
+        if pd.api.types.is_numeric_dtype(df["outcome"]):
+            out.append(E.ExpectColumnValuesToBeBetween(column="outcome", min_value=-1e9, max_value=1e9))
+        if "propensity" in df.columns and pd.api.types.is_numeric_dtype(df["propensity"]):
+            # Propensities are probabilities of exposure: 0 would make inverse weights infinite.
+            out.append(E.ExpectColumnValuesToBeBetween(column="propensity", min_value=0, max_value=1, strict_min=True))
+        if "position" in df.columns and pd.api.types.is_numeric_dtype(df["position"]):
+            out.append(E.ExpectColumnValuesToBeBetween(column="position", min_value=0))
+        if pd.api.types.is_datetime64_any_dtype(df["timestamp"]):
+            latest = pd.Timestamp.now(tz="UTC").tz_localize(None) + pd.Timedelta(days=1)
+            out.append(E.ExpectColumnValuesToBeBetween(column="timestamp", min_value=EARLIEST, max_value=latest))
+        for col, table in (("item_id", "items"), ("user_id", "users")):
+            if table in ids:
+                out.append(E.ExpectColumnValuesToBeInSet(column=col, value_set=sorted(ids[table])))
+    return out
+
+
+def _examples(df: pd.DataFrame, result: dict, max_examples: int) -> list:
+    idx = (result.get("result") or {}).get("unexpected_index_list") or []
+    if idx:
+        rows = [i for i in idx[:max_examples] if not isinstance(i, dict)]
+        if rows:
+            return df.loc[rows].astype(str).to_dict("records")
+    partial = (result.get("result") or {}).get("partial_unexpected_list") or []
+    if partial:
+        return [str(v) for v in partial[:max_examples]]
+    observed = (result.get("result") or {}).get("observed_value")
+    return [f"observed: {observed}"] if observed is not None else []
+
+
+def validate_data(data_dir: str | Path, out_dir: str | Path, max_examples: int = 5, min_rows: int = 1) -> dict:
+    """Validate interactions/items/users in `data_dir`; write report.json and data_docs/ to `out_dir`."""
+    import great_expectations as gx
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables = {spec.name: (spec, read_table(data_dir, spec)) for spec in (ITEMS, USERS, INTERACTIONS)}
+    ids = {}
+    for name, (spec, df) in tables.items():
+        if spec.key and df[spec.key].notna().all():
+            ids[name] = set(df[spec.key].tolist())
+
+    docs_dir = out_dir / "data_docs"
+    shutil.rmtree(docs_dir, ignore_errors=True)
+    gx_root = Path(tempfile.mkdtemp(prefix="causalrec-gx-"))
+    try:
+        ctx = gx.get_context(mode="file", project_root_dir=str(gx_root))
+        ctx.add_data_docs_site(site_name="causalrec", site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        })
+        source = ctx.data_sources.add_pandas("causalrec")
+        failures, summary = [], {}
+        for name, (spec, df) in tables.items():
+            batch_def = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(f"{name}_all")
+            suite = ctx.suites.add(gx.ExpectationSuite(name=f"{name}_contract", expectations=_expectations(spec, df, ids, min_rows)))
+            vdef = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"{name}_validation", data=batch_def, suite=suite))
+            checkpoint = ctx.checkpoints.add(gx.Checkpoint(
+                name=f"{name}_checkpoint", validation_definitions=[vdef],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["causalrec"])],
+                result_format={"result_format": "COMPLETE"},
+            ))
+            run = checkpoint.run(batch_parameters={"dataframe": df})
+            for vres in run.run_results.values():
+                checked = 0
+                for res in vres.results:
+                    checked += 1
+                    if res.success:
+                        continue
+                    r = res.to_json_dict()
+                    cfg = r["expectation_config"]
+                    exc = (r.get("exception_info") or {}).get("exception_message")
+                    failures.append({
+                        "table": name, "column": cfg.get("kwargs", {}).get("column"), "rule": cfg["type"],
+                        "examples": _examples(df, r, max_examples), **({"error": exc} if exc else {}),
+                    })
+                summary[name] = {"rows": len(df), "expectations": checked, "success": bool(vres.success)}
+    finally:
+        shutil.rmtree(gx_root, ignore_errors=True)
+    report = {"success": not failures, "tables": summary, "failures": failures,
+              "data_docs": str(docs_dir / "index.html")}
+    atomic_write_json(out_dir / "report.json", report)
+    if failures:
+        lines = [f"  - table '{f['table']}', column '{f['column']}', rule {f['rule']}: examples {f['examples']}"
+                 + (f" ({f['error']})" if f.get("error") else "") for f in failures]
+        raise ValidationFailed(
+            f"data validation failed ({len(failures)} rule(s)); report: {out_dir / 'report.json'}, "
+            f"data docs: {docs_dir / 'index.html'}\n" + "\n".join(lines), failures)
+    return report
