@@ -1,0 +1,89 @@
+"""Test-session set-up: isolated Prefect/BentoML homes, one Prefect harness, tiny encoder, tmp projects."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="causalrec-tests-"))
+# Set before prefect/bentoml are imported anywhere in the session.
+os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+os.environ["BENTOML_HOME"] = str(_SESSION_HOME / "bentoml")
+os.environ["BENTOML_DO_NOT_TRACK"] = "True"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["DVC_NO_ANALYTICS"] = "1"
+os.environ.pop("PREFECT_API_URL", None)
+sys.path.insert(0, str(REPO))  # flows/ and bentos/ live at the top level
+
+SMALL = {"n_users": 120, "n_items": 80, "n_interactions": 6000, "n_topics": 6, "n_test_pairs_per_user": 10}
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> Path:
+    """A random-initialised 2-layer BERT with the MiniLM tokenizer: fast, offline, deterministic."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from causalrec.text import default_model_path
+
+    out = tmp_path_factory.mktemp("tiny-encoder")
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(default_model_path(), local_files_only=True)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128)
+    BertModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def write_params(root: Path, **sections) -> Path:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["simulate"].update(SMALL)
+    params["train"].update({"epochs": 5, "dim": 8})
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            params.setdefault(section, {}).update(values)
+        else:
+            params[section] = values
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def make_project(root: Path, tiny_encoder: Path | None = None, git: bool = True, **sections) -> Path:
+    """A fresh causalrec project (git + DVC + local remote) with small sizes, like a user's clone."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy2(REPO / name, root / name)
+    for name in ("bentos", "src"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    if tiny_encoder is not None:
+        sections.setdefault("embed", {})["model_path"] = str(tiny_encoder)
+    write_params(root, **sections)
+    if git:
+        subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+        subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
+        shutil.copy2(REPO / ".dvc" / "config", root / ".dvc" / "config")
+    return root
+
+
+@pytest.fixture
+def project(tmp_path, tiny_encoder) -> Path:
+    return make_project(tmp_path / "project", tiny_encoder)

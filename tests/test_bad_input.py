@@ -1,0 +1,106 @@
+"""Bad input anywhere stops the pipeline at once with a message naming what is wrong,
+and nothing downstream of the failing stage is written."""
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from causalrec.cli import app
+from causalrec.data.simulate import SimulationConfig, simulate
+from conftest import make_project
+
+DOWNSTREAM = ["embeddings", "propensity", "models", "metrics.json", "package", "monitor"]
+
+
+@pytest.fixture(scope="module")
+def good_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("good")
+    simulate(SimulationConfig(n_users=60, n_items=40, n_interactions=2000, n_topics=4), root / "data", root / "truth",
+             progress=False)
+    return root / "data"
+
+
+def _run_like_dvc(project, stages=("validate", "embed", "propensity", "train")):
+    """Run stages in DAG order and stop at the first failure, as `dvc repro` does."""
+    runner = CliRunner()
+    for stage in stages:
+        res = runner.invoke(app, [stage, "--params", str(project / "params.yaml")])
+        if res.exit_code != 0:
+            return stage, res
+    return None, res
+
+
+def _break(data, case):
+    inter = pd.read_parquet(data / "interactions.parquet")
+    items = pd.read_parquet(data / "items.parquet")
+    if case == "missing file":
+        (data / "items.parquet").unlink()
+    elif case == "empty file":
+        (data / "users.parquet").write_bytes(b"")
+    elif case == "wrong dtypes":
+        inter["outcome"] = np.where(inter["outcome"] > 0, "yes", "no")
+        inter.to_parquet(data / "interactions.parquet")
+    elif case == "nulls in keys":
+        inter.loc[[3, 7], "user_id"] = None
+        inter.to_parquet(data / "interactions.parquet")
+    elif case == "unknown item ids":
+        inter.loc[5, "item_id"] = "i999999"
+        inter.to_parquet(data / "interactions.parquet")
+    elif case == "propensity 0":
+        inter.loc[2, "propensity"] = 0.0
+        inter.to_parquet(data / "interactions.parquet")
+    elif case == "propensity > 1":
+        inter.loc[4, "propensity"] = 1.7
+        inter.to_parquet(data / "interactions.parquet")
+    elif case == "duplicate ids":
+        pd.concat([items, items.iloc[[0]]]).to_parquet(data / "items.parquet")
+    elif case == "missing column":
+        inter.drop(columns=["outcome"]).to_parquet(data / "interactions.parquet")
+
+
+CASES = {
+    "missing file": ["items", "not found"],
+    "empty file": ["users", "empty"],
+    "wrong dtypes": ["interactions", "outcome", "expect_column_values_to_be_in_type_list", "yes"],
+    "nulls in keys": ["interactions", "user_id", "expect_column_values_to_not_be_null"],
+    "unknown item ids": ["interactions", "item_id", "expect_column_values_to_be_in_set", "i999999"],
+    "propensity 0": ["interactions", "propensity", "expect_column_values_to_be_between", "0.0"],
+    "propensity > 1": ["interactions", "propensity", "expect_column_values_to_be_between", "1.7"],
+    "duplicate ids": ["items", "item_id", "expect_column_values_to_be_unique", "i000000"],
+    "missing column": ["interactions", "outcome", "missing"],
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_data_fails_validation_and_writes_nothing_downstream(tmp_path, good_data, case):
+    project = make_project(tmp_path / "p", git=False)
+    shutil.copytree(good_data, project / "data")
+    _break(project / "data", case)
+    stage, res = _run_like_dvc(project)
+    assert stage == "validate", res.output
+    assert res.exit_code == 2
+    for fragment in CASES[case]:
+        assert fragment in res.output, (fragment, res.output)
+    for name in DOWNSTREAM:
+        assert not (project / "artifacts" / name).exists()
+
+
+def test_good_data_passes(tmp_path, good_data, tiny_encoder):
+    project = make_project(tmp_path / "p", tiny_encoder, git=False)
+    shutil.copytree(good_data, project / "data")
+    stage, res = _run_like_dvc(project)
+    assert stage is None, res.output
+    assert (project / "artifacts" / "validation" / "data_docs" / "index.html").exists()
+    assert (project / "artifacts" / "models" / "mf_ips.pt").exists()
+
+
+def test_malformed_params_stops_before_anything(tmp_path, good_data):
+    project = make_project(tmp_path / "p", git=False)
+    shutil.copytree(good_data, project / "data")
+    (project / "params.yaml").write_text("train:\n  epochs: -3\n")
+    stage, res = _run_like_dvc(project)
+    assert stage == "validate" and res.exit_code == 2
+    assert "train.epochs" in res.output
+    assert not (project / "artifacts").exists()
