@@ -129,6 +129,25 @@ class TextEncoder:
     def _orig_config(self):
         return getattr(self._model, "_orig_mod", self._model).config
 
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of every text in one call: the fast tokenizer parallelises across texts."""
+        return self._tokenizer(list(texts), truncation=True, max_length=self.max_length,
+                               return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+    def _batches(self, ids: list[list[int]]):
+        """Length-bucketed batches: (positions, padded ids, mask) with ids sorted by token length."""
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        pad = self._tokenizer.pad_token_id or 0
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            width = max(len(ids[i]) for i in idx)
+            arr = np.full((len(idx), width), pad, dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            for row, i in enumerate(idx):
+                arr[row, : len(ids[i])] = ids[i]
+                mask[row, : len(ids[i])] = 1
+            yield idx, torch.from_numpy(arr), torch.from_numpy(mask)
+
     @torch.inference_mode()
     def _embed_uncached(self, texts: Sequence[str]) -> np.ndarray:
         from tqdm.auto import tqdm
@@ -136,23 +155,24 @@ class TextEncoder:
         if self._model is None:
             self.load()
         dim = int(self._orig_config().hidden_size)
-        out = np.empty((len(texts), dim), dtype=np.float32)
         if not texts:
-            return out
-        # Length bucketing: sort by tokenised length so each batch pads to similar lengths.
-        lengths = [len(ids) for ids in self._tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]]
-        order = np.argsort(lengths, kind="stable")
-        batches = range(0, len(texts), self.batch_size)
-        for start in tqdm(batches, desc="embed", unit="batch", disable=not self.progress or len(batches) < 4):
-            idx = order[start:start + self.batch_size]
-            enc = self._tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                  max_length=self.max_length, return_tensors="pt").to(self.torch_device)
-            hidden = self._model(**enc).last_hidden_state
-            vec = pool(hidden.float(), enc["attention_mask"], self.pooling)
+            return np.empty((0, dim), dtype=np.float32)
+        ids = self.tokenize(texts)
+        # Results stay on the device until the end: one transfer instead of a sync per batch.
+        out = torch.empty((len(texts), dim), dtype=torch.float32, device=self.torch_device)
+        cuda = self.torch_device.type == "cuda"
+        n_batches = -(-len(texts) // self.batch_size)
+        for idx, input_ids, mask in tqdm(self._batches(ids), total=n_batches, desc="embed", unit="batch",
+                                         disable=not self.progress or n_batches < 4):
+            if cuda:
+                input_ids = input_ids.pin_memory().to(self.torch_device, non_blocking=True)
+                mask = mask.pin_memory().to(self.torch_device, non_blocking=True)
+            hidden = self._model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            vec = pool(hidden.float(), mask, self.pooling)
             if self.normalize:
                 vec = torch.nn.functional.normalize(vec, dim=-1)
-            out[idx] = vec.cpu().numpy()
-        return out
+            out[torch.as_tensor(idx, device=self.torch_device)] = vec
+        return out.cpu().numpy()
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """(n, dim) float32 embeddings; texts already in the cache are not re-embedded."""

@@ -1,0 +1,47 @@
+"""Time the default retrain flow (what `make run` runs after set-up) on this machine.
+
+    python benchmarks/pipeline_time.py [--project DIR] [--setup-seconds S]
+
+Runs `causalrec retrain` in DIR (default: a fresh clone of this repository in a temp directory,
+so the timing includes DVC init-free versioning, GE, embedding from an empty cache, training,
+`bentoml build` and Evidently) and records the wall time of the whole flow.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import REPO, write_result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--project", type=Path, default=None)
+    ap.add_argument("--setup-seconds", type=float, default=None, help="measured `make setup` time to record alongside")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    project = args.project
+    if project is None:
+        project = Path(tempfile.mkdtemp(prefix="causalrec-time-")) / "clone"
+        subprocess.run(["git", "clone", "-q", str(REPO), str(project)], check=True)
+    env_bin = Path(sys.executable).parent
+    start = time.perf_counter()
+    proc = subprocess.run([str(env_bin / "causalrec"), "retrain", "--params", "params.yaml"], cwd=project,
+                          capture_output=True, text=True,
+                          env={"PATH": f"{env_bin}:/usr/bin:/bin", "PREFECT_HOME": str(project / ".prefect"),
+                               "BENTOML_HOME": str(project / ".bentoml"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                               "HOME": str(Path.home())})
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(proc.stderr[-3000:])
+    write_result("pipeline", {"retrain_flow_seconds": round(seconds, 1), "setup_seconds": args.setup_seconds,
+                              "budget_seconds": 600, "data": "simulator default (100k interactions, 2k users, 1k items)"},
+                 args.out)
+
+
+if __name__ == "__main__":
+    main()

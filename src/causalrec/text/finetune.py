@@ -1,0 +1,214 @@
+"""Contrastive fine-tuning of the text encoder on pairs mined from the interactions.
+
+Pairs (anchor, positive): two items liked by the same user, and a user's profile text with an
+item that user liked. Loss: symmetric InfoNCE with in-batch negatives (every other positive in
+the batch is a negative). bf16 autocast on GPU, gradient accumulation, optional gradient
+checkpointing, checkpoint + resume, early stopping on validation Recall@k (retrieving each
+validation anchor's positive among all validation positives).
+
+Distributed: launch with `torchrun --nproc_per_node=N` (or `accelerate launch`); each rank takes a
+shard of every batch's pairs and DDP averages gradients. Only torch + transformers + numpy/pandas.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from causalrec.text.encoder import default_model_path, pool
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int = 3
+    batch_size: int = 64          # pairs per optimiser step (before accumulation)
+    grad_accum: int = 1
+    lr: float = 3e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    temperature: float = 0.05
+    max_length: int = 64
+    val_fraction: float = 0.1
+    patience: int = 2
+    recall_k: int = 10
+    gradient_checkpointing: bool = False
+    bf16: bool = True             # autocast on CUDA (ignored on CPU)
+    seed: int = 0
+    max_steps: int | None = None  # stop early (benchmarks / smoke runs)
+    progress: bool = True
+
+
+def mine_pairs(interactions: pd.DataFrame, item_text: dict[str, str], user_text: dict[str, str] | None = None,
+               max_pairs_per_user: int = 20, seed: int = 0) -> pd.DataFrame:
+    """(anchor, positive) text pairs from positive outcomes: co-liked items and profile -> liked item."""
+    rng = np.random.default_rng(seed)
+    pos = interactions[(interactions["outcome"] > 0) & interactions["item_id"].isin(item_text.keys())]
+    anchors, positives = [], []
+    for user, items in pos.groupby("user_id")["item_id"]:
+        liked = items.unique()
+        if user_text and user in user_text and user_text[user]:
+            for i in rng.permutation(liked)[: max(1, max_pairs_per_user // 4)]:
+                anchors.append(user_text[user]), positives.append(item_text[i])
+        if len(liked) < 2:
+            continue
+        n = min(max_pairs_per_user, len(liked) * (len(liked) - 1) // 2)
+        for _ in range(n):
+            a, b = rng.choice(liked, size=2, replace=False)
+            anchors.append(item_text[a]), positives.append(item_text[b])
+    pairs = pd.DataFrame({"anchor": anchors, "positive": positives})
+    return pairs[pairs["anchor"] != pairs["positive"]].reset_index(drop=True)
+
+
+def _dist() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return world, rank, local
+
+
+def _encode(model, tok, texts, device, max_length, pooling="mean"):
+    enc = tok(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
+    hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+    return F.normalize(pool(hidden.float(), enc["attention_mask"], pooling), dim=-1), int(enc["attention_mask"].sum())
+
+
+@torch.no_grad()
+def retrieval_recall(model, tok, pairs: pd.DataFrame, device, max_length: int, k: int, batch: int = 256) -> float:
+    """Share of anchors whose own positive is among the k nearest of all positives."""
+    model.eval()
+    a = torch.cat([_encode(model, tok, pairs["anchor"][i:i + batch], device, max_length)[0] for i in range(0, len(pairs), batch)])
+    p = torch.cat([_encode(model, tok, pairs["positive"][i:i + batch], device, max_length)[0] for i in range(0, len(pairs), batch)])
+    # Identical positive texts count as hits: co-liked items repeat across users.
+    texts = pairs["positive"].tolist()
+    top = (a @ p.T).topk(min(k, len(p)), dim=1).indices.cpu().numpy()
+    hits = [texts[i] in {texts[j] for j in row} for i, row in enumerate(top)]
+    model.train()
+    return float(np.mean(hits))
+
+
+def finetune(pairs: pd.DataFrame, out_dir: str | Path, model_path: str | Path | None = None,
+             config: FinetuneConfig | None = None, device: str | None = None) -> dict:
+    """Fine-tune and save the best checkpoint to out_dir/best (a loadable HF directory).
+
+    out_dir/last holds the latest state (model, optimiser, scheduler, step); rerunning with the
+    same out_dir resumes from it. Returns the history and throughput figures.
+    """
+    from tqdm.auto import tqdm
+    from transformers import AutoModel, AutoTokenizer, get_linear_schedule_with_warmup
+
+    cfg = config or FinetuneConfig()
+    if len(pairs) < 4:
+        raise ValueError(f"fine-tuning needs at least 4 pairs, got {len(pairs)}")
+    world, rank, local = _dist()
+    dev = torch.device(device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu"))
+    src = Path(model_path) if model_path else default_model_path()
+    out_dir = Path(out_dir)
+    last, best_dir = out_dir / "last", out_dir / "best"
+    resume = (last / "trainer_state.pt").exists()
+    tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
+    model = AutoModel.from_pretrained(last if resume else src, local_files_only=True).to(dev)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    shuffled = pairs.sample(frac=1.0, random_state=cfg.seed).reset_index(drop=True)
+    n_val = max(2, int(len(shuffled) * cfg.val_fraction))
+    val, fit = shuffled.iloc[:n_val].reset_index(drop=True), shuffled.iloc[n_val:].reset_index(drop=True)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if dev.type == "cuda" else None) if world > 1 else model
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=dev.type == "cuda")
+    steps_per_epoch = max(1, len(fit) // (cfg.batch_size * cfg.grad_accum))
+    total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
+    state = {"step": 0, "epoch": 0, "best": -1.0, "bad": 0, "history": []}
+    if resume:
+        saved = torch.load(last / "trainer_state.pt", weights_only=False)
+        opt.load_state_dict(saved["optimizer"]), sched.load_state_dict(saved["scheduler"])
+        state = saved["state"]
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and dev.type == "cuda")
+    tokens, t0 = 0, time.perf_counter()
+    scale = 1.0 / cfg.temperature
+    while state["epoch"] < cfg.epochs and state["step"] < total:
+        perm = rng.permutation(len(fit))
+        bar = tqdm(range(steps_per_epoch), desc=f"finetune epoch {state['epoch'] + 1}", disable=not cfg.progress or rank)
+        for step_in_epoch in bar:
+            for micro in range(cfg.grad_accum):
+                start = (step_in_epoch * cfg.grad_accum + micro) * cfg.batch_size
+                batch = fit.iloc[perm[start:start + cfg.batch_size]]
+                shard = batch.iloc[rank::world]  # each rank its slice of the batch
+                with autocast:
+                    a, na = _encode(ddp, tok, shard["anchor"], dev, cfg.max_length)
+                    p, np_ = _encode(ddp, tok, shard["positive"], dev, cfg.max_length)
+                    logits = a @ p.T * scale
+                    labels = torch.arange(len(a), device=dev)
+                    loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+                (loss / cfg.grad_accum).backward()
+                tokens += na + np_
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+            state["step"] += 1
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if state["step"] >= total:
+                break
+        state["epoch"] += 1
+        recall = retrieval_recall(model, tok, val, dev, cfg.max_length, cfg.recall_k)
+        state["history"].append({"epoch": state["epoch"], "step": state["step"], "loss": loss.item(), f"val_recall@{cfg.recall_k}": recall})
+        if rank == 0:
+            if recall > state["best"]:
+                state["best"], state["bad"] = recall, 0
+                _save(model, tok, src, best_dir)
+            else:
+                state["bad"] += 1
+            _save(model, tok, src, last)
+            torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": state},
+                       last / "trainer_state.pt")
+        if state["bad"] >= cfg.patience:
+            break
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    result = {"history": state["history"], "best_val_recall": state["best"], "steps": state["step"],
+              "tokens_per_s": tokens * world / max(elapsed, 1e-9), "seconds": elapsed, "resumed": resume,
+              "config": asdict(cfg), "best_dir": str(best_dir), "world_size": world}
+    if rank == 0:
+        (out_dir / "finetune.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _save(model, tok, src: Path, dest: Path) -> None:
+    """Save a loadable encoder directory, keeping the source's pooling/normalisation files."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    for extra in ("modules.json", "1_Pooling"):
+        if (src / extra).is_dir():
+            shutil.copytree(src / extra, tmp / extra)
+        elif (src / extra).is_file():
+            shutil.copy2(src / extra, tmp / extra)
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+
+
+def train_flops_per_token(config, seq_len: int) -> float:
+    """Forward + backward FLOPs per token of a BERT-style encoder: 6·N + 12·L·d·T.
+
+    N = non-embedding parameters (per layer 4d² attention + 2·d·d_ff MLP), L layers, d hidden size,
+    T sequence length (the attention score and value products, 2·2·T·d per layer forward, x3 for
+    backward). The standard Kaplan/PaLM accounting, without the embedding lookups.
+    """
+    d, L, ff = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    n_params = L * (4 * d * d + 2 * d * ff)
+    return 6 * n_params + 12 * L * d * seq_len
