@@ -101,7 +101,7 @@ class TextEncoder:
             raise EncoderError(f"encoder model_path {path} has no config.json: not a Hugging Face model directory")
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            model = AutoModel.from_pretrained(path, local_files_only=True)
+            model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
         except Exception as exc:
             raise EncoderError(f"could not load an encoder from {path}: {exc}") from exc
         if not hasattr(model.config, "hidden_size"):

@@ -76,21 +76,38 @@ def _dist() -> tuple[int, int, int]:
     return world, rank, local
 
 
-def _encode(model, tok, texts, device, max_length, pooling="mean"):
-    enc = tok(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
-    hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-    return F.normalize(pool(hidden.float(), enc["attention_mask"], pooling), dim=-1), int(enc["attention_mask"].sum())
+def pad_batch(ids: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(x) for x in ids)
+    arr = np.full((len(ids), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(ids), width), dtype=np.int64)
+    for row, x in enumerate(ids):
+        arr[row, : len(x)], mask[row, : len(x)] = x, 1
+    return torch.from_numpy(arr).to(device, non_blocking=True), torch.from_numpy(mask).to(device, non_blocking=True)
+
+
+def embed_ids(model, input_ids: torch.Tensor, mask: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
+    hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+    return F.normalize(pool(hidden.float(), mask, pooling), dim=-1)
+
+
+def contrastive_loss(model, a_ids, a_mask, p_ids, p_mask, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE: each anchor's positive against every other positive in the batch."""
+    a = embed_ids(model, a_ids, a_mask)
+    p = embed_ids(model, p_ids, p_mask)
+    logits = a @ p.T / temperature
+    labels = torch.arange(len(a), device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
 @torch.no_grad()
-def retrieval_recall(model, tok, pairs: pd.DataFrame, device, max_length: int, k: int, batch: int = 256) -> float:
+def retrieval_recall(model, anchors: list[list[int]], positives: list[list[int]], texts: list[str], pad_id: int,
+                     device, k: int, batch: int = 256) -> float:
     """Share of anchors whose own positive is among the k nearest of all positives."""
     model.eval()
-    a = torch.cat([_encode(model, tok, pairs["anchor"][i:i + batch], device, max_length)[0] for i in range(0, len(pairs), batch)])
-    p = torch.cat([_encode(model, tok, pairs["positive"][i:i + batch], device, max_length)[0] for i in range(0, len(pairs), batch)])
-    # Identical positive texts count as hits: co-liked items repeat across users.
-    texts = pairs["positive"].tolist()
+    a = torch.cat([embed_ids(model, *pad_batch(anchors[i:i + batch], pad_id, device)) for i in range(0, len(anchors), batch)])
+    p = torch.cat([embed_ids(model, *pad_batch(positives[i:i + batch], pad_id, device)) for i in range(0, len(positives), batch)])
     top = (a @ p.T).topk(min(k, len(p)), dim=1).indices.cpu().numpy()
+    # Identical positive texts count as hits: co-liked items repeat across users.
     hits = [texts[i] in {texts[j] for j in row} for i, row in enumerate(top)]
     model.train()
     return float(np.mean(hits))
@@ -116,7 +133,7 @@ def finetune(pairs: pd.DataFrame, out_dir: str | Path, model_path: str | Path | 
     last, best_dir = out_dir / "last", out_dir / "best"
     resume = (last / "trainer_state.pt").exists()
     tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
-    model = AutoModel.from_pretrained(last if resume else src, local_files_only=True).to(dev)
+    model = AutoModel.from_pretrained(last if resume else src, local_files_only=True, dtype=torch.float32).to(dev)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
@@ -125,6 +142,12 @@ def finetune(pairs: pd.DataFrame, out_dir: str | Path, model_path: str | Path | 
     shuffled = pairs.sample(frac=1.0, random_state=cfg.seed).reset_index(drop=True)
     n_val = max(2, int(len(shuffled) * cfg.val_fraction))
     val, fit = shuffled.iloc[:n_val].reset_index(drop=True), shuffled.iloc[n_val:].reset_index(drop=True)
+    # Tokenise every text once (the fast tokenizer parallelises); batches only pad.
+    def ids(texts):
+        return tok(list(texts), truncation=True, max_length=cfg.max_length, return_attention_mask=False,
+                   return_token_type_ids=False)["input_ids"]
+    fit_a, fit_p, val_a, val_p = ids(fit["anchor"]), ids(fit["positive"]), ids(val["anchor"]), ids(val["positive"])
+    pad_id = tok.pad_token_id or 0
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if dev.type == "cuda" else None) if world > 1 else model
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=dev.type == "cuda")
@@ -138,23 +161,19 @@ def finetune(pairs: pd.DataFrame, out_dir: str | Path, model_path: str | Path | 
         state = saved["state"]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and dev.type == "cuda")
     tokens, t0 = 0, time.perf_counter()
-    scale = 1.0 / cfg.temperature
     while state["epoch"] < cfg.epochs and state["step"] < total:
         perm = rng.permutation(len(fit))
         bar = tqdm(range(steps_per_epoch), desc=f"finetune epoch {state['epoch'] + 1}", disable=not cfg.progress or rank)
         for step_in_epoch in bar:
             for micro in range(cfg.grad_accum):
                 start = (step_in_epoch * cfg.grad_accum + micro) * cfg.batch_size
-                batch = fit.iloc[perm[start:start + cfg.batch_size]]
-                shard = batch.iloc[rank::world]  # each rank its slice of the batch
+                rows = perm[start:start + cfg.batch_size][rank::world]  # each rank its slice of the batch
+                a_ids, a_mask = pad_batch([fit_a[r] for r in rows], pad_id, dev)
+                p_ids, p_mask = pad_batch([fit_p[r] for r in rows], pad_id, dev)
                 with autocast:
-                    a, na = _encode(ddp, tok, shard["anchor"], dev, cfg.max_length)
-                    p, np_ = _encode(ddp, tok, shard["positive"], dev, cfg.max_length)
-                    logits = a @ p.T * scale
-                    labels = torch.arange(len(a), device=dev)
-                    loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+                    loss = contrastive_loss(ddp, a_ids, a_mask, p_ids, p_mask, cfg.temperature)
                 (loss / cfg.grad_accum).backward()
-                tokens += na + np_
+                tokens += int(a_mask.sum()) + int(p_mask.sum())
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
             state["step"] += 1
@@ -162,7 +181,7 @@ def finetune(pairs: pd.DataFrame, out_dir: str | Path, model_path: str | Path | 
             if state["step"] >= total:
                 break
         state["epoch"] += 1
-        recall = retrieval_recall(model, tok, val, dev, cfg.max_length, cfg.recall_k)
+        recall = retrieval_recall(model, val_a, val_p, val["positive"].tolist(), pad_id, dev, cfg.recall_k)
         state["history"].append({"epoch": state["epoch"], "step": state["step"], "loss": loss.item(), f"val_recall@{cfg.recall_k}": recall})
         if rank == 0:
             if recall > state["best"]:
