@@ -169,29 +169,46 @@ def _training_rows(params: Params) -> tuple[pd.DataFrame, pd.DataFrame]:
     exposed = inter[inter["exposed"] == 1].reset_index(drop=True)
     rng = np.random.default_rng(params.seed)
     is_val = rng.random(len(exposed)) < params.train.val_fraction
-    return exposed[~is_val], exposed[is_val]
+    # The population D the relevance estimand averages over: every logged visit, exposed or not.
+    population = (inter["user_id"].to_numpy(), inter["item_id"].to_numpy())
+    return exposed[~is_val], exposed[is_val], population
 
 
 def make_model(name: str, params: Params):
-    from causalrec.models import MatrixFactorization, Popularity
+    """`popularity`, or `<backbone>_<method>`: backbone mf (ids) or tt (two-tower: ids + text embeddings),
+    method one of causalrec.causal.debias.METHODS."""
+    from causalrec.causal.debias import DebiasedRecommender
+    from causalrec.models import Popularity
 
     t = params.train
     if name == "popularity":
         return Popularity()
-    return MatrixFactorization(weighting=name.removeprefix("mf_"), dim=t.dim, epochs=t.epochs, lr=t.lr,
-                               weight_decay=t.weight_decay, batch_size=t.batch_size, patience=t.patience, seed=params.seed)
+    method = name.split("_", 1)[1]
+    return DebiasedRecommender(method=method, dim=t.dim, epochs=t.epochs, lr=t.lr, weight_decay=t.weight_decay,
+                               batch_size=t.batch_size, patience=t.patience, seed=params.seed)
+
+
+def _item_text_features(params: Params) -> pd.DataFrame:
+    d = _dirs(params)
+    vectors = np.load(_require(d["embeddings"] / "items.npy", "train"))
+    index = pd.read_parquet(d["embeddings"] / "items_index.parquet")["item_id"].astype(str)
+    return pd.DataFrame(vectors, index=index)
 
 
 def train(params: Params) -> dict:
     """Fit every model in train.models on exposed rows (validation split for early stopping)."""
     d = _dirs(params)
-    fit_rows, val_rows = _training_rows(params)
+    fit_rows, val_rows, population = _training_rows(params)
     cols = ["user_id", "item_id", "outcome", "propensity"]
     val = tuple(val_rows[c].to_numpy() for c in cols)
     summary, curves = {}, []
     with atomic_dir(d["models"]) as tmp:
         for name in params.train.models:
-            model = make_model(name, params).fit(*(fit_rows[c].to_numpy() for c in cols), val=val, progress=True)
+            extra = {"population": population}
+            if name.startswith("tt_"):
+                extra["item_features"] = _item_text_features(params)
+            model = make_model(name, params).fit(*(fit_rows[c].to_numpy() for c in cols), val=val, progress=True,
+                                                 **extra)
             model.save(tmp / f"{name}.pt")
             curves += [{"model": name, **row} for row in model.history]
             summary[name] = {"epochs": len(model.history), "fit_rows": len(fit_rows), "val_rows": len(val_rows)}

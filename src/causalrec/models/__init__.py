@@ -1,4 +1,4 @@
-"""Recommender backbones: popularity, matrix factorisation (naive / IPS / SNIPS weighting)."""
-from causalrec.models.mf import MatrixFactorization, Popularity, load_model
+"""Recommender backbones (factor model: MF / two-tower) and the popularity baseline."""
+from causalrec.models.mf import Popularity, load_model
 
-__all__ = ["MatrixFactorization", "Popularity", "load_model"]
+__all__ = ["Popularity", "load_model"]

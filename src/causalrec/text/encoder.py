@@ -118,7 +118,10 @@ class TextEncoder:
         else:
             self.dtype = torch.float32
             if self.quantize_int8:
-                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+                # Per-channel weight scales: per-tensor ones cost MiniLM ~0.09 cosine (BENCHMARKS.md).
+                from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+                model = quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
         self._model = torch.compile(model, dynamic=True) if self.compile else model
         return self
 

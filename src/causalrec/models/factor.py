@@ -1,0 +1,60 @@
+"""The shared backbone: a factor model over ids, optionally with feature towers.
+
+score(u, i) = <p_u, q_i> + b_u + b_i + b, where
+  p_u = P[u] + A x_u      (user id embedding + linear map of user features, e.g. attributes, profile text)
+  q_i = Q[i] + B z_i      (item id embedding + linear map of item features, e.g. attributes, text embedding)
+  b_u = c_u + a' x_u,  b_i = d_i + b' z_i.
+With no features it is matrix factorisation with biases; with features it is a two-tower model
+that scores a new (cold) item from its text alone (its id parts are zero).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class FactorModel(nn.Module):
+    def __init__(self, n_users: int, n_items: int, dim: int, user_features: torch.Tensor | None = None,
+                 item_features: torch.Tensor | None = None, id_init_std: float = 0.1):
+        super().__init__()
+        self.user = nn.Embedding(n_users, dim)
+        self.item = nn.Embedding(n_items, dim)
+        self.user_bias = nn.Embedding(n_users, 1)
+        self.item_bias = nn.Embedding(n_items, 1)
+        self.global_bias = nn.Parameter(torch.zeros(1))
+        nn.init.normal_(self.user.weight, std=id_init_std)
+        nn.init.normal_(self.item.weight, std=id_init_std)
+        nn.init.zeros_(self.user_bias.weight)
+        nn.init.zeros_(self.item_bias.weight)
+        # Feature matrices are buffers (saved with the model, never trained); towers are linear maps.
+        self.register_buffer("user_x", user_features if user_features is not None else torch.zeros(n_users, 0))
+        self.register_buffer("item_z", item_features if item_features is not None else torch.zeros(n_items, 0))
+        self.user_tower = nn.Linear(self.user_x.shape[1], dim + 1, bias=False) if self.user_x.shape[1] else None
+        self.item_tower = nn.Linear(self.item_z.shape[1], dim + 1, bias=False) if self.item_z.shape[1] else None
+        for tower in (self.user_tower, self.item_tower):
+            if tower is not None:
+                nn.init.normal_(tower.weight, std=0.01)
+
+    def user_vectors(self, u: torch.Tensor, known: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embedding, bias) of user rows u; `known` = False zeroes the id part (cold users)."""
+        p, b = self.user(u), self.user_bias(u).squeeze(-1)
+        if known is not None:
+            p, b = p * known[:, None], b * known
+        if self.user_tower is not None:
+            t = self.user_tower(self.user_x[u])
+            p, b = p + t[:, :-1], b + t[:, -1]
+        return p, b
+
+    def item_vectors(self, i: torch.Tensor, known: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        q, b = self.item(i), self.item_bias(i).squeeze(-1)
+        if known is not None:
+            q, b = q * known[:, None], b * known
+        if self.item_tower is not None:
+            t = self.item_tower(self.item_z[i])
+            q, b = q + t[:, :-1], b + t[:, -1]
+        return q, b
+
+    def forward(self, u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        p, bu = self.user_vectors(u)
+        q, bi = self.item_vectors(i)
+        return (p * q).sum(-1) + bu + bi + self.global_bias
