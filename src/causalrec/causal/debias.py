@@ -53,6 +53,7 @@ class DebiasedRecommender:
     batch_size: int = 4096
     patience: int = 4
     imputation_ratio: int = 4     # population pairs sampled per observed pair (DR family)
+    objective: str = "binary"     # binary: BCE, predictions are probabilities; regression: squared error
     seed: int = 0
     history: list = field(default_factory=list, init=False)
 
@@ -61,6 +62,10 @@ class DebiasedRecommender:
             raise ValueError(f"unknown method {self.method!r}; choose from {METHODS}")
         if self.method != "naive" and propensity is None:
             raise ValueError(f"method '{self.method}' needs propensities")
+        if self.objective not in ("binary", "regression"):
+            raise ValueError(f"unknown objective {self.objective!r}")
+        if self.objective == "regression" and self.method in DR_METHODS:
+            raise ValueError(f"method '{self.method}' imputes cross-entropy errors: binary objective only")
 
     def fit(self, users, items, y, propensity=None, val=None, user_features: pd.DataFrame | None = None,
             item_features: pd.DataFrame | None = None, population: tuple | None = None,
@@ -114,7 +119,7 @@ class DebiasedRecommender:
             for start in range(0, len(perm), self.batch_size):
                 b = perm[start:start + self.batch_size]
                 logits = self.net_(u[b], i[b])
-                e = F.binary_cross_entropy_with_logits(logits, yt[b], reduction="none")
+                e = self._loss(logits, yt[b])
                 pb = p[b]
                 if self.method == "naive":
                     loss = e.mean()
@@ -156,7 +161,7 @@ class DebiasedRecommender:
             if val is not None:
                 self.net_.eval()
                 with torch.no_grad():
-                    ve = F.binary_cross_entropy_with_logits(self.net_(vu, vi), vy, reduction="none")
+                    ve = self._loss(self.net_(vu, vi), vy)
                     row["val_loss"] = float((ve * vw).sum() / vw.sum())
                 if row["val_loss"] < best - 1e-5:
                     best, bad = row["val_loss"], 0
@@ -171,6 +176,14 @@ class DebiasedRecommender:
         self.net_.eval()
         return self
 
+    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.objective == "regression":
+            return (out - y) ** 2
+        return F.binary_cross_entropy_with_logits(out, y, reduction="none")
+
+    def _link(self, out: torch.Tensor) -> np.ndarray:
+        return (out if self.objective == "regression" else torch.sigmoid(out)).numpy()
+
     # ------------------------------------------------------------------------------- scoring
     def _encode(self, ids, index: IdIndex, trained: np.ndarray):
         idx = index.encode(np.asarray(ids).astype(str))
@@ -181,14 +194,14 @@ class DebiasedRecommender:
 
     @torch.no_grad()
     def score_matrix(self, user_ids, item_ids) -> np.ndarray:
-        """(len(user_ids), len(item_ids)) predicted P(Y(1)=1)."""
+        """(len(user_ids), len(item_ids)) predicted P(Y(1)=1) (the raw score for the regression objective)."""
         u, uw, uk = self._encode(user_ids, self.users_, self.trained_users_)
         i, iw, ik = self._encode(item_ids, self.items_, self.trained_items_)
         P, bu = self.net_.user_vectors(u, uw)
         Q, bi = self.net_.item_vectors(i, iw)
         # ids unknown to the model altogether contribute nothing but the global bias
         P, bu, Q, bi = P * uk[:, None], bu * uk, Q * ik[:, None], bi * ik
-        return torch.sigmoid(P @ Q.T + bu[:, None] + bi[None, :] + self.net_.global_bias).numpy()
+        return self._link(P @ Q.T + bu[:, None] + bi[None, :] + self.net_.global_bias)
 
     @torch.no_grad()
     def predict(self, user_ids, item_ids) -> np.ndarray:
@@ -198,7 +211,7 @@ class DebiasedRecommender:
         P, bu = self.net_.user_vectors(u, uw)
         Q, bi = self.net_.item_vectors(i, iw)
         logit = (P * Q).sum(-1) * uk * ik + bu * uk + bi * ik + self.net_.global_bias
-        return torch.sigmoid(logit).numpy()
+        return self._link(logit)
 
     def save(self, path: str | Path) -> None:
         from causalrec.io import atomic_write_bytes
@@ -221,3 +234,29 @@ class DebiasedRecommender:
         m.net_.load_state_dict(state)
         m.net_.eval()
         return m
+
+
+@dataclass
+class DebiasedEnsemble:
+    """Average of debiased recommenders' predicted probabilities (different estimators and sizes).
+
+    Members disagree where the data are thin; averaging cancels part of each one's variance,
+    and mixing naive with doubly robust members trades a little bias for a lot of variance.
+    """
+
+    members: list = field(default_factory=list)
+    history: list = field(default_factory=list, init=False)
+
+    def fit(self, *args, **kwargs) -> "DebiasedEnsemble":
+        if not self.members:
+            raise ValueError("DebiasedEnsemble needs at least one member")
+        for m in self.members:
+            m.fit(*args, **kwargs)
+        self.history = [row | {"member": k} for k, m in enumerate(self.members) for row in m.history]
+        return self
+
+    def predict(self, user_ids, item_ids) -> np.ndarray:
+        return np.mean([m.predict(user_ids, item_ids) for m in self.members], 0)
+
+    def score_matrix(self, user_ids, item_ids) -> np.ndarray:
+        return np.mean([m.score_matrix(user_ids, item_ids) for m in self.members], 0)

@@ -72,8 +72,14 @@ def load_coat(path: str | Path) -> dict[str, pd.DataFrame]:
     tu, ti = np.nonzero(test)
     test_df = pd.DataFrame({"user_id": uid[tu], "item_id": iid[ti], "y1": (test[tu, ti] >= 4).astype(np.int8),
                             "rating": test[tu, ti].astype(np.float32)})
-    return {"interactions": interactions, "items": items, "users": users, "test": test_df,
-            "item_features": item_feat, "user_features": user_feat}
+    out = {"interactions": interactions, "items": items, "users": users, "test": test_df,
+           "item_features": pd.DataFrame(item_feat, index=iid, columns=item_names[: item_feat.shape[1]]),
+           "user_features": pd.DataFrame(user_feat, index=uid, columns=user_names[: user_feat.shape[1]])}
+    if (path / "propensities.ascii").is_file():
+        # The authors' propensities of observation p(O=1 | u, i) (naive Bayes with a uniform sample).
+        prop = _read_matrix(path / "propensities.ascii")
+        interactions["propensity"] = prop[u, i].astype(np.float32)
+    return out
 
 
 def ingest_coat(path: str | Path, data_dir: str | Path, truth_dir: str | Path) -> dict:
