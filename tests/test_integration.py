@@ -38,7 +38,11 @@ def test_flow_versions_data_and_produces_every_artifact(trained):
     for path in result["artifacts"].values():
         assert Path(path).exists(), path
     metrics = json.loads((project / "artifacts" / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"popularity", "mf_naive", "mf_ips"}
+    import yaml
+
+    assert set(metrics["models"]) == set(yaml.safe_load((project / "params.yaml").read_text())["train"]["models"])
+    assert {"cp@10", "auuc", "cp@10_ratio_to_oracle"} <= set(metrics["uplift"])
+    assert (project / "artifacts" / "plots" / "qini.png").exists()
     for row in metrics["models"].values():
         assert {"auc", "ndcg@10", "recall@10", "cp@10"} <= set(row)
         assert 0 <= row["auc"] <= 1 and 0 <= row["ndcg@10"] <= 1

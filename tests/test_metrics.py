@@ -42,3 +42,17 @@ def test_per_user_ndcg_recall():
     b = (1 / np.log2(3)) / 1
     assert ndcg == pytest.approx((a + b) / 2)
     assert recall == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_qini_and_auuc():
+    rng = np.random.default_rng(0)
+    n = 20_000
+    tau = rng.uniform(0, 0.4, n)
+    t = rng.integers(2, size=n)
+    y = (rng.random(n) < 0.2 + t * tau).astype(int)
+    x, q = M.qini_curve(tau, t, y)
+    assert x[0] == 0 and x[-1] == 1 and q[0] == 0
+    # everyone targeted: the average effect times the treated share (Q counts outcomes per population)
+    assert q[-1] == pytest.approx(t.mean() * tau.mean(), abs=0.01)
+    assert M.auuc(tau, t, y) > 0.01 > abs(M.auuc(rng.random(n), t, y))
+    assert M.auuc(-tau, t, y) < 0

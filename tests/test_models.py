@@ -81,3 +81,10 @@ def test_propensity_estimators():
         estimate_propensities(df, "logged", 0.01)
     assert effective_sample_size(np.ones(10)) == pytest.approx(10)
     assert effective_sample_size(np.r_[np.ones(9), 100.0]) < 2
+
+
+def test_dr_population_may_hold_never_exposed_ids():
+    users, items, y, p, _ = _toy(n=3000)
+    pop = (np.r_[users, ["u_never"]], np.r_[items, ["i_never"]])
+    m = DebiasedRecommender("dr_jl", dim=2, epochs=2, batch_size=256).fit(users, items, y, p, population=pop)
+    assert np.isfinite(m.score_matrix(["u_never"], ["i_never"])).all()

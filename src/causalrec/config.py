@@ -81,6 +81,13 @@ class Train(_Section):
     patience: int = Field(4, ge=1)
 
 
+class Uplift(_Section):
+    enabled: bool = True
+    learner: Literal["t_learner", "x_learner", "dr_learner", "dlce", "shared"] = "x_learner"
+    arm_method: Literal["naive", "ips"] = "naive"
+    n_bootstrap: int = Field(1, ge=1, le=50)
+
+
 class Evaluate(_Section):
     k: int = Field(10, ge=1)
     primary_metric: Literal["auc", "ndcg@10", "recall@10", "cp@10"] = "ndcg@10"
@@ -105,6 +112,7 @@ class Params(_Section):
     embed: Embed = Field(default_factory=Embed)
     propensity: Propensity = Field(default_factory=Propensity)
     train: Train = Field(default_factory=Train)
+    uplift: Uplift = Field(default_factory=Uplift)
     evaluate: Evaluate = Field(default_factory=Evaluate)
     package: Package = Field(default_factory=Package)
     monitor: Monitor = Field(default_factory=Monitor)

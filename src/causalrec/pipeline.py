@@ -188,11 +188,43 @@ def make_model(name: str, params: Params):
                                batch_size=t.batch_size, patience=t.patience, seed=params.seed)
 
 
-def _item_text_features(params: Params) -> pd.DataFrame:
+def train_uplift(params: Params, path: Path) -> dict:
+    """Fit the uplift learner on every logged row (treated and untreated) and save it."""
+    import torch
+
+    from causalrec.causal.uplift import UpliftLearner
+    from causalrec.io import atomic_write_bytes
+    import io
+
     d = _dirs(params)
-    vectors = np.load(_require(d["embeddings"] / "items.npy", "train"))
-    index = pd.read_parquet(d["embeddings"] / "items_index.parquet")["item_id"].astype(str)
-    return pd.DataFrame(vectors, index=index)
+    inter = read_table(d["data"], INTERACTIONS)
+    if "treatment" not in inter or inter["treatment"].nunique() < 2:
+        return {"skipped": "the log has no treated-and-untreated 'treatment' column"}
+    p = pd.read_parquet(d["propensity"] / "propensities.parquet")["propensity"].to_numpy()
+    u = params.uplift
+    model = UpliftLearner(u.learner, dim=params.train.dim, lr=params.train.lr, epochs=params.train.epochs,
+                          weight_decay=params.train.weight_decay, batch_size=params.train.batch_size,
+                          patience=params.train.patience, n_bootstrap=u.n_bootstrap, arm_method=u.arm_method,
+                          seed=params.seed)
+    model.fit(inter["user_id"], inter["item_id"], inter["treatment"], inter["outcome"], p, **text_features(params))
+    buf = io.BytesIO()
+    torch.save({"kind": "uplift", "model": model}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return {"learner": u.learner, "rows": len(inter), "bootstrap_members": u.n_bootstrap}
+
+
+def text_features(params: Params) -> dict[str, pd.DataFrame]:
+    """Embeddings of item texts (and user profiles, when present) as two-tower features."""
+    d = _dirs(params)
+    out = {}
+    for side, key in (("items", "item_features"), ("users", "user_features")):
+        path = d["embeddings"] / f"{side}.npy"
+        if path.exists():
+            index = pd.read_parquet(d["embeddings"] / f"{side}_index.parquet").iloc[:, 0].astype(str)
+            out[key] = pd.DataFrame(np.load(path), index=index)
+    if "item_features" not in out:
+        raise StageError(f"train: two-tower models need item embeddings in {d['embeddings']}; run the embed stage")
+    return out
 
 
 def train(params: Params) -> dict:
@@ -206,12 +238,14 @@ def train(params: Params) -> dict:
         for name in params.train.models:
             extra = {"population": population}
             if name.startswith("tt_"):
-                extra["item_features"] = _item_text_features(params)
+                extra.update(text_features(params))
             model = make_model(name, params).fit(*(fit_rows[c].to_numpy() for c in cols), val=val, progress=True,
                                                  **extra)
             model.save(tmp / f"{name}.pt")
             curves += [{"model": name, **row} for row in model.history]
             summary[name] = {"epochs": len(model.history), "fit_rows": len(fit_rows), "val_rows": len(val_rows)}
+        if params.uplift.enabled:
+            summary["uplift"] = train_uplift(params, tmp / "uplift.pt")
         curve = pd.DataFrame(curves, columns=["model", "epoch", "train_loss", "val_loss"])
         curve.to_csv(tmp / "training_curves.csv", index=False)
         _plot_curves(curve, tmp / "training_curves.png")
@@ -276,6 +310,10 @@ def evaluate(params: Params) -> dict:
             ndcg, recall = M.per_user_ndcg_recall(test["user_id"].to_numpy(), pred, test["y1"].to_numpy(), k)
             row.update({f"ndcg@{k}": ndcg, f"recall@{k}": recall})
         results[name] = {m: round(float(v), 6) for m, v in row.items()}
+    uplift_path = d["models"] / "uplift.pt"
+    uplift_result = None
+    if uplift_path.exists():
+        uplift_result = _evaluate_uplift(load_model(uplift_path), test, truth, k)
     primary = params.evaluate.primary_metric
     if primary not in next(iter(results.values())):
         primary = "auc"
@@ -284,10 +322,56 @@ def evaluate(params: Params) -> dict:
            "protocol": "simulator ground truth" if truth is not None else "randomized test pairs"}
     if truth is not None:
         out["oracle"] = {f"cp@{k}": round(M.causal_precision_at_k(truth[3], truth[3], k), 6)}
+    if uplift_result is not None:
+        out["uplift"] = uplift_result.pop("metrics")
     atomic_write_json(d["metrics"], out)
     with atomic_dir(d["plots"]) as tmp:
         pd.DataFrame([{"model": n, **r} for n, r in results.items()]).to_csv(tmp / "metrics_by_model.csv", index=False)
+        if uplift_result is not None:
+            uplift_result["qini"].to_csv(tmp / "qini.csv", index=False)
+            _plot_qini(uplift_result["qini"], tmp / "qini.png")
     return out
+
+
+def _evaluate_uplift(model, test: pd.DataFrame, truth, k: int) -> dict | None:
+    """Uplift ranking vs ground truth, and a Qini curve on a randomized trial built from the test pairs."""
+    from causalrec.evaluation import metrics as M
+
+    if "y0" not in test.columns or truth is None:
+        return None
+    users, items, rel, upl, _ = truth
+    S = model.score_matrix(users, items)
+    uu = pd.Index(users).get_indexer(test["user_id"])
+    ii = pd.Index(items).get_indexer(test["item_id"])
+    # Randomized trial: each test pair treated with probability 1/2, outcome = the realised Y(T).
+    t = np.random.default_rng(0).integers(2, size=len(test))
+    y = np.where(t == 1, test["y1"], test["y0"])
+    score = S[uu, ii]
+    x, q = M.qini_curve(score, t, y)
+    xr, qr = M.qini_curve(upl[uu, ii], t, y)
+    step = max(1, len(x) // 200)
+    metrics = {"learner": model.learner, f"cp@{k}": M.causal_precision_at_k(S, upl, k),
+               f"cdcg@{k}": M.cdcg_at_k(S, upl, k), "auuc": M.auuc(score, t, y), "auuc_oracle": M.auuc(upl[uu, ii], t, y)}
+    metrics[f"cp@{k}_ratio_to_oracle"] = metrics[f"cp@{k}"] / M.causal_precision_at_k(upl, upl, k)
+    qini = pd.DataFrame({"fraction_targeted": x[::step], "model": q[::step], "oracle": qr[::step]})
+    return {"metrics": {m: (round(float(v), 6) if not isinstance(v, str) else v) for m, v in metrics.items()}, "qini": qini}
+
+
+def _plot_qini(qini: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(qini["fraction_targeted"], qini["model"], label="uplift model")
+    ax.plot(qini["fraction_targeted"], qini["oracle"], "--", label="oracle (true uplift)")
+    ax.plot([0, 1], [0, qini["model"].iloc[-1]], ":", color="grey", label="random targeting")
+    ax.set(xlabel="fraction of pairs targeted", ylabel="incremental outcomes per pair", title="Qini curve")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # -------------------------------------------------------------------------------------- package

@@ -84,6 +84,9 @@ class DebiasedRecommender:
             extra_u += list(user_features.index.astype(str))
         if item_features is not None:
             extra_i += list(item_features.index.astype(str))
+        if population is not None:  # D may hold users/items that were never exposed
+            extra_u += list(np.unique(np.asarray(population[0]).astype(str)))
+            extra_i += list(np.unique(np.asarray(population[1]).astype(str)))
         self.users_, self.items_ = IdIndex([*users, *extra_u]), IdIndex([*items, *extra_i])
         u, i = torch.as_tensor(self.users_.encode(users)), torch.as_tensor(self.items_.encode(items))
         self.trained_items_ = np.zeros(len(self.items_), bool)

@@ -11,6 +11,11 @@ Learners (each fit on all logged rows, treated and untreated, on the shared fact
   dlce        unbiased learning of the causal effect by label transformation (Sato et al. 2020):
               label L = 1 for (T=1, Y=1) and (T=0, Y=0), else 0, IPS-weighted by 1/e (treated)
               or 1/(1-e) (untreated); then P(L=1) = (1 + tau) / 2 and tau = 2 sigma(f) - 1
+  shared      ours: one relevance model r = sigma(f(u,i)) (two-tower) and an organic share
+              s = sigma(h(u,i)) (biases + feature towers, no interaction), fit jointly:
+              P(Y=1 | T=1) = r,  P(Y=1 | T=0) = r s;  tau = r (1 - s). A recommendation matters
+              when the user would like the item and would not have found it anyway. Both arms
+              inform r, so the untreated majority of the log is not wasted on a separate mu0.
 Uncertainty: `n_bootstrap` members fit on bootstrap resamples of the rows; `predict_interval`
 returns the mean and a percentile interval per pair.
 """
@@ -23,7 +28,7 @@ import pandas as pd
 
 from causalrec.causal.debias import DebiasedRecommender
 
-LEARNERS = ("t_learner", "x_learner", "dr_learner", "dlce")
+LEARNERS = ("t_learner", "x_learner", "dr_learner", "dlce", "shared")
 
 
 @dataclass
@@ -58,6 +63,9 @@ class UpliftLearner:
                          val=(users[vm], items[vm], target[vm], None if prop is None else prop[vm]), **features)
 
         treated = t == 1
+        if self.learner == "shared":
+            return ("shared", SharedUplift(self.dim, self.epochs, self.lr, self.weight_decay, self.batch_size,
+                                           self.patience, seed).fit(users, items, t, y, val, features))
         if self.learner == "dlce":
             label = np.where(treated, y, 1 - y).astype(np.float32)
             prop = np.where(treated, e, 1 - e)
@@ -99,6 +107,8 @@ class UpliftLearner:
         kind, *models = member
         if kind == "dlce":
             return 2 * models[0].score_matrix(user_ids, item_ids) - 1
+        if kind == "shared":
+            return models[0].score_matrix(user_ids, item_ids)
         if kind == "t":
             return models[0].score_matrix(user_ids, item_ids) - models[1].score_matrix(user_ids, item_ids)
         if kind == "x":
@@ -116,3 +126,81 @@ class UpliftLearner:
         items, i_pos = np.unique(np.asarray(item_ids).astype(str), return_inverse=True)
         draws = np.stack([self._member_matrix(m, users, items)[u_pos, i_pos] for m in self.members_])
         return {"mean": draws.mean(0), "lower": np.quantile(draws, alpha / 2, 0), "upper": np.quantile(draws, 1 - alpha / 2, 0)}
+
+
+@dataclass
+class SharedUplift:
+    """The 'shared' learner: relevance x (1 - organic share), fit jointly on both arms."""
+
+    dim: int = 16
+    epochs: int = 40
+    lr: float = 0.005
+    weight_decay: float = 1e-4
+    batch_size: int = 1024
+    patience: int = 4
+    seed: int = 0
+
+    def fit(self, users, items, t, y, val_mask, features: dict) -> "SharedUplift":
+        import torch
+        import torch.nn.functional as F
+
+        from causalrec.causal.debias import _feature_matrix
+        from causalrec.models.factor import FactorModel
+        from causalrec.models.ids import IdIndex
+
+        torch.manual_seed(self.seed)
+        rng = np.random.default_rng(self.seed)
+        uf, itf = features.get("user_features"), features.get("item_features")
+        self.users_ = IdIndex([*users, *([] if uf is None else uf.index.astype(str))])
+        self.items_ = IdIndex([*items, *([] if itf is None else itf.index.astype(str))])
+        X, Z = _feature_matrix(self.users_, uf), _feature_matrix(self.items_, itf)
+        self.relevance_ = FactorModel(len(self.users_), len(self.items_), self.dim, X, Z)
+        self.organic_ = FactorModel(len(self.users_), len(self.items_), 0, X, Z)
+        params = [*self.relevance_.parameters(), *self.organic_.parameters()]
+        opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        u, i = torch.as_tensor(self.users_.encode(users)), torch.as_tensor(self.items_.encode(items))
+        tt, yt = torch.as_tensor(t, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
+
+        def nll(idx):
+            r = torch.sigmoid(self.relevance_(u[idx], i[idx]))
+            s = torch.sigmoid(self.organic_(u[idx], i[idx]))
+            p = torch.where(tt[idx] == 1, r, r * s).clamp(1e-6, 1 - 1e-6)
+            return F.binary_cross_entropy(p, yt[idx])
+
+        fit_idx, val_idx = np.flatnonzero(~val_mask), torch.as_tensor(np.flatnonzero(val_mask))
+        best, best_state, bad = np.inf, None, 0
+        for _ in range(self.epochs):
+            perm = torch.as_tensor(rng.permutation(fit_idx))
+            for start in range(0, len(perm), self.batch_size):
+                loss = nll(perm[start:start + self.batch_size])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                v = float(nll(val_idx))
+            if v < best - 1e-5:
+                best, bad = v, 0
+                best_state = ({k: x.clone() for k, x in self.relevance_.state_dict().items()},
+                              {k: x.clone() for k, x in self.organic_.state_dict().items()})
+            else:
+                bad += 1
+                if bad >= self.patience:
+                    break
+        if best_state is not None:
+            self.relevance_.load_state_dict(best_state[0])
+            self.organic_.load_state_dict(best_state[1])
+        return self
+
+    def score_matrix(self, user_ids, item_ids) -> np.ndarray:
+        import torch
+
+        u = torch.as_tensor(np.maximum(self.users_.encode(np.asarray(user_ids).astype(str)), 0))
+        i = torch.as_tensor(np.maximum(self.items_.encode(np.asarray(item_ids).astype(str)), 0))
+        with torch.no_grad():
+            P, bu = self.relevance_.user_vectors(u)
+            Q, bi = self.relevance_.item_vectors(i)
+            r = torch.sigmoid(P @ Q.T + bu[:, None] + bi[None, :] + self.relevance_.global_bias)
+            _, ou = self.organic_.user_vectors(u)
+            _, oi = self.organic_.item_vectors(i)
+            s = torch.sigmoid(ou[:, None] + oi[None, :] + self.organic_.global_bias)
+        return (r * (1 - s)).numpy()

@@ -83,3 +83,23 @@ def per_user_ndcg_recall(user: np.ndarray, score: np.ndarray, y: np.ndarray, k: 
         ndcgs.append(dcg / ideal)
         recalls.append(float(yy[:kk].sum()) / n_pos)
     return float(np.mean(ndcgs)), float(np.mean(recalls))
+
+
+def qini_curve(score: np.ndarray, treatment: np.ndarray, outcome: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Qini curve of a randomized (or propensity-balanced) sample: targeting the top fraction x by
+    score, Q(x) = Y_treated(x) - Y_control(x) * N_treated(x) / N_control(x), in outcomes per population.
+    Returns (fraction targeted, Q / n) with a leading (0, 0)."""
+    order = np.argsort(-np.asarray(score), kind="stable")
+    t = np.asarray(treatment)[order].astype(float)
+    y = np.asarray(outcome)[order].astype(float)
+    nt, nc = np.cumsum(t), np.cumsum(1 - t)
+    yt, yc = np.cumsum(y * t), np.cumsum(y * (1 - t))
+    q = yt - np.divide(yc * nt, nc, out=np.zeros_like(yc), where=nc > 0)
+    n = len(t)
+    return np.r_[0.0, np.arange(1, n + 1) / n], np.r_[0.0, q / n]
+
+
+def auuc(score: np.ndarray, treatment: np.ndarray, outcome: np.ndarray) -> float:
+    """Area under the Qini curve minus the random-targeting diagonal (0 for a random score)."""
+    x, q = qini_curve(score, treatment, outcome)
+    return float(np.trapezoid(q, x) - q[-1] / 2)

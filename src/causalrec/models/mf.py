@@ -53,6 +53,8 @@ def load_model(path: str | Path):
         from causalrec.causal.debias import DebiasedRecommender
 
         return DebiasedRecommender.from_blob(blob)
+    if blob["kind"] == "uplift":
+        return blob["model"]
     if blob["kind"] == "popularity":
         m = Popularity()
         m.items_, m.scores_ = IdIndex(blob["items"]), np.asarray(blob["scores"])
