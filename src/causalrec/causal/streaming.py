@@ -41,10 +41,14 @@ def fit_streaming(model: DebiasedRecommender, interactions: str | Path, user_ids
     rng = np.random.default_rng(model.seed)
     model.users_, model.items_ = IdIndex(user_ids), IdIndex(item_ids)
     u_cat, i_cat = pd.Index(model.users_.ids), pd.Index(model.items_.ids)
-    model.net_ = FactorModel(len(u_cat), len(i_cat), model.dim)
+    # Sparse embedding gradients: a step costs O(batch), not O(catalogue), so epochs scale with rows.
+    model.net_ = FactorModel(len(u_cat), len(i_cat), model.dim, sparse=True)
     model.trained_users_ = np.zeros(len(u_cat), bool)
     model.trained_items_ = np.zeros(len(i_cat), bool)
-    opt = torch.optim.Adam(model.net_.parameters(), lr=model.lr, weight_decay=model.weight_decay)
+    net = model.net_
+    sparse_params = [net.user.weight, net.item.weight, net.user_bias.weight, net.item_bias.weight]
+    opt_sparse = torch.optim.SparseAdam(sparse_params, lr=model.lr)
+    opt_dense = torch.optim.Adam([net.global_bias], lr=model.lr)
     source = pq.ParquetFile(interactions)
     columns = ["user_id", "item_id", "exposed", "outcome", "propensity"]
     model.history, epochs = [], []
@@ -69,11 +73,17 @@ def fit_streaming(model: DebiasedRecommender, interactions: str | Path, user_ids
             perm = torch.as_tensor(rng.permutation(len(y)))
             for s in range(0, len(perm), model.batch_size):
                 b = perm[s:s + model.batch_size]
-                e = model._loss(model.net_(u[b], i[b]), y[b]) * w[b]
+                e = model._loss(net(u[b], i[b]), y[b]) * w[b]
                 loss = e.sum() / (w[b].sum() if model.method == "snips" else len(b))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+                # L2 on the rows this batch touches (SparseAdam has no weight decay).
+                penalty = model.weight_decay * (net.user(u[b]).pow(2).sum(-1) + net.item(i[b]).pow(2).sum(-1)
+                                                + net.user_bias(u[b]).pow(2).squeeze(-1)
+                                                + net.item_bias(i[b]).pow(2).squeeze(-1)).mean()
+                opt_sparse.zero_grad()
+                opt_dense.zero_grad()
+                (loss + penalty).backward()
+                opt_sparse.step()
+                opt_dense.step()
                 total += loss.item() * len(b)
             rows += len(y)
         seconds = time.perf_counter() - start

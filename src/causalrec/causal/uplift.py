@@ -102,8 +102,13 @@ class UpliftLearner:
             self.members_.append(self._fit_one(users[idx], items[idx], t[idx], y[idx], e[idx], self.seed + 10 * b, features))
         return self
 
+    @classmethod
+    def _member_matrix(cls, member, user_ids, item_ids) -> np.ndarray:
+        # The effect on a 0/1 outcome lies in [-1, 1]; regression learners can overshoot it.
+        return np.clip(cls._raw_member_matrix(member, user_ids, item_ids), -1.0, 1.0)
+
     @staticmethod
-    def _member_matrix(member, user_ids, item_ids) -> np.ndarray:
+    def _raw_member_matrix(member, user_ids, item_ids) -> np.ndarray:
         kind, *models = member
         if kind == "dlce":
             return 2 * models[0].score_matrix(user_ids, item_ids) - 1
@@ -119,6 +124,7 @@ class UpliftLearner:
     def score_matrix(self, user_ids, item_ids) -> np.ndarray:
         """(users, items) estimated uplift (mean over bootstrap members)."""
         return np.mean([self._member_matrix(m, user_ids, item_ids) for m in self.members_], 0)
+
 
     def predict_interval(self, user_ids, item_ids, alpha: float = 0.1) -> dict:
         """Per (user, item) pair: mean uplift and a (1 - alpha) bootstrap interval (needs n_bootstrap > 1)."""

@@ -37,7 +37,7 @@ class TableSpec:
 INTERACTIONS = TableSpec(
     "interactions",
     required={"user_id": "id", "item_id": "id", "timestamp": "time", "exposed": "binary", "outcome": "float"},
-    optional={"propensity": "float", "position": "int", "policy": "text", "treatment": "binary"},
+    optional={"propensity": "float", "position": "int", "policy": "text", "treatment": "binary", "event_id": "text"},
 )
 ITEMS = TableSpec(
     "items",

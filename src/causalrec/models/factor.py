@@ -15,12 +15,13 @@ from torch import nn
 
 class FactorModel(nn.Module):
     def __init__(self, n_users: int, n_items: int, dim: int, user_features: torch.Tensor | None = None,
-                 item_features: torch.Tensor | None = None, id_init_std: float = 0.1):
+                 item_features: torch.Tensor | None = None, id_init_std: float = 0.1, sparse: bool = False):
         super().__init__()
-        self.user = nn.Embedding(n_users, dim)
-        self.item = nn.Embedding(n_items, dim)
-        self.user_bias = nn.Embedding(n_users, 1)
-        self.item_bias = nn.Embedding(n_items, 1)
+        # sparse=True: gradients touch only the rows in the batch (large catalogues, SparseAdam).
+        self.user = nn.Embedding(n_users, dim, sparse=sparse)
+        self.item = nn.Embedding(n_items, dim, sparse=sparse)
+        self.user_bias = nn.Embedding(n_users, 1, sparse=sparse)
+        self.item_bias = nn.Embedding(n_items, 1, sparse=sparse)
         self.global_bias = nn.Parameter(torch.zeros(1))
         nn.init.normal_(self.user.weight, std=id_init_std)
         nn.init.normal_(self.item.weight, std=id_init_std)

@@ -1,56 +1,137 @@
-"""The recommender a service serves: a bundle directory written by the package stage.
+"""What the Recommender service serves: a bundle directory written by the package stage.
 
-Bundle layout: model.pt (a causalrec model), items.parquet (item_id, title, category),
-manifest.json (model name, metrics, data hash, encoder fingerprint). Unknown users get the
-non-personalised fallback (most positively received items) instead of an error: cold start.
+Bundle: model.pt (relevance model), uplift.pt (optional), items.parquet (item_id, title),
+item_embeddings.npy (row-aligned text embeddings), history.parquet (user_id, item_id of logged
+positives, for explanations), manifest.json (model, metrics, data version, encoder, serve config).
+
+Requests never fail for an unknown user: it gets the cold-start scores (biases and feature
+towers only). Every slate is drawn by the exploration policy, and each item carries the exact
+probability with which the policy showed it.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+import threading
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from causalrec.models import load_model
+from causalrec.policy import ExplorationPolicy
+from causalrec.serving.privacy import pseudonym_key, pseudonymize
+from causalrec.serving.scoring import CatalogueScorer
+
+log = logging.getLogger("causalrec.serving")
+
+DEFAULT_SERVE = {"policy": "epsilon_greedy", "epsilon": 0.1, "temperature": 0.05, "rank_by": "uplift", "k_max": 100}
 
 
-@dataclass
-class Recommendation:
-    item_id: str
-    title: str
-    score: float
+class NotFound(KeyError):
+    """An id the service does not know where knowing it is required (e.g. explain an unknown item)."""
 
 
 class RecommenderCore:
-    def __init__(self, bundle_dir: str | Path):
+    def __init__(self, bundle_dir: str | Path, serve: dict | None = None, seed: int | None = None):
         bundle_dir = Path(bundle_dir)
         self.manifest = json.loads((bundle_dir / "manifest.json").read_text())
-        self.model = load_model(bundle_dir / "model.pt")
+        self.config = {**DEFAULT_SERVE, **self.manifest.get("serve", {}), **(serve or {})}
+        self.policy = ExplorationPolicy(self.config["policy"], self.config["epsilon"], self.config["temperature"])
         items = pd.read_parquet(bundle_dir / "items.parquet")
-        self.item_ids = items["item_id"].astype(str).to_numpy()
-        self.titles = items["title"].astype(str).to_numpy()
-        self._item_pos = {k: i for i, k in enumerate(self.item_ids)}
-        known_users = getattr(getattr(self.model, "users_", None), "ids", np.array([]))
-        self.known_users = set(known_users.tolist())
-        # Cold-start fallback: the item scores a user with no history gets.
-        self._fallback = self.model.score_matrix(["<unknown>"], self.item_ids)[0]
+        self.item_ids = items["item_id"].astype(str).tolist()
+        self.titles = items["title"].astype(str).tolist()
+        self._pos = {k: i for i, k in enumerate(self.item_ids)}
+        emb = bundle_dir / "item_embeddings.npy"
+        self.embeddings = np.load(emb) if emb.exists() else None
+        self.relevance = CatalogueScorer(load_model(bundle_dir / "model.pt"), self.item_ids)
+        uplift_path = bundle_dir / "uplift.pt"
+        self.uplift = CatalogueScorer(load_model(uplift_path), self.item_ids) if uplift_path.exists() else None
+        if self.uplift is None and self.config["rank_by"] == "uplift":
+            self.config["rank_by"] = "relevance"
+        model = load_model(bundle_dir / "model.pt")
+        self.known_users = set(getattr(getattr(model, "users_", None), "ids", np.array([])).tolist())
+        hist = bundle_dir / "history.parquet"
+        self.history = (pd.read_parquet(hist).groupby("user_id")["item_id"].apply(list).to_dict() if hist.exists() else {})
+        self._lock = threading.Lock()  # catalogue growth (POST /items) vs concurrent reads
+        self._rng = np.random.default_rng(seed)
+        self._pseudonym_key = pseudonym_key()
 
-    def scores(self, user_id: str) -> tuple[np.ndarray, bool]:
-        if user_id in self.known_users:
-            return self.model.score_matrix([user_id], self.item_ids)[0], False
-        return self._fallback.copy(), True
-
+    # ------------------------------------------------------------------------------ recommend
     def recommend(self, user_id: str, k: int, exclude: list[str] | None = None) -> dict:
-        scores, cold = self.scores(user_id)
+        with self._lock:
+            relevance = self.relevance.scores(user_id)
+            uplift = self.uplift.scores(user_id) if self.uplift is not None else None
+            n = len(relevance)
+        rank = uplift if self.config["rank_by"] == "uplift" else relevance
+        eligible = np.ones(n, bool)
         for item in exclude or []:
-            pos = self._item_pos.get(item)
+            pos = self._pos.get(item)
             if pos is not None:
-                scores[pos] = -np.inf
-        k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        top = top[np.isfinite(scores[top])]
-        return {"user_id": user_id, "cold_start": cold, "model": self.manifest.get("model"),
-                "items": [{"item_id": self.item_ids[i], "title": self.titles[i], "score": float(scores[i])} for i in top]}
+                eligible[pos] = False
+        candidates = np.flatnonzero(eligible)
+        chosen, propensity = self.policy.select(rank[candidates], min(k, len(candidates)), self._rng)
+        chosen = candidates[chosen]
+        cold = user_id not in self.known_users
+        request_id = uuid.uuid4().hex
+        log.info("recommend request=%s user=%s cold=%s k=%d", request_id, pseudonymize(user_id, self._pseudonym_key), cold, k)
+        return {"request_id": request_id, "cold_start": cold, "policy": self.policy.kind, "rank_by": self.config["rank_by"],
+                "model": self.manifest.get("model"),
+                "items": [{"item_id": self.item_ids[i], "title": self.titles[i], "position": pos + 1,
+                           "score": float(relevance[i]), "uplift": None if uplift is None else float(uplift[i]),
+                           "propensity": float(p)} for pos, (i, p) in enumerate(zip(chosen, propensity))]}
+
+    # -------------------------------------------------------------------------------- explain
+    def explain(self, user_id: str, item_id: str, n_similar: int = 3) -> dict:
+        pos = self._pos.get(item_id)
+        if pos is None:
+            raise NotFound(f"unknown item_id {item_id!r}")
+        with self._lock:
+            relevance = float(self.relevance.scores(user_id)[pos])
+            uplift = members = None
+            if self.uplift is not None:
+                uplift = float(self.uplift.scores(user_id)[pos])
+                draws = self.uplift.member_scores(user_id)
+                members = None if draws is None else draws[:, pos]
+        out = {"user_id": user_id, "item_id": item_id, "title": self.titles[pos], "cold_start": user_id not in self.known_users,
+               "score": relevance, "uplift": uplift,
+               "uplift_interval": (None if members is None else [float(np.quantile(members, 0.05)), float(np.quantile(members, 0.95))]),
+               "reasons": []}
+        history = [h for h in self.history.get(user_id, []) if h in self._pos and h != item_id]
+        if self.embeddings is not None and history:
+            e = self.embeddings
+            sims = e[[self._pos[h] for h in history]] @ e[pos]
+            order = np.argsort(-sims)[:n_similar]
+            out["similar_in_history"] = [{"item_id": history[j], "title": self.titles[self._pos[history[j]]],
+                                          "text_similarity": float(sims[j])} for j in order]
+            out["reasons"].append(f"similar to {len(order)} item(s) you liked (text similarity up to {sims[order[0]]:.2f})")
+        if uplift is not None:
+            out["reasons"].append(f"recommending it is estimated to change the outcome probability by {uplift:+.3f}")
+        out["reasons"].append(f"estimated probability you like it if shown: {relevance:.3f}")
+        return out
+
+    # ---------------------------------------------------------------------------------- items
+    def add_item(self, title: str, description: str, embedding: np.ndarray | None, item_id: str | None = None) -> dict:
+        """A new item, recommendable at once: scored from its text embedding through the item towers."""
+        with self._lock:
+            item_id = item_id or f"new-{uuid.uuid4().hex[:12]}"
+            if item_id in self._pos:
+                raise ValueError(f"item_id {item_id!r} already exists")
+            if self.embeddings is not None and embedding is not None and embedding.shape[-1] != self.embeddings.shape[1]:
+                raise ValueError(f"embedding has dimension {embedding.shape[-1]}, the catalogue {self.embeddings.shape[1]}")
+            self.relevance.add_item(embedding)
+            if self.uplift is not None:
+                self.uplift.add_item(embedding)
+            self._pos[item_id] = len(self.item_ids)
+            self.item_ids.append(item_id)
+            self.titles.append(title)
+            if self.embeddings is not None and embedding is not None:
+                self.embeddings = np.vstack([self.embeddings, embedding[None].astype(np.float32)])
+            scorers = [self.relevance] + ([self.uplift] if self.uplift is not None else [])
+            text_scored = any(part.net.item_tower is not None for sc in scorers for part in sc.parts)
+            return {"item_id": item_id, "catalogue_size": len(self.item_ids), "text_scored": text_scored}
+
+    @property
+    def catalogue_size(self) -> int:
+        return len(self.item_ids)

@@ -1,0 +1,97 @@
+"""Serve k of n items and return, for each shown item, the exact probability that this policy
+shows it (its inclusion probability) — the propensity the next model's IPS/DR training and
+off-policy evaluation need.
+
+  greedy          the top k; probability 1 each (no exploration: the log will not support IPS)
+  epsilon_greedy  with probability epsilon the whole slate is k items uniformly at random, else the
+                  top k:  pi_i = (1 - eps) 1[i in top k] + eps k / n
+  softmax         sampling proportional to size: target inclusion pi_i = k softmax(s / T)_i, capped
+                  at 1 with the excess redistributed; exactly k items are drawn by systematic sampling
+                  (Madow), whose inclusion probabilities are exactly pi_i.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+POLICIES = ("greedy", "epsilon_greedy", "softmax")
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    part = np.argpartition(-scores, k - 1)[:k]
+    return part[np.argsort(-scores[part], kind="stable")]
+
+
+def _capped_pps(weights: np.ndarray, k: int) -> np.ndarray:
+    """Inclusion probabilities proportional to weights, summing to k, none above 1."""
+    pi = np.zeros_like(weights, dtype=np.float64)
+    free = np.ones(len(weights), bool)
+    remaining = float(k)
+    while True:
+        w = weights[free]
+        share = remaining * w / w.sum()
+        over = share >= 1
+        if not over.any():
+            pi[free] = share
+            return pi
+        idx = np.flatnonzero(free)[over]
+        pi[idx] = 1.0
+        free[idx] = False
+        remaining -= len(idx)
+        if remaining <= 0 or not free.any():
+            return pi
+
+
+def inclusion_probabilities(scores: np.ndarray, k: int, policy: str, epsilon: float = 0.1,
+                            temperature: float = 0.1) -> np.ndarray:
+    """(n,) exact probability that each candidate is in the slate."""
+    n = len(scores)
+    k = min(k, n)
+    if policy == "greedy":
+        pi = np.zeros(n)
+        pi[_top_k(scores, k)] = 1.0
+        return pi
+    if policy == "epsilon_greedy":
+        pi = np.full(n, epsilon * k / n)
+        pi[_top_k(scores, k)] += 1 - epsilon
+        return pi
+    if policy == "softmax":
+        z = (scores - scores.max()) / temperature
+        return _capped_pps(np.exp(z) + 1e-300, k)
+    raise ValueError(f"unknown policy {policy!r}; choose from {POLICIES}")
+
+
+@dataclass
+class ExplorationPolicy:
+    kind: str = "epsilon_greedy"
+    epsilon: float = 0.1
+    temperature: float = 0.1
+
+    def __post_init__(self):
+        if self.kind not in POLICIES:
+            raise ValueError(f"unknown policy {self.kind!r}; choose from {POLICIES}")
+        if not 0 <= self.epsilon <= 1:
+            raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+    def select(self, scores: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(indices shown, best score first; their inclusion probabilities)."""
+        n = len(scores)
+        k = min(k, n)
+        if k == 0:
+            return np.array([], int), np.array([])
+        pi = inclusion_probabilities(scores, k, self.kind, self.epsilon, self.temperature)
+        if self.kind == "greedy":
+            chosen = _top_k(scores, k)
+        elif self.kind == "epsilon_greedy":
+            chosen = rng.choice(n, size=k, replace=False) if rng.random() < self.epsilon else _top_k(scores, k)
+        else:
+            # Systematic sampling over a random order: exactly k draws, inclusion probability pi_i.
+            order = rng.permutation(n)
+            cum = np.cumsum(pi[order])
+            points = rng.random() + np.arange(k)
+            chosen = order[np.minimum(np.searchsorted(cum, points, side="right"), n - 1)]
+        chosen = chosen[np.argsort(-scores[chosen], kind="stable")]
+        return chosen, pi[chosen]

@@ -1,0 +1,110 @@
+"""Append-only feedback log: one JSON line per event, idempotent by event_id, fsynced before
+the caller acknowledges. Safe across threads and worker processes (an exclusive file lock guards
+check-then-append; each writer first reads what others appended). A torn last line (a crash
+mid-write) is ignored when reading and never acknowledged.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+from pathlib import Path
+
+
+class FeedbackLog:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._seen: set[str] = set()
+        self._offset = 0
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_APPEND, 0o640)
+        self._fh = os.fdopen(fd, "r+b", buffering=0)
+
+    def _catch_up(self) -> None:
+        """Read lines appended since our last look (by us or another process)."""
+        self._fh.seek(self._offset)
+        data = self._fh.read()
+        end = data.rfind(b"\n") + 1  # only whole lines; a torn tail stays unread
+        for line in data[:end].splitlines():
+            try:
+                self._seen.add(json.loads(line)["event_id"])
+            except (ValueError, KeyError):
+                continue  # a torn line from a crash, followed by a newline of a later write
+        self._offset += end
+
+    def append(self, event: dict) -> bool:
+        """Durably append `event` unless its event_id is already logged. Returns True if written."""
+        line = (json.dumps(event, separators=(",", ":"), sort_keys=True) + "\n").encode()
+        with self._lock:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX)
+            try:
+                self._catch_up()
+                if event["event_id"] in self._seen:
+                    return False
+                size = os.fstat(self._fh.fileno()).st_size
+                if size > self._offset:
+                    # A torn tail from a crash: start on a fresh line so this event parses.
+                    line = b"\n" + line
+                os.write(self._fh.fileno(), line)
+                os.fsync(self._fh.fileno())
+                self._offset = os.fstat(self._fh.fileno()).st_size
+                self._seen.add(event["event_id"])
+                return True
+            finally:
+                fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._catch_up()
+            return len(self._seen)
+
+
+def read_events(path: str | Path) -> list[dict]:
+    """Every complete, parseable event in the log (first occurrence of each event_id)."""
+    events, seen = [], set()
+    path = Path(path)
+    if not path.exists():
+        return events
+    for line in path.read_bytes().split(b"\n"):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("event_id") not in seen:
+            seen.add(event.get("event_id"))
+            events.append(event)
+    return events
+
+
+def export_feedback(log_path: str | Path, data_dir: str | Path) -> dict:
+    """Append logged feedback to data/interactions.parquet (skipping events already exported):
+    exposed = treatment = 1, outcome, the served propensity and position, policy 'serving:<name>'."""
+    import pandas as pd
+
+    from causalrec.data.schema import INTERACTIONS, read_table
+    from causalrec.io import atomic_write_bytes
+
+    events = read_events(log_path)
+    inter = read_table(data_dir, INTERACTIONS)
+    done = set(inter["event_id"].dropna()) if "event_id" in inter else set()
+    new = [e for e in events if e["event_id"] not in done]
+    if not new:
+        return {"events": len(events), "exported": 0}
+    rows = pd.DataFrame({
+        "user_id": [e["user_id"] for e in new], "item_id": [e["item_id"] for e in new],
+        "timestamp": pd.to_datetime([e["timestamp"] for e in new], utc=True).tz_localize(None),
+        "exposed": 1, "outcome": [float(e["outcome"]) for e in new], "propensity": [float(e["propensity"]) for e in new],
+        "position": [int(e.get("position") or 0) for e in new], "policy": [f"serving:{e.get('policy', 'unknown')}" for e in new],
+        "treatment": 1, "event_id": [e["event_id"] for e in new]})
+    if "event_id" not in inter:
+        inter["event_id"] = None
+    merged = pd.concat([inter, rows.astype({c: inter[c].dtype for c in rows.columns if c in inter and c != "event_id"})],
+                       ignore_index=True)
+    import io
+
+    buf = io.BytesIO()
+    merged.to_parquet(buf, index=False)
+    atomic_write_bytes(Path(data_dir) / INTERACTIONS.file, buf.getvalue())
+    return {"events": len(events), "exported": len(new), "interactions": len(merged)}

@@ -1,0 +1,151 @@
+"""Serving library: exploration propensities, durable feedback, privacy, the recommender core."""
+import json
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from causalrec.policy import ExplorationPolicy, inclusion_probabilities
+from causalrec.serving.feedback import FeedbackLog, export_feedback, read_events
+from causalrec.serving.privacy import api_key_matches, pseudonymize
+from conftest import make_project
+
+
+@pytest.mark.parametrize("kind", ["greedy", "epsilon_greedy", "softmax"])
+def test_logged_propensities_match_serving_frequencies(kind):
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=30) * 0.2
+    policy = ExplorationPolicy(kind, epsilon=0.2, temperature=0.1)
+    k, n_draws = 5, 20_000
+    counts = np.zeros(30)
+    logged = {}
+    for _ in range(n_draws):
+        shown, prop = policy.select(scores, k, rng)
+        assert len(shown) == k == len(set(shown.tolist()))
+        counts[shown] += 1
+        logged.update(zip(shown.tolist(), prop.tolist()))
+    freq = counts / n_draws
+    pi = inclusion_probabilities(scores, k, kind, 0.2, 0.1)
+    assert pi.sum() == pytest.approx(k)
+    assert np.abs(freq - pi).max() < 0.015
+    for item, p in logged.items():  # what was logged is exactly pi
+        assert p == pytest.approx(pi[item])
+
+
+def test_policy_errors():
+    with pytest.raises(ValueError, match="unknown policy"):
+        ExplorationPolicy("boltzmann-ish")
+    with pytest.raises(ValueError, match="epsilon"):
+        ExplorationPolicy("epsilon_greedy", epsilon=2)
+
+
+def _event(i, **kw):
+    return {"event_id": f"e{i}", "user_id": "u1", "item_id": "i000001", "outcome": 1.0, "propensity": 0.5,
+            "timestamp": "2026-11-23T07:00:00+00:00", "position": 1, "policy": "softmax", **kw}
+
+
+def test_feedback_log_idempotent_durable_and_torn_tail(tmp_path):
+    path = tmp_path / "fb.jsonl"
+    log = FeedbackLog(path)
+    assert log.append(_event(1)) and not log.append(_event(1))
+    with open(path, "ab") as fh:  # a crash mid-write leaves half a line
+        fh.write(b'{"event_id": "e2", "us')
+    again = FeedbackLog(path)  # a restarted server
+    assert not again.append(_event(1))
+    assert again.append(_event(2))
+    assert [e["event_id"] for e in read_events(path)] == ["e1", "e2"]
+
+
+def test_feedback_log_two_writers_no_duplicates(tmp_path):
+    path = tmp_path / "fb.jsonl"
+    a, b = FeedbackLog(path), FeedbackLog(path)  # e.g. two worker processes
+    results = []
+
+    def write(log):
+        for i in range(200):
+            results.append(log.append(_event(i)))
+
+    threads = [threading.Thread(target=write, args=(x,)) for x in (a, b)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert sum(results) == 200 and len(read_events(path)) == 200
+    lines = path.read_text().splitlines()
+    assert len(lines) == 200 and len({json.loads(x)["event_id"] for x in lines}) == 200
+
+
+def test_export_feedback_appends_once(tmp_path):
+    from causalrec.data.simulate import SimulationConfig, simulate
+
+    simulate(SimulationConfig(n_users=20, n_items=10, n_interactions=200), tmp_path / "data", tmp_path / "truth", progress=False)
+    log = FeedbackLog(tmp_path / "fb.jsonl")
+    for i in range(3):
+        log.append(_event(i, user_id="u000001"))
+    first = export_feedback(tmp_path / "fb.jsonl", tmp_path / "data")
+    second = export_feedback(tmp_path / "fb.jsonl", tmp_path / "data")
+    assert first["exported"] == 3 and second["exported"] == 0
+    inter = pd.read_parquet(tmp_path / "data" / "interactions.parquet")
+    assert len(inter) == 203 and (inter.dropna(subset=["event_id"])["policy"] == "serving:softmax").all()
+
+
+def test_privacy_helpers():
+    assert pseudonymize("alice", b"k1") == pseudonymize("alice", b"k1") != pseudonymize("alice", b"k2")
+    assert "alice" not in pseudonymize("alice", b"k1")
+    assert api_key_matches("s3cret", "s3cret") and not api_key_matches("s3cre", "s3cret")
+    assert not api_key_matches("anything", None) and not api_key_matches(None, "s3cret")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, tiny_encoder):
+    """A real bundle from the pipeline stages (no Prefect/BentoML needed)."""
+    from causalrec import pipeline
+    from causalrec.config import load_params
+
+    root = make_project(tmp_path_factory.mktemp("bundle") / "p", tiny_encoder, git=False,
+                        train={"models": ["popularity", "tt_naive"], "epochs": 4, "dim": 8}, uplift={"n_bootstrap": 2})
+    params = load_params(root / "params.yaml")
+    for stage in ("ingest", "embed", "propensity", "train", "evaluate"):
+        pipeline.STAGES[stage](params)
+    out = root / "bundle"
+    out.mkdir()
+    pipeline.write_bundle(params, "tt_naive", out)
+    return out, params
+
+
+def test_core_recommend_explain_and_new_items(bundle):
+    from causalrec.serving.core import NotFound, RecommenderCore
+    from causalrec.text import TextEncoder
+
+    path, params = bundle
+    core = RecommenderCore(path, serve={"policy": "softmax", "temperature": 0.05}, seed=0)
+    res = core.recommend("u000001", 5, exclude=["i000000"])
+    assert len(res["items"]) == 5 and res["cold_start"] is False and res["rank_by"] == "uplift"
+    assert all(0 < it["propensity"] <= 1 and -1 <= it["uplift"] <= 1 for it in res["items"])
+    assert "i000000" not in [it["item_id"] for it in res["items"]]
+    assert core.recommend("never-seen", 3)["cold_start"] is True
+    exp = core.explain("u000001", res["items"][0]["item_id"])
+    assert exp["uplift_interval"][0] <= exp["uplift"] + 1e-6 and exp["reasons"]
+    with pytest.raises(NotFound):
+        core.explain("u000001", "no-such-item")
+    enc = TextEncoder(params.embed.model_path, progress=False).load()
+    before = core.catalogue_size
+    added = core.add_item("Trail tent", "a tent for the summit", enc.embed(["Trail tent. a tent for the summit"])[0])
+    assert added["text_scored"] and core.catalogue_size == before + 1
+    core.add_item("Blank", "no signal", np.zeros_like(core.embeddings[0]))
+    s = core.relevance.scores("u000001")
+    assert abs(s[-2] - s[-1]) > 1e-4  # the text-described item is scored from its text, not as a blank
+    with pytest.raises(ValueError, match="dimension"):
+        core.add_item("x", "y", np.zeros(7, np.float32))
+
+
+def test_core_logs_pseudonymised_user_ids(bundle, caplog, monkeypatch):
+    import logging
+
+    from causalrec.serving.core import RecommenderCore
+
+    monkeypatch.setenv("CAUSALREC_PSEUDONYM_KEY", "k")
+    core = RecommenderCore(bundle[0])
+    with caplog.at_level(logging.INFO, logger="causalrec.serving"):
+        core.recommend("u000001", 2)
+    text = caplog.text
+    assert "recommend" in text and "u000001" not in text and pseudonymize("u000001", b"k") in text

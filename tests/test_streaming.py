@@ -1,0 +1,24 @@
+import numpy as np
+import pytest
+
+from causalrec.causal.debias import DebiasedRecommender
+from causalrec.causal.streaming import fit_streaming
+from causalrec.data.simulate import SimulationConfig, simulate
+from causalrec.evaluation.metrics import auc
+
+
+def test_streaming_fit_learns_and_scores(tmp_path):
+    cfg = SimulationConfig(n_users=200, n_items=100, n_interactions=40_000, chunk_rows=5000, n_topics=6)
+    simulate(cfg, tmp_path / "data", tmp_path / "truth", progress=False)
+    users, items = [f"u{u:06d}" for u in range(200)], [f"i{i:06d}" for i in range(100)]
+    model = DebiasedRecommender("ips", dim=8, epochs=3, lr=0.01, batch_size=512)
+    res = fit_streaming(model, tmp_path / "data" / "interactions.parquet", users, items, chunk_rows=7000)
+    assert len(res["epochs"]) == 3 and res["epochs"][0]["exposed_rows"] > 10_000
+    import pandas as pd
+
+    test = pd.read_parquet(tmp_path / "truth" / "test_pairs.parquet")
+    assert auc(test["y1"], model.predict(test["user_id"], test["item_id"])) > 0.6
+    with pytest.raises(ValueError, match="streaming fit supports"):
+        fit_streaming(DebiasedRecommender("dr_jl"), tmp_path / "data" / "interactions.parquet", users, items)
+    with pytest.raises(ValueError, match="outside the given catalogue"):
+        fit_streaming(DebiasedRecommender("naive", epochs=1), tmp_path / "data" / "interactions.parquet", users[:10], items)
