@@ -66,7 +66,8 @@ class Encoder:
         return self.encoder.embed(texts)
 
 
-@bentoml.service(name="causalrec-recommender", traffic={"timeout": 30})
+@bentoml.service(name="causalrec-recommender", traffic={"timeout": 30},
+                 workers=int(os.environ.get("CAUSALREC_RECOMMENDER_WORKERS", "1")))
 class Recommender:
     bundle = bentoml.models.BentoModel("causalrec-recommender:latest")
     encoder = bentoml.depends(Encoder)
@@ -78,7 +79,7 @@ class Recommender:
         self.k_max = int(self.core.config.get("k_max", 100))
 
     @bentoml.api(route="/recommend")
-    def recommend(self, user_id: Id, k: Annotated[int, Field(ge=1, le=10_000)] = 10,
+    async def recommend(self, user_id: Id, k: Annotated[int, Field(ge=1, le=10_000)] = 10,
                   exclude: Annotated[list[Id], Field(max_length=1000)] = []) -> dict:  # noqa: B006
         if k > self.k_max:
             raise InvalidArgument(f"k={k} is above this service's k_max={self.k_max}")

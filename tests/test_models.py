@@ -88,3 +88,19 @@ def test_dr_population_may_hold_never_exposed_ids():
     pop = (np.r_[users, ["u_never"]], np.r_[items, ["i_never"]])
     m = DebiasedRecommender("dr_jl", dim=2, epochs=2, batch_size=256).fit(users, items, y, p, population=pop)
     assert np.isfinite(m.score_matrix(["u_never"], ["i_never"])).all()
+
+
+def test_naive_bayes_propensity_recovers_rating_dependent_selection():
+    """MNAR: high ratings are observed 4x as often; a uniform sample reveals the true marginal."""
+    from causalrec.causal.propensity import NaiveBayesPropensity
+
+    rng = np.random.default_rng(0)
+    ratings = rng.choice([1, 2, 3, 4, 5], size=200_000, p=[0.3, 0.25, 0.2, 0.15, 0.1])
+    p_obs = np.where(ratings >= 4, 0.08, 0.02)
+    observed = ratings[rng.random(len(ratings)) < p_obs]
+    uniform = rng.choice(ratings, size=5000)
+    nb = NaiveBayesPropensity().fit(observed, n_pairs=len(ratings), uniform_ratings=uniform)
+    est = nb.predict([1, 5])
+    assert est[0] == pytest.approx(0.02, rel=0.15) and est[1] == pytest.approx(0.08, rel=0.15)
+    with pytest.raises(ValueError, match="uniform sample"):
+        NaiveBayesPropensity().fit(observed, n_pairs=len(ratings))

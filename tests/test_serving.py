@@ -149,3 +149,19 @@ def test_core_logs_pseudonymised_user_ids(bundle, caplog, monkeypatch):
         core.recommend("u000001", 2)
     text = caplog.text
     assert "recommend" in text and "u000001" not in text and pseudonymize("u000001", b"k") in text
+
+
+def test_export_feedback_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from causalrec.cli import app
+    from causalrec.data.simulate import SimulationConfig, simulate
+
+    project = make_project(tmp_path / "p", git=False)
+    simulate(SimulationConfig(n_users=20, n_items=10, n_interactions=100), project / "data", project / "truth", progress=False)
+    log = FeedbackLog(project / "fb.jsonl")
+    log.append(_event(1, user_id="u000003"))
+    res = CliRunner().invoke(app, ["export-feedback", "--log", str(project / "fb.jsonl"), "--params", str(project / "params.yaml")])
+    assert res.exit_code == 0 and '"exported": 1' in res.output
+    res = CliRunner().invoke(app, ["export-feedback", "--log", str(project / "missing.jsonl"), "--params", str(project / "params.yaml")])
+    assert res.exit_code == 2 and "not found" in res.output

@@ -84,6 +84,25 @@ def monitor_flow(params: Path = PARAMS, retrain_on_drift: bool = True) -> None:
     typer.echo(json.dumps(flow(params_path=str(params), retrain_on_drift=retrain_on_drift), indent=2, default=str))
 
 
+@app.command("export-feedback")
+def export_feedback_cmd(log: Path = typer.Option(..., help="feedback log (JSON lines) written by the Recommender service"),
+                        params: Path = PARAMS) -> None:
+    """Append served feedback (with its logged propensities) to data/interactions.parquet for the next retrain."""
+    from causalrec.config import ConfigError, load_params
+    from causalrec.data.schema import DataError
+    from causalrec.serving.feedback import export_feedback
+
+    try:
+        p = load_params(params)
+        if not log.is_file():
+            raise DataError(f"feedback log {log} not found")
+        result = export_feedback(log, p.paths.data_dir)
+    except (ConfigError, DataError, KeyError, ValueError) as exc:
+        typer.secho(f"causalrec export-feedback: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(result, indent=2))
+
+
 def main() -> None:  # pragma: no cover
     logging.basicConfig(level=logging.INFO)
     app()

@@ -60,6 +60,10 @@ class Embed(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     quantize_int8: bool = False
     finetune: bool = False
+    finetune_epochs: int = Field(2, ge=1)
+    finetune_batch_size: int = Field(64, ge=2)
+    finetune_lr: float = Field(3e-5, gt=0)
+    finetune_max_pairs: int = Field(20_000, ge=4)
 
 
 class Propensity(_Section):

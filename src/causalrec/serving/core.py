@@ -60,27 +60,29 @@ class RecommenderCore:
 
     # ------------------------------------------------------------------------------ recommend
     def recommend(self, user_id: str, k: int, exclude: list[str] | None = None) -> dict:
+        by_uplift = self.config["rank_by"] == "uplift"
+        ranker, other = (self.uplift, self.relevance) if by_uplift else (self.relevance, self.uplift)
         with self._lock:
-            relevance = self.relevance.scores(user_id)
-            uplift = self.uplift.scores(user_id) if self.uplift is not None else None
-            n = len(relevance)
-        rank = uplift if self.config["rank_by"] == "uplift" else relevance
-        eligible = np.ones(n, bool)
-        for item in exclude or []:
-            pos = self._pos.get(item)
-            if pos is not None:
-                eligible[pos] = False
-        candidates = np.flatnonzero(eligible)
-        chosen, propensity = self.policy.select(rank[candidates], min(k, len(candidates)), self._rng)
-        chosen = candidates[chosen]
+            rank = ranker.scores(user_id)
+            n = len(rank)
+            drop = [p for p in (self._pos.get(item) for item in exclude or []) if p is not None]
+            if drop:
+                candidates = np.delete(np.arange(n), drop)
+                chosen, propensity = self.policy.select(rank[candidates], min(k, len(candidates)), self._rng)
+                chosen = candidates[chosen]
+            else:
+                chosen, propensity = self.policy.select(rank, min(k, n), self._rng)
+            # The other score only for the items shown: one mat-vec over k rows, not the catalogue.
+            secondary = other.scores(user_id, chosen) if other is not None else None
+        relevance, uplift = (secondary, rank[chosen]) if by_uplift else (rank[chosen], secondary)
         cold = user_id not in self.known_users
         request_id = uuid.uuid4().hex
         log.info("recommend request=%s user=%s cold=%s k=%d", request_id, pseudonymize(user_id, self._pseudonym_key), cold, k)
         return {"request_id": request_id, "cold_start": cold, "policy": self.policy.kind, "rank_by": self.config["rank_by"],
                 "model": self.manifest.get("model"),
                 "items": [{"item_id": self.item_ids[i], "title": self.titles[i], "position": pos + 1,
-                           "score": float(relevance[i]), "uplift": None if uplift is None else float(uplift[i]),
-                           "propensity": float(p)} for pos, (i, p) in enumerate(zip(chosen, propensity))]}
+                           "score": float(relevance[j]), "uplift": None if uplift is None else float(uplift[j]),
+                           "propensity": float(propensity[j])} for j, (pos, i) in enumerate(enumerate(chosen))]}
 
     # -------------------------------------------------------------------------------- explain
     def explain(self, user_id: str, item_id: str, n_similar: int = 3) -> dict:

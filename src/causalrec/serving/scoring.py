@@ -51,9 +51,11 @@ class FactorTerm:
             p, b = self.net.user_vectors(torch.as_tensor(idx), warm)
         return p[0].numpy(), float(b[0])
 
-    def scores(self, user_id: str) -> np.ndarray:
+    def scores(self, user_id: str, idx: np.ndarray | None = None) -> np.ndarray:
+        """Scores of every item, or of the items at positions `idx` only."""
         p, bu = self.user(user_id)
-        raw = self.Q @ p + self.b + (bu + self.global_bias)
+        Q, b = (self.Q, self.b) if idx is None else (self.Q[idx], self.b[idx])
+        raw = Q @ p + b + (bu + self.global_bias)
         return _sigmoid(raw) if self.link == "sigmoid" else raw
 
 
@@ -116,10 +118,11 @@ class CatalogueScorer:
         for part in self.parts:
             part.add_item(features)
 
-    def scores(self, user_id: str) -> np.ndarray:
+    def scores(self, user_id: str, idx: np.ndarray | None = None) -> np.ndarray:
+        """(n_items,) scores, or those of the items at positions `idx` only (cheaper)."""
         if not self.parts:
-            return self.const.copy()
-        return self.combine([p.scores(user_id) for p in self.parts]).astype(np.float32)
+            return self.const.copy() if idx is None else self.const[idx]
+        return self.combine([p.scores(user_id, idx) for p in self.parts]).astype(np.float32)
 
     def member_scores(self, user_id: str) -> np.ndarray | None:
         """(n_members, n_items) for bootstrap uplift models, else None."""

@@ -183,12 +183,12 @@ def finetune(pairs: pd.DataFrame, out_dir: str | Path, model_path: str | Path | 
         state["epoch"] += 1
         recall = retrieval_recall(model, val_a, val_p, val["positive"].tolist(), pad_id, dev, cfg.recall_k)
         state["history"].append({"epoch": state["epoch"], "step": state["step"], "loss": loss.item(), f"val_recall@{cfg.recall_k}": recall})
+        # Every rank sees the same validation recall, so all agree on best/bad; only rank 0 writes.
+        improved = recall > state["best"]
+        state["best"], state["bad"] = (recall, 0) if improved else (state["best"], state["bad"] + 1)
         if rank == 0:
-            if recall > state["best"]:
-                state["best"], state["bad"] = recall, 0
+            if improved:
                 _save(model, tok, src, best_dir)
-            else:
-                state["bad"] += 1
             _save(model, tok, src, last)
             torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": state},
                        last / "trainer_state.pt")
@@ -231,3 +231,41 @@ def train_flops_per_token(config, seq_len: int) -> float:
     d, L, ff = config.hidden_size, config.num_hidden_layers, config.intermediate_size
     n_params = L * (4 * d * d + 2 * d * ff)
     return 6 * n_params + 12 * L * d * seq_len
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI for launching under torchrun / accelerate (one process per GPU):
+
+        torchrun --nproc_per_node=N -m causalrec.text.finetune --pairs pairs.parquet --out DIR [--model PATH]
+        accelerate launch -m causalrec.text.finetune --pairs pairs.parquet --out DIR
+
+    `pairs.parquet` has columns anchor, positive (e.g. from mine_pairs).
+    """
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m causalrec.text.finetune")
+    ap.add_argument("--pairs", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--grad-accum", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=3e-5)
+    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--gradient-checkpointing", action="store_true")
+    args = ap.parse_args(argv)
+    pairs = pd.read_parquet(args.pairs)
+    missing = {"anchor", "positive"} - set(pairs.columns)
+    if missing:
+        raise SystemExit(f"{args.pairs}: missing column(s) {sorted(missing)}")
+    cfg = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+                         max_steps=args.max_steps, gradient_checkpointing=args.gradient_checkpointing)
+    result = finetune(pairs, args.out, args.model, cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

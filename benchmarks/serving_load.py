@@ -1,0 +1,143 @@
+"""Load test of the real Recommender server over a 100,000-item catalogue, against a naive
+baseline (one request = one full Python loop over the catalogue), in the same run.
+
+    python benchmarks/serving_load.py [--items 100000] [--seconds 20] [--users 16]
+
+Builds a bundle (MF relevance + T-learner uplift on simulated data with `--items` items) in a
+temporary BentoML store, serves `bentos.service:Recommender` and `benchmarks/naive_service.py`
+on 127.0.0.1 one after the other, and drives each with locust (headless, as a command, bounded
+in time). Writes results/serving.json: rps, p50_ms, p99_ms, errors for both.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from _common import REPO, write_result
+
+BENCH = Path(__file__).resolve().parent
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_store(home: Path, n_items: int) -> None:
+    """Simulate, train and save the recommender + encoder models into BENTOML_HOME=home."""
+    import yaml
+
+    root = home.parent / "project"
+    (root).mkdir(parents=True)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["simulate"].update({"n_users": 2000, "n_items": n_items, "n_interactions": 300_000})
+    params["train"].update({"models": ["mf_naive"], "epochs": 5})
+    params["uplift"].update({"learner": "t_learner", "n_bootstrap": 1})
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    code = f"""
+import os, sys, json
+from pathlib import Path
+sys.path.insert(0, {str(REPO / 'src')!r})
+os.environ['BENTOML_HOME'] = {str(home)!r}
+from causalrec import pipeline
+from causalrec.config import load_params
+import pandas as pd, numpy as np
+params = load_params({str(root / 'params.yaml')!r})
+pipeline.ingest(params)
+pipeline.propensity(params)
+d = pipeline._dirs(params)
+# no text model for 100k items on 2 cores: train ids-only models and evaluate quickly
+from causalrec.causal.uplift import UpliftLearner
+inter = pd.read_parquet(d['data'] / 'interactions.parquet')
+p = pd.read_parquet(d['propensity'] / 'propensities.parquet')['propensity'].to_numpy()
+ex = inter[inter.exposed == 1]
+d['models'].mkdir(parents=True, exist_ok=True)
+m = pipeline.make_model('mf_naive', params).fit(ex.user_id.values, ex.item_id.values, ex.outcome.values, p[inter.exposed.values == 1])
+m.save(d['models'] / 'mf_naive.pt')
+import torch
+u = UpliftLearner('t_learner', epochs=5, dim=16).fit(inter.user_id, inter.item_id, inter.treatment, inter.outcome, p)
+torch.save({{'kind': 'uplift', 'model': u}}, d['models'] / 'uplift.pt')
+d['metrics'].write_text(json.dumps({{'models': {{'mf_naive': {{'auc': 0.5}}}}, 'primary_metric': 'auc', 'best': {{'model': 'mf_naive'}}}}))
+import bentoml
+with bentoml.models.create('causalrec-recommender') as bm:
+    pipeline.write_bundle(params, 'mf_naive', Path(bm.path))
+with bentoml.models.create('causalrec-encoder') as em:
+    pipeline.write_encoder_bundle(params, Path(em.path))
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+def serve(target: str, home: Path, cwd: Path, log: Path):
+    port = _port()
+    env = {**os.environ, "BENTOML_HOME": str(home), "CAUSALREC_FEEDBACK_LOG": str(cwd / "fb.jsonl"),
+           "BENTOML_DO_NOT_TRACK": "True"}
+    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=cwd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(180):
+        try:
+            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return proc, url
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    os.killpg(proc.pid, 9)
+    raise RuntimeError(f"{target} did not start: {log.read_text()[-2000:]}")
+
+
+def load(url: str, users: int, seconds: int, out: Path) -> dict:
+    prefix = out / "locust"
+    subprocess.run([str(Path(sys.executable).parent / "locust"), "-f", str(BENCH / "locustfile.py"), "--headless",
+                    "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--host", url, "--csv", str(prefix),
+                    "--only-summary", "--stop-timeout", "5"], check=False, capture_output=True, text=True, timeout=seconds + 60)
+    with open(f"{prefix}_stats.csv") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["Name"] == "/recommend")
+    n = int(row["Request Count"])
+    return {"requests": n, "rps": float(row["Requests/s"]), "p50_ms": float(row["50%"]), "p99_ms": float(row["99%"]),
+            "errors": int(row["Failure Count"]), "users": users, "seconds": seconds}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--items", type=int, default=100_000)
+    ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--users", type=int, default=16)
+    ap.add_argument("--baseline-seconds", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="serving-load-"))
+    home = work / "bentoml"
+    build_store(home, args.items)
+    results = {}
+    for name, target, cwd, users, seconds in (
+            ("causalrec", "bentos.service:Recommender", REPO, args.users, args.seconds),
+            ("naive_baseline", "naive_service:NaiveRecommender", BENCH, 2, args.baseline_seconds)):
+        proc, url = serve(target, home, cwd, work / f"{name}.log")
+        try:
+            r = requests.post(f"{url}/recommend", json={"user_id": "u000001", "k": 10}, timeout=60)
+            r.raise_for_status()
+            (work / name).mkdir()
+            results[name] = load(url, users, seconds, work / name)
+        finally:
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=30)
+        print(name, results[name], flush=True)
+    ours, naive = results["causalrec"], results["naive_baseline"]
+    write_result("serving", {"catalogue_items": args.items, **ours, "naive_baseline": naive,
+                             "speedup_rps_vs_naive": ours["rps"] / max(naive["rps"], 1e-9),
+                             "target": {"rps": 300, "p99_ms": 25, "errors": 0},
+                             "note": "server and load generator share the same 2 cores"}, args.out)
+
+
+if __name__ == "__main__":
+    main()
