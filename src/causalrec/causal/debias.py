@@ -195,26 +195,25 @@ class DebiasedRecommender:
         warm = known & trained[np.maximum(idx, 0)]
         return torch.as_tensor(np.maximum(idx, 0)), torch.as_tensor(warm, dtype=torch.float32), torch.as_tensor(known, dtype=torch.float32)
 
-    @torch.no_grad()
-    def score_matrix(self, user_ids, item_ids) -> np.ndarray:
-        """(len(user_ids), len(item_ids)) predicted P(Y(1)=1) (the raw score for the regression objective)."""
+    def _sides(self, user_ids, item_ids):
+        """User and item (vectors, biases); ids unknown to the model contribute nothing."""
         u, uw, uk = self._encode(user_ids, self.users_, self.trained_users_)
         i, iw, ik = self._encode(item_ids, self.items_, self.trained_items_)
         P, bu = self.net_.user_vectors(u, uw)
         Q, bi = self.net_.item_vectors(i, iw)
-        # ids unknown to the model altogether contribute nothing but the global bias
-        P, bu, Q, bi = P * uk[:, None], bu * uk, Q * ik[:, None], bi * ik
+        return P * uk[:, None], bu * uk, Q * ik[:, None], bi * ik
+
+    @torch.no_grad()
+    def score_matrix(self, user_ids, item_ids) -> np.ndarray:
+        """(len(user_ids), len(item_ids)) predicted P(Y(1)=1) (the raw score for the regression objective)."""
+        P, bu, Q, bi = self._sides(user_ids, item_ids)
         return self._link(P @ Q.T + bu[:, None] + bi[None, :] + self.net_.global_bias)
 
     @torch.no_grad()
     def predict(self, user_ids, item_ids) -> np.ndarray:
         """Predicted P(Y(1)=1) for aligned (user, item) pairs."""
-        u, uw, uk = self._encode(user_ids, self.users_, self.trained_users_)
-        i, iw, ik = self._encode(item_ids, self.items_, self.trained_items_)
-        P, bu = self.net_.user_vectors(u, uw)
-        Q, bi = self.net_.item_vectors(i, iw)
-        logit = (P * Q).sum(-1) * uk * ik + bu * uk + bi * ik + self.net_.global_bias
-        return self._link(logit)
+        P, bu, Q, bi = self._sides(user_ids, item_ids)
+        return self._link((P * Q).sum(-1) + bu + bi + self.net_.global_bias)
 
     def save(self, path: str | Path) -> None:
         from causalrec.io import atomic_write_bytes
