@@ -34,7 +34,8 @@ GRID = {"dim": [4, 8, 16], "weight_decay": [1e-4, 1e-3]}
 # name: (method, inputs)
 METHODS = {
     "mf_naive": ("naive", {"ids"}), "mf_ips": ("ips", {"ids"}), "mf_snips": ("snips", {"ids"}),
-    "mf_dr_jl": ("dr_jl", {"ids"}), "mf_mrdr_jl": ("mrdr_jl", {"ids"}), "mf_sdr": ("sdr", {"ids"}),
+    "mf_dr": ("dr", {"ids"}), "mf_dr_jl": ("dr_jl", {"ids"}), "mf_mrdr_jl": ("mrdr_jl", {"ids"}),
+    "mf_sdr": ("sdr", {"ids"}),
     "tt_naive_attr": ("naive", {"ids", "attributes"}), "tt_sdr_attr": ("sdr", {"ids", "attributes"}),
     "tt_sdr_text": ("sdr", {"ids", "text"}),
     "tt_naive_attr_ratings": ("naive", {"ids", "attributes", "ratings"}),

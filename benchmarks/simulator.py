@@ -29,7 +29,7 @@ from causalrec.data.simulate import SimulationConfig, World, simulate
 from causalrec.evaluation import metrics as M
 from causalrec.text import TextEncoder
 
-RELEVANCE = ("naive", "ips", "snips", "dr_jl", "mrdr_jl", "sdr")
+RELEVANCE = ("naive", "ips", "snips", "dr", "dr_jl", "mrdr_jl", "sdr")
 UPLIFT = ("t_learner", "x_learner", "dr_learner", "dlce", "shared")
 
 

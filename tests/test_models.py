@@ -43,11 +43,11 @@ def test_ips_weighting_reduces_selection_bias_in_the_mean():
     users, items, y, p, like = _toy(n=40_000)
     truth = 0.5 * 0.8 + 0.5 * 0.1
     est = {}
-    for w in ("naive", "ips", "snips", "dr_jl", "sdr"):
+    for w in ("naive", "ips", "snips", "dr", "dr_jl", "sdr"):
         m = DebiasedRecommender(w, dim=1, epochs=30, lr=0.05, weight_decay=0.1, seed=0).fit(users, items, y, p)
         est[w] = float(m.predict(np.array([f"u{k}" for k in range(60)] * 40), np.repeat([f"i{k}" for k in range(40)], 60)).mean())
     assert est["naive"] > truth + 0.05
-    for w in ("ips", "snips", "dr_jl", "sdr"):
+    for w in ("ips", "snips", "dr", "dr_jl", "sdr"):
         assert abs(est[w] - truth) < abs(est["naive"] - truth) - 0.02, (w, est)
 
 

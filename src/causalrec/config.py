@@ -72,8 +72,8 @@ class Propensity(_Section):
 
 
 class Train(_Section):
-    models: list[Literal["popularity", "mf_naive", "mf_ips", "mf_snips", "mf_dr_jl", "mf_mrdr_jl", "mf_sdr",
-                         "tt_naive", "tt_ips", "tt_snips", "tt_dr_jl", "tt_mrdr_jl", "tt_sdr"]] = Field(
+    models: list[Literal["popularity", "mf_naive", "mf_ips", "mf_snips", "mf_dr", "mf_dr_jl", "mf_mrdr_jl", "mf_sdr",
+                         "tt_naive", "tt_ips", "tt_snips", "tt_dr", "tt_dr_jl", "tt_mrdr_jl", "tt_sdr"]] = Field(
         default_factory=lambda: ["popularity", "mf_naive", "mf_ips"], min_length=1
     )
     dim: int = Field(32, ge=1)

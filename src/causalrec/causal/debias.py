@@ -6,6 +6,8 @@ visits for the simulator; all user x item pairs for Coat). Outcomes are observed
 
   naive     mean_O e                                   biased towards what the policy exposed
   ips       (1/|D|) sum_O e/p                          unbiased, high variance
+  dr        (1/|D|) [sum_D ê + sum_O (e - ê)/p]        doubly robust with a fixed imputation model:
+            g is fit first (naive, on observed labels) and frozen; ê = BCE(f, g)
   snips     sum_O e/p / sum_O 1/p                      self-normalised IPS
   dr_jl     (1/|D|) [sum_D ê + sum_O (e - ê)/p]        doubly robust, joint learning (Wang et al. 2019):
             ê = BCE(f, g) from an imputation model g trained on sum_O (e - ê)² / p
@@ -31,8 +33,8 @@ import torch.nn.functional as F
 from causalrec.models.factor import FactorModel
 from causalrec.models.ids import IdIndex
 
-METHODS = ("naive", "ips", "snips", "dr_jl", "mrdr_jl", "sdr")
-DR_METHODS = ("dr_jl", "mrdr_jl", "sdr")
+METHODS = ("naive", "ips", "snips", "dr", "dr_jl", "mrdr_jl", "sdr")
+DR_METHODS = ("dr", "dr_jl", "mrdr_jl", "sdr")
 
 
 def _feature_matrix(index: IdIndex, features: pd.DataFrame | None) -> torch.Tensor | None:
@@ -109,6 +111,14 @@ class DebiasedRecommender:
                 pop_i = torch.as_tensor(self.items_.encode(np.asarray(population[1]).astype(str)))
                 n_population = len(pop_u)
             obs_fraction = len(yt) / n_population
+            if self.method == "dr":  # fixed imputation: g learns the observed labels once, then stays
+                for _ in range(max(1, self.epochs // 3)):
+                    for start in range(0, len(yt), self.batch_size):
+                        b = torch.as_tensor(rng.permutation(len(yt))[: self.batch_size])
+                        g_loss = F.binary_cross_entropy_with_logits(imputer(u[b], i[b]), yt[b])
+                        opt_g.zero_grad()
+                        g_loss.backward()
+                        opt_g.step()
         if val is not None:
             vu, vi = torch.as_tensor(self.users_.encode(val[0])), torch.as_tensor(self.items_.encode(val[1]))
             vy = torch.as_tensor(np.asarray(val[2], dtype=np.float32))
@@ -131,14 +141,15 @@ class DebiasedRecommender:
                 elif self.method == "snips":
                     loss = (e / pb).sum() / (1 / pb).sum()
                 else:
-                    # 1) imputation step: g learns to predict f's error on observed pairs.
-                    g_obs = torch.sigmoid(imputer(u[b], i[b]))
-                    e_hat = F.binary_cross_entropy(torch.sigmoid(logits.detach()), g_obs, reduction="none")
-                    wg = (1 - pb) / pb ** 2 if self.method == "mrdr_jl" else 1 / pb
-                    g_loss = (wg * (e.detach() - e_hat) ** 2).mean()
-                    opt_g.zero_grad()
-                    g_loss.backward()
-                    opt_g.step()
+                    if self.method != "dr":
+                        # 1) imputation step: g learns to predict f's error on observed pairs.
+                        g_obs = torch.sigmoid(imputer(u[b], i[b]))
+                        e_hat = F.binary_cross_entropy(torch.sigmoid(logits.detach()), g_obs, reduction="none")
+                        wg = (1 - pb) / pb ** 2 if self.method == "mrdr_jl" else 1 / pb
+                        g_loss = (wg * (e.detach() - e_hat) ** 2).mean()
+                        opt_g.zero_grad()
+                        g_loss.backward()
+                        opt_g.step()
                     # 2) prediction step: imputed errors on a population sample + propensity-weighted correction.
                     m = len(b) * self.imputation_ratio
                     if pop_u is None:

@@ -1,0 +1,32 @@
+"""Benchmark scripts run on tiny inputs and write well-formed results (numbers are not asserted:
+benchmarks are not tests)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def _run(args, out):
+    proc = subprocess.run([sys.executable, *args, "--out", str(out)], cwd=REPO / "benchmarks", capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_encoder_benchmark_tiny(tmp_path):
+    _run(["encoder_gpu.py", "--device", "cpu", "--tiny", "--n-texts", "40", "--finetune-steps", "1",
+          "--variants", "bert-base:eager", "--name", "smoke"], tmp_path)
+    result = json.loads((tmp_path / "smoke.json").read_text())
+    assert {"command", "machine", "date", "device"} <= set(result)
+    assert result["embed"]["speedup_vs_sentence_transformers"] > 0 and result["embed"]["int8"]["texts_per_s"] > 0
+    assert result["finetune"]["runs"][0]["tokens_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_ope_benchmark(tmp_path):
+    _run(["ope_obd.py", "--n-bootstrap", "50"], tmp_path)
+    result = json.loads((tmp_path / "ope_obd.json").read_text())
+    assert all(row["agrees_with_obp"] for row in result["estimators"].values())
+    assert result["best"]["estimator"] in result["estimators"]
