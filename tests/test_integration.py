@@ -176,6 +176,9 @@ def test_serve_cold_start_and_bad_requests(server):
         assert 400 <= r.status_code < 500, (bad, r.status_code, r.text)
     r = requests.post(f"{url}/recommend", data=b'{"user_id": "\xff\xfe", "k": 3}', headers={"content-type": "application/json"})
     assert 400 <= r.status_code < 500
+    huge = {"user_id": "u000001", "k": 3, "exclude": ["i000001"] * 500_000}  # ~6 MB body
+    assert 400 <= _post(url, "/recommend", huge).status_code < 500
+    assert _post(url, "/recommend", {"user_id": "u000001", "k": 3}).status_code == 200  # and still serving
 
 
 def test_serve_explain_items_feedback_and_metrics(server):

@@ -104,3 +104,20 @@ def test_naive_bayes_propensity_recovers_rating_dependent_selection():
     assert est[0] == pytest.approx(0.02, rel=0.15) and est[1] == pytest.approx(0.08, rel=0.15)
     with pytest.raises(ValueError, match="uniform sample"):
         NaiveBayesPropensity().fit(observed, n_pairs=len(ratings))
+
+
+def test_logistic_propensity_uses_text_features():
+    """Exposure driven by a text direction: the text-aware model fits it, the count model cannot."""
+    from sklearn.metrics import roc_auc_score
+
+    from causalrec.causal.propensity import LogisticPropensity
+
+    rng = np.random.default_rng(0)
+    emb = pd.DataFrame(rng.normal(size=(50, 16)), index=[f"i{k}" for k in range(50)])
+    df = pd.DataFrame({"user_id": rng.integers(30, size=20_000).astype(str), "item_id": [f"i{k}" for k in rng.integers(50, size=20_000)]})
+    logit = emb.loc[df["item_id"], 0].to_numpy() * 2 - 1
+    df["exposed"] = (rng.random(len(df)) < 1 / (1 + np.exp(-logit))).astype(int)
+    with_text = LogisticPropensity().fit(df, item_features=emb).predict(df["user_id"], df["item_id"])
+    counts_only = LogisticPropensity().fit(df).predict(df["user_id"], df["item_id"])
+    assert roc_auc_score(df["exposed"], with_text) >= roc_auc_score(df["exposed"], counts_only) - 0.01
+    assert roc_auc_score(df["exposed"], with_text) > 0.7

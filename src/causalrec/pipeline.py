@@ -160,7 +160,10 @@ def propensity(params: Params) -> dict:
 
     d = _dirs(params)
     inter = read_table(d["data"], INTERACTIONS)
-    p = estimate_propensities(inter, params.propensity.method, params.propensity.clip_min)
+    text = None
+    if params.propensity.method == "logistic" and (d["embeddings"] / "items.npy").exists():
+        text = text_features(params)
+    p = estimate_propensities(inter, params.propensity.method, params.propensity.clip_min, text)
     exposed = inter["exposed"].to_numpy() == 1
     weights = 1.0 / p[exposed]
     diag = {"method": params.propensity.method, "clip_min": params.propensity.clip_min, "rows": len(p),

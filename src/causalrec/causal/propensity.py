@@ -31,20 +31,40 @@ class PopularityPropensity:
 
 @dataclass
 class LogisticPropensity:
-    """Logistic exposure model on user and item activity (log counts) and item popularity rank."""
+    """Logistic exposure model on user and item activity (log counts) and, when given, item text
+    embeddings (reduced to `text_components` principal components) and their product with the
+    user's profile embedding (user-item text affinity)."""
 
     C: float = 1.0
+    text_components: int = 8
     model_: object = field(default=None, init=False, repr=False)
 
     def _features(self, users, items) -> np.ndarray:
         u = np.log1p(pd.Series(users).map(self.user_counts_).fillna(0).to_numpy())
         i = np.log1p(pd.Series(items).map(self.item_counts_).fillna(0).to_numpy())
-        return np.c_[u, i, u * i]
+        cols = [u, i, u * i]
+        if self.item_text_ is not None:
+            t = self.item_text_.reindex(pd.Index(np.asarray(items).astype(str))).fillna(0.0).to_numpy()
+            cols.append(t)
+            if self.user_text_ is not None:
+                ut = self.user_text_.reindex(pd.Index(np.asarray(users).astype(str))).fillna(0.0).to_numpy()
+                cols.append((t * ut).sum(1, keepdims=True))
+        return np.column_stack(cols)
 
-    def fit(self, interactions: pd.DataFrame) -> "LogisticPropensity":
+    def fit(self, interactions: pd.DataFrame, item_features: pd.DataFrame | None = None,
+            user_features: pd.DataFrame | None = None) -> "LogisticPropensity":
+        from sklearn.decomposition import PCA
+
         exposed = interactions[interactions["exposed"] == 1]
         self.user_counts_ = exposed["user_id"].value_counts().to_dict()
         self.item_counts_ = exposed["item_id"].value_counts().to_dict()
+        self.item_text_ = self.user_text_ = None
+        if item_features is not None:
+            k = min(self.text_components, item_features.shape[1], len(item_features))
+            pca = PCA(k, random_state=0).fit(item_features.to_numpy())
+            self.item_text_ = pd.DataFrame(pca.transform(item_features.to_numpy()), index=item_features.index.astype(str))
+            if user_features is not None and user_features.shape[1] == item_features.shape[1]:
+                self.user_text_ = pd.DataFrame(pca.transform(user_features.to_numpy()), index=user_features.index.astype(str))
         x = self._features(interactions["user_id"], interactions["item_id"])
         self.model_ = LogisticRegression(C=self.C, max_iter=500).fit(x, interactions["exposed"].to_numpy())
         return self
@@ -96,7 +116,8 @@ def effective_sample_size(weights: np.ndarray) -> float:
     return float(w.sum() ** 2 / (w ** 2).sum())
 
 
-def estimate_propensities(interactions: pd.DataFrame, method: str, clip_min: float) -> np.ndarray:
+def estimate_propensities(interactions: pd.DataFrame, method: str, clip_min: float,
+                          text_features: dict | None = None) -> np.ndarray:
     """Propensity of exposure for every row of `interactions`, clipped to [clip_min, 1]."""
     if method == "logged":
         if "propensity" not in interactions or interactions["propensity"].isna().any():
@@ -106,7 +127,7 @@ def estimate_propensities(interactions: pd.DataFrame, method: str, clip_min: flo
     elif method == "popularity":
         p = PopularityPropensity().fit(interactions).predict(interactions["user_id"], interactions["item_id"])
     elif method == "logistic":
-        p = LogisticPropensity().fit(interactions).predict(interactions["user_id"], interactions["item_id"])
+        p = LogisticPropensity().fit(interactions, **(text_features or {})).predict(interactions["user_id"], interactions["item_id"])
     else:
         raise ValueError(f"unknown propensity method {method!r}")
     return clip_propensity(p, clip_min)
