@@ -38,6 +38,9 @@ def main() -> None:
     ap.add_argument("--interactions", type=int, default=100_000)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--name", default="simulator")
+    ap.add_argument("--skip-relevance", action="store_true", help="uplift and cold start only (large logs)")
+    ap.add_argument("--uplift-batch-size", type=int, default=1024)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="simbench-"))
@@ -71,7 +74,7 @@ def main() -> None:
         is_val = np.random.default_rng(seed).random(len(exposed)) < 0.1
         fit, val = exposed[~is_val], exposed[is_val]
         cols = ["user_id", "item_id", "outcome", "propensity"]
-        for backbone, feats in (("mf", {}), ("tt", text)):
+        for backbone, feats in () if args.skip_relevance else (("mf", {}), ("tt", text)):
             for method in RELEVANCE:
                 m = DebiasedRecommender(method, dim=16, lr=0.005, batch_size=1024, epochs=60, patience=4, seed=seed)
                 m.fit(*(fit[c].to_numpy() for c in cols), val=tuple(val[c].to_numpy() for c in cols),
@@ -81,7 +84,7 @@ def main() -> None:
                                        **ranking(m.score_matrix(user_ids, item_ids))})
                 print(relevance_rows[-1], flush=True)
         for learner in UPLIFT:
-            m = UpliftLearner(learner, arm_method="naive", seed=seed).fit(
+            m = UpliftLearner(learner, arm_method="naive", batch_size=args.uplift_batch_size, seed=seed).fit(
                 inter["user_id"], inter["item_id"], inter["treatment"], inter["outcome"], inter["propensity"], **text)
             S = m.score_matrix(user_ids, item_ids)
             uu = pd.Index(user_ids).get_indexer(test["user_id"])
@@ -90,7 +93,8 @@ def main() -> None:
             row["cp@10_ratio_to_oracle"] = row["cp@10"] / oracle_cp
             uplift_rows.append(row)
             print(row, flush=True)
-    rel_df = pd.DataFrame(relevance_rows).groupby("model").agg(["mean", "std"])
+    rel_df = (pd.DataFrame(relevance_rows).groupby("model").agg(["mean", "std"]) if relevance_rows
+              else pd.DataFrame(columns=pd.MultiIndex.from_tuples([("seed", "mean")])))
     upl_df = pd.DataFrame(uplift_rows).drop(columns="seed").groupby("learner").agg(["mean", "std"])
 
     def table(df):
@@ -118,7 +122,7 @@ def main() -> None:
     uplift = table(upl_df)
     best = max(uplift, key=lambda n: uplift[n]["cp@10"])
     relevance = table(rel_df)
-    write_result("simulator", {
+    write_result(args.name, {
         "data": {"interactions": args.interactions, "users": cfg.n_users, "items": cfg.n_items, "seed": cfg.seed},
         "seeds": args.seeds, "seconds": round(time.time() - t0, 1),
         "relevance": relevance, "relevance_oracle": {"cp@10_when_ranking_by_true_relevance": M.causal_precision_at_k(rel, upl, 10)},
