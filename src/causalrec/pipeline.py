@@ -225,11 +225,12 @@ def make_model(name: str, params: Params):
 
 def train_uplift(params: Params, path: Path) -> dict:
     """Fit the uplift learner on every logged row (treated and untreated) and save it."""
+    import io
+
     import torch
 
     from causalrec.causal.uplift import UpliftLearner
     from causalrec.io import atomic_write_bytes
-    import io
 
     d = _dirs(params)
     inter = read_table(d["data"], INTERACTIONS)

@@ -45,12 +45,12 @@ class RecommenderCore:
         self._pos = {k: i for i, k in enumerate(self.item_ids)}
         emb = bundle_dir / "item_embeddings.npy"
         self.embeddings = np.load(emb) if emb.exists() else None
-        self.relevance = CatalogueScorer(load_model(bundle_dir / "model.pt"), self.item_ids)
+        model = load_model(bundle_dir / "model.pt")
+        self.relevance = CatalogueScorer(model, self.item_ids)
         uplift_path = bundle_dir / "uplift.pt"
         self.uplift = CatalogueScorer(load_model(uplift_path), self.item_ids) if uplift_path.exists() else None
         if self.uplift is None and self.config["rank_by"] == "uplift":
             self.config["rank_by"] = "relevance"
-        model = load_model(bundle_dir / "model.pt")
         self.known_users = set(getattr(getattr(model, "users_", None), "ids", np.array([])).tolist())
         hist = bundle_dir / "history.parquet"
         self.history = (pd.read_parquet(hist).groupby("user_id")["item_id"].apply(list).to_dict() if hist.exists() else {})
