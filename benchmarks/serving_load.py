@@ -79,7 +79,7 @@ with bentoml.models.create('causalrec-encoder') as em:
 
 def serve(target: str, home: Path, cwd: Path, log: Path):
     port = _port()
-    env = {**os.environ, "BENTOML_HOME": str(home), "CAUSALREC_FEEDBACK_LOG": str(cwd / "fb.jsonl"),
+    env = {**os.environ, "BENTOML_HOME": str(home), "CAUSALREC_FEEDBACK_LOG": str(log.parent / "fb.jsonl"),
            "BENTOML_DO_NOT_TRACK": "True"}
     proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)],
                             cwd=cwd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
