@@ -121,3 +121,17 @@ def test_logistic_propensity_uses_text_features():
     counts_only = LogisticPropensity().fit(df).predict(df["user_id"], df["item_id"])
     assert roc_auc_score(df["exposed"], with_text) >= roc_auc_score(df["exposed"], counts_only) - 0.01
     assert roc_auc_score(df["exposed"], with_text) > 0.7
+
+
+def test_propensity_calibration_diagnostics_and_recalibration():
+    from causalrec.causal.propensity import calibrate_isotonic, calibration_table
+
+    rng = np.random.default_rng(0)
+    true_p = rng.uniform(0.05, 0.9, 50_000)
+    exposed = (rng.random(len(true_p)) < true_p).astype(int)
+    _, ece_true = calibration_table(true_p, exposed)
+    distorted = true_p ** 2  # systematically too low
+    _, ece_bad = calibration_table(distorted, exposed)
+    assert ece_true < 0.02 < ece_bad
+    _, ece_fixed = calibration_table(calibrate_isotonic(distorted, exposed), exposed)
+    assert ece_fixed < 0.02

@@ -69,6 +69,7 @@ class Embed(_Section):
 class Propensity(_Section):
     method: Literal["logged", "popularity", "logistic"] = "logged"
     clip_min: float = Field(0.01, gt=0, le=1)
+    calibrate: bool = False
 
 
 class Train(_Section):

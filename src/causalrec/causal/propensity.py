@@ -110,6 +110,27 @@ def clip_propensity(p: np.ndarray, clip_min: float) -> np.ndarray:
     return np.clip(np.asarray(p, dtype=np.float64), clip_min, 1.0)
 
 
+def calibration_table(propensity: np.ndarray, exposed: np.ndarray, bins: int = 10) -> tuple[pd.DataFrame, float]:
+    """Reliability of propensities: per quantile bin, mean predicted vs observed exposure rate, and the
+    expected calibration error (row-weighted mean |gap|). For logged propensities this checks that
+    the log is consistent with the policy that wrote it."""
+    p = np.asarray(propensity, dtype=np.float64)
+    e = np.asarray(exposed, dtype=np.float64)
+    edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1)))
+    which = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, max(len(edges) - 2, 0))
+    table = (pd.DataFrame({"bin": which, "predicted": p, "observed": e}).groupby("bin")
+             .agg(predicted=("predicted", "mean"), observed=("observed", "mean"), rows=("observed", "size")).reset_index())
+    ece = float((table["rows"] * (table["predicted"] - table["observed"]).abs()).sum() / table["rows"].sum())
+    return table, ece
+
+
+def calibrate_isotonic(propensity: np.ndarray, exposed: np.ndarray) -> np.ndarray:
+    """Monotone recalibration of estimated propensities to the observed exposure frequencies."""
+    from sklearn.isotonic import IsotonicRegression
+
+    return IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(propensity, exposed).predict(propensity)
+
+
 def effective_sample_size(weights: np.ndarray) -> float:
     """Kish's ESS of importance weights: how many unweighted samples they are worth."""
     w = np.asarray(weights, dtype=np.float64)
@@ -117,7 +138,7 @@ def effective_sample_size(weights: np.ndarray) -> float:
 
 
 def estimate_propensities(interactions: pd.DataFrame, method: str, clip_min: float,
-                          text_features: dict | None = None) -> np.ndarray:
+                          text_features: dict | None = None, calibrate: bool = False) -> np.ndarray:
     """Propensity of exposure for every row of `interactions`, clipped to [clip_min, 1]."""
     if method == "logged":
         if "propensity" not in interactions or interactions["propensity"].isna().any():
@@ -130,4 +151,6 @@ def estimate_propensities(interactions: pd.DataFrame, method: str, clip_min: flo
         p = LogisticPropensity().fit(interactions, **(text_features or {})).predict(interactions["user_id"], interactions["item_id"])
     else:
         raise ValueError(f"unknown propensity method {method!r}")
+    if calibrate and method != "logged":  # logged propensities are the policy's own: never rewritten
+        p = calibrate_isotonic(p, interactions["exposed"].to_numpy())
     return clip_propensity(p, clip_min)
