@@ -2,8 +2,15 @@
 
 Rows stream in record batches (pyarrow), ids are encoded against the known catalogue with a
 vectorised categorical lookup, and each chunk is shuffled and trained in mini-batches: memory
-is one chunk plus the model, whatever the log's length. Supports the weighting methods that
-need no population sample (naive, ips, snips); the doubly robust family needs the in-memory fit.
+is one chunk plus the model, whatever the log's length.
+
+naive / ips / snips train on the exposed rows only. The doubly robust family (dr, dr_jl, mrdr_jl,
+sdr) needs the target population D as well: here D is every logged row (exposed or not, as in
+the in-memory fit with population = the log), so its mini-batches are drawn from all rows of a
+chunk and each batch's loss is the per-row DR form
+    mean_batch[ê] + sum_{exposed in batch} (e - ê) / p / n_batch      (sdr: / sum 1/p instead)
+with the imputation model g (ê = BCE(f, g)) updated on the batch's exposed rows (joint
+learning), or fit once in a first naive pass and frozen (dr).
 """
 from __future__ import annotations
 
@@ -16,78 +23,135 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from causalrec.causal.debias import DebiasedRecommender
+import torch.nn.functional as F
+
+from causalrec.causal.debias import DR_METHODS, DebiasedRecommender
 from causalrec.models.factor import FactorModel
 from causalrec.models.ids import IdIndex
 
-STREAMING_METHODS = ("naive", "ips", "snips")
+STREAMING_METHODS = ("naive", "ips", "snips", "dr", "dr_jl", "mrdr_jl", "sdr")
+COLUMNS = ["user_id", "item_id", "exposed", "outcome", "propensity"]
+
+
+def _sparse_net(n_users: int, n_items: int, dim: int, lr: float):
+    net = FactorModel(n_users, n_items, dim, sparse=True)
+    sparse_params = [net.user.weight, net.item.weight, net.user_bias.weight, net.item_bias.weight]
+    return net, (torch.optim.SparseAdam(sparse_params, lr=lr), torch.optim.Adam([net.global_bias], lr=lr))
+
+
+def _l2(net: FactorModel, u: torch.Tensor, i: torch.Tensor, weight_decay: float) -> torch.Tensor:
+    """L2 on the rows a batch touches (SparseAdam has no weight decay)."""
+    return weight_decay * (net.user(u).pow(2).sum(-1) + net.item(i).pow(2).sum(-1) + net.user_bias(u).pow(2).squeeze(-1)
+                           + net.item_bias(i).pow(2).squeeze(-1)).mean()
+
+
+def _step(optimizers, loss: torch.Tensor) -> None:
+    for opt in optimizers:
+        opt.zero_grad()
+    loss.backward()
+    for opt in optimizers:
+        opt.step()
 
 
 def _codes(values, categories: pd.Index) -> np.ndarray:
     return pd.Categorical(values, categories=categories).codes.astype(np.int64)
 
 
+def _chunks(source: pq.ParquetFile, chunk_rows: int, u_cat: pd.Index, i_cat: pd.Index, clip: float, exposed_only: bool,
+            rng: np.random.Generator, progress: bool, desc: str):
+    """Yield (u, i, exposed, y, p, shuffled order) per chunk as tensors."""
+    from tqdm.auto import tqdm
+
+    for batch in tqdm(source.iter_batches(batch_size=chunk_rows, columns=COLUMNS), desc=desc, unit="chunk",
+                      disable=not progress):
+        if exposed_only:
+            batch = batch.filter(pc.equal(batch["exposed"], 1))
+        if batch.num_rows == 0:
+            continue
+        u = _codes(batch["user_id"].to_numpy(zero_copy_only=False), u_cat)
+        i = _codes(batch["item_id"].to_numpy(zero_copy_only=False), i_cat)
+        if (u < 0).any() or (i < 0).any():
+            raise ValueError("interactions reference user/item ids outside the given catalogue")
+        o = batch["exposed"].to_numpy().astype(bool)
+        y = np.nan_to_num(batch["outcome"].to_numpy(zero_copy_only=False).astype(np.float32))
+        p = np.clip(batch["propensity"].to_numpy(zero_copy_only=False).astype(np.float32), clip, 1)
+        yield (torch.as_tensor(u), torch.as_tensor(i), torch.as_tensor(o), torch.as_tensor(y), torch.as_tensor(p),
+               torch.as_tensor(rng.permutation(len(u))))
+
+
 def fit_streaming(model: DebiasedRecommender, interactions: str | Path, user_ids, item_ids, chunk_rows: int = 1_000_000,
                   clip: float = 0.01, progress: bool = False) -> dict:
-    """Fit `model` on the exposed rows of `interactions` (parquet) streamed in chunks.
+    """Fit `model` on `interactions` (parquet) streamed in chunks: the exposed rows, and for the
+    doubly robust family every row as the target population.
 
     Returns per-epoch seconds and rows; the model is ready to `predict` afterwards.
     """
-    from tqdm.auto import tqdm
-
     if model.method not in STREAMING_METHODS:
         raise ValueError(f"streaming fit supports {STREAMING_METHODS}, not '{model.method}'")
+    if model.objective != "binary" and model.method in DR_METHODS:
+        raise ValueError(f"method '{model.method}' imputes cross-entropy errors: binary objective only")
     torch.manual_seed(model.seed)
     rng = np.random.default_rng(model.seed)
     model.users_, model.items_ = IdIndex(user_ids), IdIndex(item_ids)
     u_cat, i_cat = pd.Index(model.users_.ids), pd.Index(model.items_.ids)
     # Sparse embedding gradients: a step costs O(batch), not O(catalogue), so epochs scale with rows.
-    model.net_ = FactorModel(len(u_cat), len(i_cat), model.dim, sparse=True)
+    net, opts = _sparse_net(len(u_cat), len(i_cat), model.dim, model.lr)
+    model.net_ = net
     model.trained_users_ = np.zeros(len(u_cat), bool)
     model.trained_items_ = np.zeros(len(i_cat), bool)
-    net = model.net_
-    sparse_params = [net.user.weight, net.item.weight, net.user_bias.weight, net.item_bias.weight]
-    opt_sparse = torch.optim.SparseAdam(sparse_params, lr=model.lr)
-    opt_dense = torch.optim.Adam([net.global_bias], lr=model.lr)
     source = pq.ParquetFile(interactions)
-    columns = ["user_id", "item_id", "exposed", "outcome", "propensity"]
+    doubly_robust = model.method in DR_METHODS
+    if doubly_robust:
+        imputer, imputer_opts = _sparse_net(len(u_cat), len(i_cat), model.dim, model.lr)
+        if model.method == "dr":  # fixed imputation: one naive pass over the observed labels, then frozen
+            for u, i, _, y, _, perm in _chunks(source, chunk_rows, u_cat, i_cat, clip, True, rng, progress, "imputation"):
+                for s in range(0, len(perm), model.batch_size):
+                    b = perm[s:s + model.batch_size]
+                    g_loss = F.binary_cross_entropy_with_logits(imputer(u[b], i[b]), y[b])
+                    _step(imputer_opts, g_loss + _l2(imputer, u[b], i[b], model.weight_decay))
     model.history, epochs = [], []
     for epoch in range(model.epochs):
-        start, rows, total = time.perf_counter(), 0, 0.0
-        model.net_.train()
-        batches = source.iter_batches(batch_size=chunk_rows, columns=columns)
-        for batch in tqdm(batches, desc=f"epoch {epoch + 1}", unit="chunk", disable=not progress):
-            batch = batch.filter(pc.equal(batch["exposed"], 1))
-            if batch.num_rows == 0:
-                continue
-            u = _codes(batch["user_id"].to_numpy(zero_copy_only=False), u_cat)
-            i = _codes(batch["item_id"].to_numpy(zero_copy_only=False), i_cat)
-            if (u < 0).any() or (i < 0).any():
-                raise ValueError("interactions reference user/item ids outside the given catalogue")
-            model.trained_users_[u] = True
-            model.trained_items_[i] = True
-            y = torch.as_tensor(batch["outcome"].to_numpy().astype(np.float32))
-            p = np.clip(batch["propensity"].to_numpy().astype(np.float32), clip, 1)
-            w = torch.as_tensor(1.0 / p) if model.method != "naive" else torch.ones(len(y))
-            u, i = torch.as_tensor(u), torch.as_tensor(i)
-            perm = torch.as_tensor(rng.permutation(len(y)))
+        start, rows, seen, total = time.perf_counter(), 0, 0, 0.0
+        net.train()
+        for u, i, o, y, p, perm in _chunks(source, chunk_rows, u_cat, i_cat, clip, not doubly_robust, rng, progress,
+                                           f"epoch {epoch + 1}"):
+            model.trained_users_[u[o].numpy()] = True
+            model.trained_items_[i[o].numpy()] = True
             for s in range(0, len(perm), model.batch_size):
                 b = perm[s:s + model.batch_size]
-                e = model._loss(net(u[b], i[b]), y[b]) * w[b]
-                loss = e.sum() / (w[b].sum() if model.method == "snips" else len(b))
-                # L2 on the rows this batch touches (SparseAdam has no weight decay).
-                penalty = model.weight_decay * (net.user(u[b]).pow(2).sum(-1) + net.item(i[b]).pow(2).sum(-1)
-                                                + net.user_bias(u[b]).pow(2).squeeze(-1)
-                                                + net.item_bias(i[b]).pow(2).squeeze(-1)).mean()
-                opt_sparse.zero_grad()
-                opt_dense.zero_grad()
-                (loss + penalty).backward()
-                opt_sparse.step()
-                opt_dense.step()
+                logits = net(u[b], i[b])
+                if doubly_robust:
+                    loss = _dr_loss(model.method, logits, u[b], i[b], o[b], y[b], p[b], imputer, imputer_opts,
+                                    model.weight_decay)
+                else:
+                    e = model._loss(logits, y[b])
+                    w = torch.ones(len(b)) if model.method == "naive" else 1.0 / p[b]
+                    loss = (e * w).sum() / (w.sum() if model.method == "snips" else len(b))
+                _step(opts, loss + _l2(net, u[b], i[b], model.weight_decay))
                 total += loss.item() * len(b)
-            rows += len(y)
+            rows += int(o.sum())
+            seen += len(perm)
         seconds = time.perf_counter() - start
-        model.history.append({"epoch": epoch + 1, "train_loss": total / max(rows, 1)})
-        epochs.append({"epoch": epoch + 1, "seconds": seconds, "exposed_rows": rows})
-    model.net_.eval()
+        model.history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1)})
+        epochs.append({"epoch": epoch + 1, "seconds": seconds, "exposed_rows": rows, "rows": seen})
+    net.eval()
     return {"epochs": epochs}
+
+
+def _dr_loss(method, logits, u, i, o, y, p, imputer, imputer_opts, weight_decay) -> torch.Tensor:
+    """Doubly robust loss of one mini-batch of population rows (o marks the exposed ones)."""
+    if method != "dr":  # joint learning: g learns to predict f's error on the exposed rows
+        g_obs = torch.sigmoid(imputer(u[o], i[o]))
+        e_obs = F.binary_cross_entropy_with_logits(logits[o].detach(), y[o], reduction="none")
+        e_hat = F.binary_cross_entropy(torch.sigmoid(logits[o].detach()), g_obs, reduction="none")
+        wg = (1 - p[o]) / p[o] ** 2 if method == "mrdr_jl" else 1 / p[o]
+        if o.any():
+            _step(imputer_opts, (wg * (e_obs - e_hat) ** 2).mean() + _l2(imputer, u[o], i[o], weight_decay))
+    with torch.no_grad():
+        g = torch.sigmoid(imputer(u, i))
+    e_hat = F.binary_cross_entropy_with_logits(logits, g, reduction="none")
+    e = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    correction = torch.where(o, (e - e_hat) / p, torch.zeros_like(e))
+    if method == "sdr":
+        return e_hat.mean() + correction.sum() / (o / p).sum().clamp_min(1e-6)
+    return e_hat.mean() + correction.sum() / len(logits)
