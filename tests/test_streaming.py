@@ -45,3 +45,24 @@ def test_streaming_doubly_robust_matches_the_in_memory_fit(tmp_path, method):
     a_stream = auc(test["y1"], streamed.predict(test["user_id"], test["item_id"]))
     a_memory = auc(test["y1"], in_memory.predict(test["user_id"], test["item_id"]))
     assert a_stream > 0.6 and a_stream > a_memory - 0.03, (a_stream, a_memory)
+
+
+def test_streaming_reads_a_partitioned_directory(tmp_path):
+    """A hive-partitioned directory of parquet files trains like the single file it was split from."""
+    import pandas as pd
+
+    cfg = SimulationConfig(n_users=200, n_items=100, n_interactions=20_000, n_topics=6)
+    simulate(cfg, tmp_path / "data", tmp_path / "truth", progress=False)
+    log = pd.read_parquet(tmp_path / "data" / "interactions.parquet")
+    for day, part in log.groupby(log["timestamp"].dt.dayofyear % 3):
+        (tmp_path / "log" / f"day={day}").mkdir(parents=True)
+        part.to_parquet(tmp_path / "log" / f"day={day}" / "part-0.parquet", index=False)
+    users, items = [f"u{u:06d}" for u in range(200)], [f"i{i:06d}" for i in range(100)]
+    res = fit_streaming(DebiasedRecommender("dr_jl", dim=8, epochs=1, batch_size=512), tmp_path / "log", users, items,
+                        chunk_rows=3000)
+    assert res["epochs"][0]["rows"] == len(log) and res["epochs"][0]["exposed_rows"] == int(log["exposed"].sum())
+    with pytest.raises(FileNotFoundError, match="not found"):
+        fit_streaming(DebiasedRecommender("naive"), tmp_path / "nowhere", users, items)
+    log.drop(columns="propensity").to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="lacks columns \\['propensity'\\]"):
+        fit_streaming(DebiasedRecommender("naive"), tmp_path / "bad.parquet", users, items)

@@ -1,6 +1,8 @@
 """Train a DebiasedRecommender from a parquet log too large to hold as Python objects.
 
-Rows stream in record batches (pyarrow), ids are encoded against the known catalogue with a
+The log is one parquet file or a directory of them (e.g. hive-partitioned by day: day=0/part.parquet,
+...), read as one pyarrow dataset. Rows stream in record batches (files in path order, no
+read-ahead beyond one batch, single-threaded so a seed fixes the order), ids are encoded against the known catalogue with a
 vectorised categorical lookup, and each chunk is shuffled and trained in mini-batches: memory
 is one chunk plus the model, whatever the log's length.
 
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+import pyarrow.dataset as ds
 import torch
 
 import torch.nn.functional as F
@@ -57,13 +59,28 @@ def _codes(values, categories: pd.Index) -> np.ndarray:
     return pd.Categorical(values, categories=categories).codes.astype(np.int64)
 
 
-def _chunks(source: pq.ParquetFile, chunk_rows: int, u_cat: pd.Index, i_cat: pd.Index, clip: float, exposed_only: bool,
+def open_log(interactions: str | Path) -> ds.Dataset:
+    """The log as a dataset: one parquet file, or a directory of them (hive partitions allowed)."""
+    path = Path(interactions)
+    if not path.exists():
+        raise FileNotFoundError(f"interactions log not found: {path}")
+    source = ds.dataset(path, format="parquet", partitioning="hive")
+    if not source.files:
+        raise ValueError(f"no parquet files under {path}")
+    missing = [c for c in COLUMNS if c not in source.schema.names]
+    if missing:
+        raise ValueError(f"interactions log {path} lacks columns {missing}")
+    return source
+
+
+def _chunks(source: ds.Dataset, chunk_rows: int, u_cat: pd.Index, i_cat: pd.Index, clip: float, exposed_only: bool,
             rng: np.random.Generator, progress: bool, desc: str):
     """Yield (u, i, exposed, y, p, shuffled order) per chunk as tensors."""
     from tqdm.auto import tqdm
 
-    for batch in tqdm(source.iter_batches(batch_size=chunk_rows, columns=COLUMNS), desc=desc, unit="chunk",
-                      disable=not progress):
+    batches = source.to_batches(columns=COLUMNS, batch_size=chunk_rows, batch_readahead=0, fragment_readahead=0,
+                                use_threads=False)
+    for batch in tqdm(batches, desc=desc, unit="chunk", disable=not progress):
         if exposed_only:
             batch = batch.filter(pc.equal(batch["exposed"], 1))
         if batch.num_rows == 0:
@@ -81,7 +98,7 @@ def _chunks(source: pq.ParquetFile, chunk_rows: int, u_cat: pd.Index, i_cat: pd.
 
 def fit_streaming(model: DebiasedRecommender, interactions: str | Path, user_ids, item_ids, chunk_rows: int = 1_000_000,
                   clip: float = 0.01, progress: bool = False) -> dict:
-    """Fit `model` on `interactions` (parquet) streamed in chunks: the exposed rows, and for the
+    """Fit `model` on `interactions` (a parquet file or directory) streamed in chunks: the exposed rows, and for the
     doubly robust family every row as the target population.
 
     Returns per-epoch seconds and rows; the model is ready to `predict` afterwards.
@@ -99,7 +116,7 @@ def fit_streaming(model: DebiasedRecommender, interactions: str | Path, user_ids
     model.net_ = net
     model.trained_users_ = np.zeros(len(u_cat), bool)
     model.trained_items_ = np.zeros(len(i_cat), bool)
-    source = pq.ParquetFile(interactions)
+    source = open_log(interactions)
     doubly_robust = model.method in DR_METHODS
     if doubly_robust:
         imputer, imputer_opts = _sparse_net(len(u_cat), len(i_cat), model.dim, model.lr)
