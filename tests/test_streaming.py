@@ -24,14 +24,21 @@ def test_streaming_fit_learns_and_scores(tmp_path):
         fit_streaming(DebiasedRecommender("naive", epochs=1), tmp_path / "data" / "interactions.parquet", users[:10], items)
 
 
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("world")
+    cfg = SimulationConfig(n_users=200, n_items=100, n_interactions=40_000, chunk_rows=5000, n_topics=6)
+    simulate(cfg, tmp_path / "data", tmp_path / "truth", progress=False)
+    return tmp_path
+
+
 @pytest.mark.parametrize("method", ["dr", "dr_jl", "mrdr_jl", "sdr"])
-def test_streaming_doubly_robust_matches_the_in_memory_fit(tmp_path, method):
+def test_streaming_doubly_robust_matches_the_in_memory_fit(small_world, method):
     """The streamed DR family trains on every logged row as the population and reaches the
     quality of the in-memory fit (population = the log) on the same data."""
     import pandas as pd
 
-    cfg = SimulationConfig(n_users=200, n_items=100, n_interactions=40_000, chunk_rows=5000, n_topics=6)
-    simulate(cfg, tmp_path / "data", tmp_path / "truth", progress=False)
+    tmp_path = small_world
     users, items = [f"u{u:06d}" for u in range(200)], [f"i{i:06d}" for i in range(100)]
     log = pd.read_parquet(tmp_path / "data" / "interactions.parquet")
     test = pd.read_parquet(tmp_path / "truth" / "test_pairs.parquet")
