@@ -18,6 +18,8 @@ def test_default_params_load_and_anchor_paths():
     ("train:\n  dimension: 3\n", "train.dimension"),
     ("simulate:\n  exposure_rate: 1.5\n", "simulate.exposure_rate"),
     ("propensity:\n  method: magic\n", "propensity.method"),
+    ("uplift:\n  exposure_weight: -1\n", "uplift.exposure_weight"),
+    ("uplift:\n  exposure_weight: often\n", "uplift.exposure_weight"),
 ])
 def test_malformed_params_name_the_key(tmp_path, text, fragment):
     path = tmp_path / "params.yaml"

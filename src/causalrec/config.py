@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -88,9 +88,11 @@ class Train(_Section):
 
 class Uplift(_Section):
     enabled: bool = True
-    learner: Literal["t_learner", "x_learner", "dr_learner", "dlce", "shared"] = "x_learner"
+    learner: Literal["t_learner", "x_learner", "dr_learner", "dlce", "shared"] = "shared"
     arm_method: Literal["naive", "ips"] = "naive"
     n_bootstrap: int = Field(1, ge=1, le=50)
+    exposure_features: bool = True
+    exposure_weight: Annotated[float, Field(ge=0, le=100)] | Literal["auto"] = "auto"
 
 
 class Evaluate(_Section):

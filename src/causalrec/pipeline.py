@@ -245,7 +245,7 @@ def train_uplift(params: Params, path: Path) -> dict:
     model = UpliftLearner(u.learner, dim=params.train.dim, lr=params.train.lr, epochs=params.train.epochs,
                           weight_decay=params.train.weight_decay, batch_size=params.train.batch_size,
                           patience=params.train.patience, n_bootstrap=u.n_bootstrap, arm_method=u.arm_method,
-                          seed=params.seed)
+                          exposure_features=u.exposure_features, exposure_weight=u.exposure_weight, seed=params.seed)
     model.fit(inter["user_id"], inter["item_id"], inter["treatment"], inter["outcome"], p, **text_features(params))
     buf = io.BytesIO()
     torch.save({"kind": "uplift", "model": model}, buf)

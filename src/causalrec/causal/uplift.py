@@ -16,7 +16,19 @@ Learners (each fit on all logged rows, treated and untreated, on the shared fact
               P(Y=1 | T=1) = r,  P(Y=1 | T=0) = r s;  tau = r (1 - s). A recommendation matters
               when the user would like the item and would not have found it anyway. Both arms
               inform r, so the untreated majority of the log is not wasted on a separate mu0.
-Uncertainty: `n_bootstrap` members fit on bootstrap resamples of the rows; `predict_interval`
+              With exposure_weight > 0 an exposure head shares r's user/item factors:
+              logit P(T=1 | u,i) = alpha <p_u, q_i> + c_u + c_i, trained on the propensities
+              (cross-entropy with the propensity as soft label). The logging policy chose what
+              to show from what it knew of the user, so its choices carry preference signal on
+              every logged row, outcome or not (the shared-representation idea of ESCM2, Wang
+              et al. 2022); alpha is learned, so a policy that ignores preferences costs little.
+Exposure features (exposure_features=True, every learner): each item's and each user's mean
+logit propensity over the log, standardised, appended to the feature towers. An item's exposure
+rate is its observable popularity with the logging policy; popularity drives how often it is
+found without a recommendation, so mu0 and the organic share need it (propensity as a
+covariate also guards against regularisation-induced confounding, Hahn et al. 2020).
+Uncertainty: `n_bootstrap` members fit on bootstrap resamples of the training rows (one held-out
+validation split, shared by all members, decides early stopping and "auto"); `predict_interval`
 returns the mean and a percentile interval per pair.
 """
 from __future__ import annotations
@@ -29,6 +41,7 @@ import pandas as pd
 from causalrec.causal.debias import DebiasedRecommender
 
 LEARNERS = ("t_learner", "x_learner", "dr_learner", "dlce", "shared")
+AUTO_EXPOSURE_WEIGHTS = (0.0, 1.0, 3.0, 10.0)
 
 
 @dataclass
@@ -43,6 +56,8 @@ class UpliftLearner:
     n_bootstrap: int = 1
     arm_method: str = "ips"       # weighting of the outcome models mu1/mu0: "ips" (to the population) or "naive"
     clip: float = 0.01
+    exposure_features: bool = True
+    exposure_weight: float | str = "auto"  # shared learner: exposure-head weight, >= 0, or "auto" (validation)
     seed: int = 0
     members_: list = field(default_factory=list, init=False, repr=False)
 
@@ -50,9 +65,8 @@ class UpliftLearner:
         return DebiasedRecommender(method, dim=self.dim, epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
                                    batch_size=self.batch_size, patience=self.patience, objective=objective, seed=seed)
 
-    def _fit_one(self, users, items, t, y, e, seed: int, features: dict) -> tuple:
-        rng = np.random.default_rng(seed)
-        val = rng.random(len(y)) < 0.1
+    def _fit_one(self, users, items, t, y, e, val, seed: int, features: dict, exposure_weight=None) -> tuple:
+        """One member: its models fit on the rows where `val` is False, early-stopped on the others."""
         fit = ~val
 
         def fit_model(mask, target, prop=None, objective="binary", method="naive", s=0):
@@ -65,7 +79,8 @@ class UpliftLearner:
         treated = t == 1
         if self.learner == "shared":
             return ("shared", SharedUplift(self.dim, self.epochs, self.lr, self.weight_decay, self.batch_size,
-                                           self.patience, seed).fit(users, items, t, y, val, features))
+                                           self.patience, exposure_weight, seed).fit(users, items, t, y, e, val,
+                                                                                          features))
         if self.learner == "dlce":
             label = np.where(treated, y, 1 - y).astype(np.float32)
             prop = np.where(treated, e, 1 - e)
@@ -95,11 +110,23 @@ class UpliftLearner:
         if t.min() == t.max():
             raise ValueError("uplift needs both treated and untreated rows")
         features = {k: v for k, v in (("user_features", user_features), ("item_features", item_features)) if v is not None}
+        if self.exposure_features:
+            features = with_exposure_features(users, items, e, features)
         rng = np.random.default_rng(self.seed)
+        # One validation split for every member, outside the bootstrap: a resample holds copies of
+        # its own rows, so validating on them would reward memorising (and bias "auto" upwards).
+        is_val = rng.random(len(y)) < 0.1
+        train_rows, val_rows = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+        val = np.r_[np.zeros(len(train_rows), bool), np.ones(len(val_rows), bool)]
         self.members_ = []
+        exposure_weight = self.exposure_weight
         for b in range(self.n_bootstrap):
-            idx = np.arange(len(y)) if self.n_bootstrap == 1 else rng.integers(len(y), size=len(y))
-            self.members_.append(self._fit_one(users[idx], items[idx], t[idx], y[idx], e[idx], self.seed + 10 * b, features))
+            rows = train_rows if self.n_bootstrap == 1 else rng.choice(train_rows, size=len(train_rows))
+            idx = np.concatenate([rows, val_rows])
+            self.members_.append(self._fit_one(users[idx], items[idx], t[idx], y[idx], e[idx], val, self.seed + 10 * b,
+                                               features, exposure_weight))
+            if self.learner == "shared":  # "auto" is decided once, on the first member
+                exposure_weight = self.members_[0][1].exposure_weight_
         return self
 
     @classmethod
@@ -134,9 +161,33 @@ class UpliftLearner:
         return {"mean": draws.mean(0), "lower": np.quantile(draws, alpha / 2, 0), "upper": np.quantile(draws, 1 - alpha / 2, 0)}
 
 
+def with_exposure_features(users: np.ndarray, items: np.ndarray, propensity: np.ndarray, features: dict) -> dict:
+    """Append each user's and each item's mean logit propensity (standardised) to their feature frames.
+    Ids without features get zeros for the other columns; a new item at serving time gets 0 (the
+    catalogue mean) for its exposure column (FactorTerm.add_item pads)."""
+    logit = np.log(propensity / (1 - propensity))
+    out = {}
+    for key, ids in (("user_features", users), ("item_features", items)):
+        stat = pd.Series(logit).groupby(ids).mean()
+        stat = (stat - stat.mean()) / (stat.std() if stat.std() > 0 else 1.0)
+        base = features.get(key)
+        if base is None:
+            frame = pd.DataFrame({"exposure_logit": stat})
+        else:
+            base = base.copy()
+            base.index = base.index.astype(str)
+            all_ids = base.index.union(stat.index)
+            frame = base.reindex(all_ids).fillna(0.0)
+            frame.columns = [f"f{j}" for j in range(frame.shape[1])]
+            frame["exposure_logit"] = stat.reindex(all_ids).fillna(0.0)
+        out[key] = frame.astype(np.float32)
+    return out
+
+
 @dataclass
 class SharedUplift:
-    """The 'shared' learner: relevance x (1 - organic share), fit jointly on both arms."""
+    """The 'shared' learner: relevance x (1 - organic share), fit jointly on both arms, with an
+    optional exposure head on the relevance factors (see the module docstring)."""
 
     dim: int = 16
     epochs: int = 40
@@ -144,58 +195,99 @@ class SharedUplift:
     weight_decay: float = 1e-4
     batch_size: int = 1024
     patience: int = 4
+    exposure_weight: float | str = "auto"
     seed: int = 0
 
-    def fit(self, users, items, t, y, val_mask, features: dict) -> "SharedUplift":
-        import torch
-        import torch.nn.functional as F
-
+    def fit(self, users, items, t, y, e, val_mask, features: dict) -> "SharedUplift":
+        """exposure_weight "auto": fit each of AUTO_EXPOSURE_WEIGHTS and keep the one with the lowest
+        outcome loss on the validation rows (the choice is in `exposure_weight_`, every loss in
+        `validation_nll_`)."""
         from causalrec.causal.debias import _feature_matrix
-        from causalrec.models.factor import FactorModel
         from causalrec.models.ids import IdIndex
 
-        torch.manual_seed(self.seed)
-        rng = np.random.default_rng(self.seed)
         uf, itf = features.get("user_features"), features.get("item_features")
         self.users_ = IdIndex([*users, *([] if uf is None else uf.index.astype(str))])
         self.items_ = IdIndex([*items, *([] if itf is None else itf.index.astype(str))])
         X, Z = _feature_matrix(self.users_, uf), _feature_matrix(self.items_, itf)
-        self.relevance_ = FactorModel(len(self.users_), len(self.items_), self.dim, X, Z)
-        self.organic_ = FactorModel(len(self.users_), len(self.items_), 0, X, Z)
-        params = [*self.relevance_.parameters(), *self.organic_.parameters()]
-        opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        u, i = torch.as_tensor(self.users_.encode(users)), torch.as_tensor(self.items_.encode(items))
-        tt, yt = torch.as_tensor(t, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
+        u, i = self.users_.encode(users), self.items_.encode(items)
+        if self.exposure_weight == "auto":
+            candidates = AUTO_EXPOSURE_WEIGHTS
+        elif isinstance(self.exposure_weight, (int, float)) and self.exposure_weight >= 0:
+            candidates = (float(self.exposure_weight),)
+        else:
+            raise ValueError(f"exposure_weight must be a number >= 0 or 'auto', got {self.exposure_weight!r}")
+        self.validation_nll_ = {}
+        best = None
+        for weight in candidates:
+            val_nll, nets = self._fit_weight(weight, u, i, t, y, e, val_mask, X, Z)
+            self.validation_nll_[weight] = val_nll
+            if best is None or val_nll < best[0]:
+                best = (val_nll, weight, nets)
+        _, self.exposure_weight_, (self.relevance_, self.organic_, self.exposure_, self.alpha_) = best
+        return self
 
-        def nll(idx):
-            r = torch.sigmoid(self.relevance_(u[idx], i[idx]))
-            s = torch.sigmoid(self.organic_(u[idx], i[idx]))
+    def _fit_weight(self, weight, u, i, t, y, e, val_mask, X, Z):
+        """One fit with exposure-head weight `weight`; early stopping on the validation outcome loss."""
+        import torch
+        import torch.nn.functional as F
+
+        from causalrec.models.factor import FactorModel
+
+        torch.manual_seed(self.seed)
+        rng = np.random.default_rng(self.seed)
+        n_users, n_items = len(self.users_), len(self.items_)
+        relevance = FactorModel(n_users, n_items, self.dim, X, Z)
+        organic = FactorModel(n_users, n_items, 0, X, Z)
+        # Exposure head: its own biases and feature terms, plus alpha x the relevance interaction.
+        exposure = FactorModel(n_users, n_items, 0, X, Z)
+        alpha = torch.nn.Parameter(torch.ones(1))
+        params = [*relevance.parameters(), *organic.parameters()]
+        if weight > 0:
+            params += [*exposure.parameters(), alpha]
+        opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        u, i = torch.as_tensor(u), torch.as_tensor(i)
+        tt, yt = torch.as_tensor(t, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
+        et = torch.as_tensor(e, dtype=torch.float32)
+
+        def losses(idx):
+            P, bu = relevance.user_vectors(u[idx])
+            Q, bi = relevance.item_vectors(i[idx])
+            interaction = (P * Q).sum(-1)
+            r = torch.sigmoid(interaction + bu + bi + relevance.global_bias)
+            s = torch.sigmoid(organic(u[idx], i[idx]))
             p = torch.where(tt[idx] == 1, r, r * s).clamp(1e-6, 1 - 1e-6)
-            return F.binary_cross_entropy(p, yt[idx])
+            outcome_nll = F.binary_cross_entropy(p, yt[idx])
+            if weight == 0:
+                return outcome_nll, outcome_nll
+            exposure_logit = alpha * interaction + exposure(u[idx], i[idx])
+            exposure_ce = F.binary_cross_entropy_with_logits(exposure_logit, et[idx])
+            return outcome_nll, outcome_nll + weight * exposure_ce
 
         fit_idx, val_idx = np.flatnonzero(~val_mask), torch.as_tensor(np.flatnonzero(val_mask))
         best, best_state, bad = np.inf, None, 0
+        nets = (relevance, organic, exposure)
         for _ in range(self.epochs):
             perm = torch.as_tensor(rng.permutation(fit_idx))
             for start in range(0, len(perm), self.batch_size):
-                loss = nll(perm[start:start + self.batch_size])
+                loss = losses(perm[start:start + self.batch_size])[1]
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-            with torch.no_grad():
-                v = float(nll(val_idx))
+            with torch.no_grad():  # early stopping watches the outcome only
+                v = float(losses(val_idx)[0])
             if v < best - 1e-5:
                 best, bad = v, 0
-                best_state = ({k: x.clone() for k, x in self.relevance_.state_dict().items()},
-                              {k: x.clone() for k, x in self.organic_.state_dict().items()})
+                best_state = [{k: x.clone() for k, x in net.state_dict().items()} for net in nets]
+                best_alpha = float(alpha.detach())
             else:
                 bad += 1
                 if bad >= self.patience:
                     break
         if best_state is not None:
-            self.relevance_.load_state_dict(best_state[0])
-            self.organic_.load_state_dict(best_state[1])
-        return self
+            for net, state in zip(nets, best_state):
+                net.load_state_dict(state)
+            alpha = torch.tensor([best_alpha])
+        return best, (relevance, organic, exposure, alpha.detach())
 
     def score_matrix(self, user_ids, item_ids) -> np.ndarray:
         import torch

@@ -36,8 +36,13 @@ class FactorTerm:
         b = 0.0
         tower = self.net.item_tower
         if tower is not None and features is not None:
+            x = np.asarray(features, dtype=np.float32).ravel()
+            if len(x) > tower.in_features:
+                raise ValueError(f"item features have {len(x)} values; the model's item tower takes {tower.in_features}")
+            # Columns past the text embedding (e.g. the exposure statistic) are standardised: 0 = catalogue mean.
+            x = np.pad(x, (0, tower.in_features - len(x)))
             with torch.no_grad():
-                t = tower(torch.as_tensor(features, dtype=torch.float32)[None])[0].numpy()
+                t = tower(torch.as_tensor(x)[None])[0].numpy()
             q, b = t[:-1], float(t[-1])
         self.Q = np.vstack([self.Q, q[None]])
         self.b = np.append(self.b, np.float32(b))
