@@ -1,8 +1,8 @@
 """Train a DebiasedRecommender from a parquet log too large to hold as Python objects.
 
 The log is one parquet file or a directory of them (e.g. hive-partitioned by day: day=0/part.parquet,
-...), read as one pyarrow dataset. Rows stream in record batches (files in path order, no
-read-ahead beyond one batch, single-threaded so a seed fixes the order), ids are encoded against the known catalogue with a
+...; files are read in sorted path order, so a seed fixes the training order). Rows stream in
+record batches (pyarrow), ids are encoded against the known catalogue with a
 vectorised categorical lookup, and each chunk is shuffled and trained in mini-batches: memory
 is one chunk plus the model, whatever the log's length.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import torch
 
 import torch.nn.functional as F
@@ -59,27 +59,28 @@ def _codes(values, categories: pd.Index) -> np.ndarray:
     return pd.Categorical(values, categories=categories).codes.astype(np.int64)
 
 
-def open_log(interactions: str | Path) -> ds.Dataset:
-    """The log as a dataset: one parquet file, or a directory of them (hive partitions allowed)."""
+def open_log(interactions: str | Path) -> list[pq.ParquetFile]:
+    """The log's files: one parquet file, or every *.parquet below a directory (sorted by path)."""
     path = Path(interactions)
     if not path.exists():
         raise FileNotFoundError(f"interactions log not found: {path}")
-    source = ds.dataset(path, format="parquet", partitioning="hive")
-    if not source.files:
+    paths = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+    if not paths:
         raise ValueError(f"no parquet files under {path}")
-    missing = [c for c in COLUMNS if c not in source.schema.names]
-    if missing:
-        raise ValueError(f"interactions log {path} lacks columns {missing}")
-    return source
+    files = [pq.ParquetFile(p) for p in paths]
+    for p, f in zip(paths, files):
+        missing = [c for c in COLUMNS if c not in f.schema_arrow.names]
+        if missing:
+            raise ValueError(f"interactions log {p} lacks columns {missing}")
+    return files
 
 
-def _chunks(source: ds.Dataset, chunk_rows: int, u_cat: pd.Index, i_cat: pd.Index, clip: float, exposed_only: bool,
+def _chunks(source: list[pq.ParquetFile], chunk_rows: int, u_cat: pd.Index, i_cat: pd.Index, clip: float, exposed_only: bool,
             rng: np.random.Generator, progress: bool, desc: str):
     """Yield (u, i, exposed, y, p, shuffled order) per chunk as tensors."""
     from tqdm.auto import tqdm
 
-    batches = source.to_batches(columns=COLUMNS, batch_size=chunk_rows, batch_readahead=0, fragment_readahead=0,
-                                use_threads=False)
+    batches = (batch for f in source for batch in f.iter_batches(batch_size=chunk_rows, columns=COLUMNS))
     for batch in tqdm(batches, desc=desc, unit="chunk", disable=not progress):
         if exposed_only:
             batch = batch.filter(pc.equal(batch["exposed"], 1))
