@@ -8,7 +8,11 @@
   p1 as gain, CP@10 (mean true uplift of the top 10).
 * Uplift learners (T, X, DR, DLCE, shared) on the two-tower backbone, fit on every logged row
   (treated and untreated): CP@10 and CDCG@10 against the oracle that ranks by true uplift, and
-  AUUC on a randomized trial built from the test pairs (T ~ Bern(1/2), Y = Y(T)).
+  AUUC on a randomized trial built from the test pairs (T ~ Bern(1/2), Y = Y(T)). Ablations of
+  the shared learner: without its exposure head (shared_outcome_only) and also without the
+  exposure features (shared_plain, the learner before either was added).
+* Policy ablation: the same world with a logging policy that ignores preferences
+  (affinity_bias = 0), where the exposure head has nothing to learn from the propensities.
 * Cold start: 20% of items removed from training entirely; AUC / NDCG@10 on those items for the
   two-tower model (text only) vs MF and popularity (no signal for unseen items).
 """
@@ -30,7 +34,35 @@ from causalrec.evaluation import metrics as M
 from causalrec.text import TextEncoder
 
 RELEVANCE = ("naive", "ips", "snips", "dr", "dr_jl", "mrdr_jl", "sdr")
-UPLIFT = ("t_learner", "x_learner", "dr_learner", "dlce", "shared")
+UPLIFT = {"t_learner": {}, "x_learner": {}, "dr_learner": {}, "dlce": {}, "shared": {},
+          "shared_outcome_only": {"learner": "shared", "exposure_weight": 0},
+          "shared_plain": {"learner": "shared", "exposure_weight": 0, "exposure_features": False}}
+POLICY_ABLATION = ("x_learner", "shared", "shared_outcome_only")
+
+
+def ranking_metrics(S, rel, upl) -> dict:
+    relevant = rel >= np.quantile(rel, 0.9, axis=1, keepdims=True)
+    return {"ndcg@10": M.ndcg_at_k(S, rel, 10), "recall@10": M.recall_at_k(S, relevant, 10),
+            "cp@10": M.causal_precision_at_k(S, upl, 10), "cdcg@10": M.cdcg_at_k(S, upl, 10)}
+
+
+def evaluate_uplift(name, kw, seed, inter, test, text, user_ids, item_ids, rel, upl, batch_size) -> dict:
+    """Fit one uplift learner on every logged row; rank the whole catalogue; compare with the oracle."""
+    kw = {"learner": name, **kw}
+    m = UpliftLearner(kw.pop("learner"), arm_method="naive", batch_size=batch_size, seed=seed, **kw).fit(
+        inter["user_id"], inter["item_id"], inter["treatment"], inter["outcome"], inter["propensity"], **text)
+    S = m.score_matrix(user_ids, item_ids)
+    uu = pd.Index(user_ids).get_indexer(test["user_id"])
+    ii = pd.Index(item_ids).get_indexer(test["item_id"])
+    trial_t = np.random.default_rng(0).integers(2, size=len(test))  # randomized trial from the test pairs
+    trial_y = np.where(trial_t == 1, test["y1"], test["y0"])
+    row = {"learner": name, "seed": seed, **ranking_metrics(S, rel, upl), "auuc": M.auuc(S[uu, ii], trial_t, trial_y)}
+    row["cp@10_ratio_to_oracle"] = row["cp@10"] / M.causal_precision_at_k(upl, upl, 10)
+    member = m.members_[0]
+    if member[0] == "shared":
+        row["exposure_weight"] = float(member[1].exposure_weight_)
+    print(row, flush=True)
+    return row
 
 
 def main() -> None:
@@ -42,6 +74,9 @@ def main() -> None:
     ap.add_argument("--skip-relevance", action="store_true", help="uplift and cold start only (large logs)")
     ap.add_argument("--uplift-batch-size", type=int, default=1024)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--skip-policy-ablation", action="store_true")
+    ap.add_argument("--learners", nargs="+", choices=list(UPLIFT), default=list(UPLIFT),
+                    help="uplift learners to run (dlce is always run: it is the baseline)")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="simbench-"))
     cfg = SimulationConfig(n_interactions=args.interactions)
@@ -57,14 +92,10 @@ def main() -> None:
     item_f = pd.DataFrame(enc.embed((items["title"] + ". " + items["description"]).tolist()), index=item_ids)
     user_f = pd.DataFrame(enc.embed(users["profile_text"].tolist()), index=user_ids)
     text = {"item_features": item_f, "user_features": user_f}
-    relevant = rel >= np.quantile(rel, 0.9, axis=1, keepdims=True)
     oracle_cp = M.causal_precision_at_k(upl, upl, 10)
-    trial_t = np.random.default_rng(0).integers(2, size=len(test))
-    trial_y = np.where(trial_t == 1, test["y1"], test["y0"])
 
     def ranking(S):
-        return {"ndcg@10": M.ndcg_at_k(S, rel, 10), "recall@10": M.recall_at_k(S, relevant, 10),
-                "cp@10": M.causal_precision_at_k(S, upl, 10), "cdcg@10": M.cdcg_at_k(S, upl, 10)}
+        return ranking_metrics(S, rel, upl)
 
     exposed = inter[inter["exposed"] == 1].reset_index(drop=True)
     population = (inter["user_id"].to_numpy(), inter["item_id"].to_numpy())
@@ -83,23 +114,35 @@ def main() -> None:
                 relevance_rows.append({"model": f"{backbone}_{method}", "seed": seed, "auc": M.auc(test["y1"], pred),
                                        **ranking(m.score_matrix(user_ids, item_ids))})
                 print(relevance_rows[-1], flush=True)
-        for learner in UPLIFT:
-            m = UpliftLearner(learner, arm_method="naive", batch_size=args.uplift_batch_size, seed=seed).fit(
-                inter["user_id"], inter["item_id"], inter["treatment"], inter["outcome"], inter["propensity"], **text)
-            S = m.score_matrix(user_ids, item_ids)
-            uu = pd.Index(user_ids).get_indexer(test["user_id"])
-            ii = pd.Index(item_ids).get_indexer(test["item_id"])
-            row = {"learner": learner, "seed": seed, **ranking(S), "auuc": M.auuc(S[uu, ii], trial_t, trial_y)}
-            row["cp@10_ratio_to_oracle"] = row["cp@10"] / oracle_cp
-            uplift_rows.append(row)
-            print(row, flush=True)
+        for name, kw in UPLIFT.items():
+            if name not in args.learners and name != "dlce":
+                continue
+            uplift_rows.append(evaluate_uplift(name, kw, seed, inter, test, text, user_ids, item_ids, rel, upl,
+                                               args.uplift_batch_size))
+
+    def table(df):
+        return {name: {f"{m}{'' if s == 'mean' else '_std'}": float(df.loc[name, (m, s)]) for m, s in df.columns
+                       if m != "seed" and not np.isnan(df.loc[name, (m, s)])} for name in df.index}
+
     rel_df = (pd.DataFrame(relevance_rows).groupby("model").agg(["mean", "std"]) if relevance_rows
               else pd.DataFrame(columns=pd.MultiIndex.from_tuples([("seed", "mean")])))
     upl_df = pd.DataFrame(uplift_rows).drop(columns="seed").groupby("learner").agg(["mean", "std"])
-
-    def table(df):
-        return {name: {f"{m}{'' if s == 'mean' else '_std'}": float(df.loc[name, (m, s)]) for m, s in df.columns if m != "seed"}
-                for name in df.index}
+    policy_ablation = None
+    if not args.skip_policy_ablation and any(name in args.learners for name in POLICY_ABLATION):
+        # Same world (seed), a logging policy blind to preferences: only popularity drives exposure.
+        blind = root / "blind"
+        simulate(SimulationConfig(n_interactions=args.interactions, affinity_bias=0.0), blind / "data", blind / "truth",
+                 progress=False)
+        b_items = pd.read_parquet(blind / "data" / "items.parquet")
+        assert b_items["description"].equals(items["description"]), "the blind world must share items (and texts)"
+        b_inter = pd.read_parquet(blind / "data" / "interactions.parquet")
+        b_test = pd.read_parquet(blind / "truth" / "test_pairs.parquet")
+        b_rel, b_upl = World.load(blind / "truth" / "world").truth_matrices()
+        rows = [evaluate_uplift(name, UPLIFT[name], seed, b_inter, b_test, text, user_ids, item_ids, b_rel, b_upl,
+                                args.uplift_batch_size) for seed in range(args.seeds) for name in POLICY_ABLATION
+                if name in args.learners]
+        policy_ablation = {"affinity_bias": 0.0, "learners": table(
+            pd.DataFrame(rows).drop(columns="seed").groupby("learner").agg(["mean", "std"]))}
 
     # Cold start: hide 20% of items from training.
     rng = np.random.default_rng(0)
@@ -129,6 +172,7 @@ def main() -> None:
         "uplift": {"learners": uplift, "oracle_cp@10": oracle_cp, "best": best,
                    "cp@10_ratio_to_oracle": uplift[best]["cp@10_ratio_to_oracle"],
                    "dlce_cp@10_ratio_to_oracle": uplift["dlce"]["cp@10_ratio_to_oracle"]},
+        "policy_ablation": policy_ablation,
         "cold_start": {"items_held_out": len(cold), "test_pairs": len(cold_test), **cold_rows}}, args.out)
 
 

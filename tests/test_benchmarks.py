@@ -30,3 +30,20 @@ def test_ope_benchmark(tmp_path):
     result = json.loads((tmp_path / "ope_obd.json").read_text())
     assert all(row["agrees_with_obp"] for row in result["estimators"].values())
     assert result["best"]["estimator"] in result["estimators"]
+
+
+def test_scale_benchmark_tiny(tmp_path):
+    _run(["scale.py", "--sizes", "2000", "4000", "--methods", "ips", "dr_jl"], tmp_path)
+    runs = json.loads((tmp_path / "scale.json").read_text())["runs"]
+    assert [(r["method"], r["interactions"]) for r in runs] == [("ips", 2000), ("ips", 4000), ("dr_jl", 2000), ("dr_jl", 4000)]
+    assert all(r["rows_trained"] == r["interactions"] for r in runs if r["method"] == "dr_jl")
+
+
+@pytest.mark.slow
+def test_simulator_benchmark_small(tmp_path):
+    _run(["simulator.py", "--interactions", "5000", "--seeds", "1", "--skip-relevance", "--name", "sim_smoke"], tmp_path)
+    result = json.loads((tmp_path / "sim_smoke.json").read_text())
+    learners = result["uplift"]["learners"]
+    assert {"x_learner", "dlce", "shared", "shared_outcome_only", "shared_plain"} <= set(learners)
+    assert learners["shared"]["exposure_weight"] in (0.0, 1.0, 3.0, 10.0)
+    assert set(result["policy_ablation"]["learners"]) == {"x_learner", "shared", "shared_outcome_only"}
