@@ -84,6 +84,7 @@ class Train(_Section):
     batch_size: int = Field(4096, ge=1)
     val_fraction: float = Field(0.1, gt=0, lt=1)
     patience: int = Field(4, ge=1)
+    exposure_weight: Annotated[float, Field(ge=0, le=100)] | Literal["auto"] = 0.0
 
 
 class Uplift(_Section):

@@ -198,7 +198,7 @@ def _plot_hist(values: np.ndarray, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------- train
-def _training_rows(params: Params) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _training_rows(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, tuple, tuple]:
     d = _dirs(params)
     inter = read_table(d["data"], INTERACTIONS, columns=["user_id", "item_id", "exposed", "outcome"])
     p = pd.read_parquet(_require(d["propensity"] / "propensities.parquet", "train"))["propensity"].to_numpy()
@@ -210,7 +210,8 @@ def _training_rows(params: Params) -> tuple[pd.DataFrame, pd.DataFrame]:
     is_val = rng.random(len(exposed)) < params.train.val_fraction
     # The population D the relevance estimand averages over: every logged visit, exposed or not.
     population = (inter["user_id"].to_numpy(), inter["item_id"].to_numpy())
-    return exposed[~is_val], exposed[is_val], population
+    exposure_log = (*population, p)  # for the exposure head: every logged visit with its propensity
+    return exposed[~is_val], exposed[is_val], population, exposure_log
 
 
 def make_model(name: str, params: Params):
@@ -224,7 +225,8 @@ def make_model(name: str, params: Params):
         return Popularity()
     method = name.split("_", 1)[1]
     return DebiasedRecommender(method=method, dim=t.dim, epochs=t.epochs, lr=t.lr, weight_decay=t.weight_decay,
-                               batch_size=t.batch_size, patience=t.patience, seed=params.seed)
+                               batch_size=t.batch_size, patience=t.patience, exposure_weight=t.exposure_weight,
+                               seed=params.seed)
 
 
 def train_uplift(params: Params, path: Path) -> dict:
@@ -270,20 +272,23 @@ def text_features(params: Params) -> dict[str, pd.DataFrame]:
 def train(params: Params) -> dict:
     """Fit every model in train.models on exposed rows (validation split for early stopping)."""
     d = _dirs(params)
-    fit_rows, val_rows, population = _training_rows(params)
+    fit_rows, val_rows, population, exposure_log = _training_rows(params)
     cols = ["user_id", "item_id", "outcome", "propensity"]
     val = tuple(val_rows[c].to_numpy() for c in cols)
     summary, curves = {}, []
     with atomic_dir(d["models"]) as tmp:
         for name in params.train.models:
             extra = {"population": population}
+            if params.train.exposure_weight != 0:
+                extra["exposure_log"] = exposure_log
             if name.startswith("tt_"):
                 extra.update(text_features(params))
             model = make_model(name, params).fit(*(fit_rows[c].to_numpy() for c in cols), val=val, progress=True,
                                                  **extra)
             model.save(tmp / f"{name}.pt")
             curves += [{"model": name, **row} for row in model.history]
-            summary[name] = {"epochs": len(model.history), "fit_rows": len(fit_rows), "val_rows": len(val_rows)}
+            summary[name] = {"epochs": len(model.history), "fit_rows": len(fit_rows), "val_rows": len(val_rows),
+                             "exposure_weight": getattr(model, "exposure_weight_", None)}
         if params.uplift.enabled:
             summary["uplift"] = train_uplift(params, tmp / "uplift.pt")
         curve = pd.DataFrame(curves, columns=["model", "epoch", "train_loss", "val_loss"])

@@ -18,6 +18,14 @@ visits for the simulator; all user x item pairs for Coat). Outcomes are observed
 All share the backbone (causalrec.models.factor.FactorModel: MF or two-tower with features/text),
 Adam, mini-batches, and early stopping on a SNIPS-weighted validation loss from the training
 split (the same for every method, so they compare).
+
+Optional exposure head (exposure_weight > 0, any method): the logging policy's propensities of
+every logged row, shown or not, are a second target that shares the user/item factors:
+logit P(shown | u,i) = alpha <p_u, q_i> + c_u + c_i, cross-entropy with the propensity as soft
+label, added to the loss with that weight (the same head as the shared uplift learner's; see
+causalrec.causal.uplift). "auto" fits each of AUTO_EXPOSURE_WEIGHTS and keeps the lowest
+validation loss. It helps when the policy knew something about preferences and is weighted to 0
+by the validation when it did not.
 """
 from __future__ import annotations
 
@@ -34,6 +42,7 @@ from causalrec.models.factor import FactorModel
 from causalrec.models.ids import IdIndex
 
 METHODS = ("naive", "ips", "snips", "dr", "dr_jl", "mrdr_jl", "sdr")
+AUTO_EXPOSURE_WEIGHTS = (0.0, 1.0, 3.0, 10.0)
 DR_METHODS = ("dr", "dr_jl", "mrdr_jl", "sdr")
 
 
@@ -56,6 +65,7 @@ class DebiasedRecommender:
     patience: int = 4
     imputation_ratio: int = 4     # population pairs sampled per observed pair (DR family)
     objective: str = "binary"     # binary: BCE, predictions are probabilities; regression: squared error
+    exposure_weight: float | str = 0.0  # weight of the exposure head (needs exposure_log), or "auto"
     seed: int = 0
     history: list = field(default_factory=list, init=False)
 
@@ -68,15 +78,34 @@ class DebiasedRecommender:
             raise ValueError(f"unknown objective {self.objective!r}")
         if self.objective == "regression" and self.method in DR_METHODS:
             raise ValueError(f"method '{self.method}' imputes cross-entropy errors: binary objective only")
+        if not (self.exposure_weight == "auto" or (isinstance(self.exposure_weight, (int, float))
+                                                   and self.exposure_weight >= 0)):
+            raise ValueError(f"exposure_weight must be a number >= 0 or 'auto', got {self.exposure_weight!r}")
 
     def fit(self, users, items, y, propensity=None, val=None, user_features: pd.DataFrame | None = None,
             item_features: pd.DataFrame | None = None, population: tuple | None = None,
-            progress: bool = False) -> "DebiasedRecommender":
+            progress: bool = False, exposure_log: tuple | None = None) -> "DebiasedRecommender":
         """Fit on observed rows. val = (users, items, y, propensity); population = (users, items) of D,
-        default: every user x item pair."""
+        default: every user x item pair; exposure_log = (users, items, propensity) of every logged
+        row, shown or not (for the exposure head)."""
+        from dataclasses import replace
+
         from tqdm.auto import tqdm
 
         self._check(propensity)
+        if self.exposure_weight != 0 and exposure_log is None:
+            raise ValueError("exposure_weight needs exposure_log = (users, items, propensity) of every logged row")
+        if self.exposure_weight == "auto":
+            if val is None:
+                raise ValueError("exposure_weight 'auto' chooses on the validation rows: pass val")
+            args = dict(val=val, user_features=user_features, item_features=item_features, population=population,
+                        progress=progress, exposure_log=exposure_log)
+            fits = [replace(self, exposure_weight=w).fit(users, items, y, propensity, **args) for w in AUTO_EXPOSURE_WEIGHTS]
+            best = min(fits, key=lambda m: min(row["val_loss"] for row in m.history))
+            self.__dict__.update(best.__dict__)
+            self.exposure_weight = "auto"
+            self.exposure_weight_ = best.exposure_weight
+            return self
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         users, items = np.asarray(users).astype(str), np.asarray(items).astype(str)
@@ -89,6 +118,9 @@ class DebiasedRecommender:
         if population is not None:  # D may hold users/items that were never exposed
             extra_u += list(np.unique(np.asarray(population[0]).astype(str)))
             extra_i += list(np.unique(np.asarray(population[1]).astype(str)))
+        if exposure_log is not None:
+            extra_u += list(np.unique(np.asarray(exposure_log[0]).astype(str)))
+            extra_i += list(np.unique(np.asarray(exposure_log[1]).astype(str)))
         self.users_, self.items_ = IdIndex([*users, *extra_u]), IdIndex([*items, *extra_i])
         u, i = torch.as_tensor(self.users_.encode(users)), torch.as_tensor(self.items_.encode(items))
         self.trained_items_ = np.zeros(len(self.items_), bool)
@@ -97,7 +129,16 @@ class DebiasedRecommender:
         self.trained_users_[u.numpy()] = True
         X, Z = _feature_matrix(self.users_, user_features), _feature_matrix(self.items_, item_features)
         self.net_ = FactorModel(len(self.users_), len(self.items_), self.dim, X, Z)
-        opt = torch.optim.Adam(self.net_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        trainable = list(self.net_.parameters())
+        self.exposure_weight_ = float(self.exposure_weight)
+        if self.exposure_weight_ > 0:  # exposure head: own biases/feature terms + alpha x the shared interaction
+            head = FactorModel(len(self.users_), len(self.items_), 0, X, Z)
+            alpha = torch.nn.Parameter(torch.ones(1))
+            trainable += [*head.parameters(), alpha]
+            eu = torch.as_tensor(self.users_.encode(np.asarray(exposure_log[0]).astype(str)))
+            ei = torch.as_tensor(self.items_.encode(np.asarray(exposure_log[1]).astype(str)))
+            ee = torch.as_tensor(np.clip(np.asarray(exposure_log[2], np.float64), 1e-4, 1 - 1e-4), dtype=torch.float32)
+        opt = torch.optim.Adam(trainable, lr=self.lr, weight_decay=self.weight_decay)
         yt = torch.as_tensor(np.asarray(y, dtype=np.float32))
         p = torch.as_tensor(np.ones(len(yt)) if propensity is None else np.asarray(propensity, np.float64), dtype=torch.float32)
         if self.method in DR_METHODS:
@@ -167,6 +208,12 @@ class DebiasedRecommender:
                         loss = e_hat_pop.mean() + correction.sum() / (1 / pb).sum()
                     else:
                         loss = e_hat_pop.mean() + obs_fraction * correction.mean()
+                if self.exposure_weight_ > 0:
+                    k = torch.as_tensor(rng.integers(len(ee), size=len(b)))
+                    P, _ = self.net_.user_vectors(eu[k])
+                    Q, _ = self.net_.item_vectors(ei[k])
+                    exposure_logit = alpha * (P * Q).sum(-1) + head(eu[k], ei[k])
+                    loss = loss + self.exposure_weight_ * F.binary_cross_entropy_with_logits(exposure_logit, ee[k])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
