@@ -34,6 +34,31 @@ def test_finetune_saves_loadable_best_and_resumes(tiny_encoder, tmp_path):
     assert again["resumed"] and len(again["history"]) == 3
 
 
+def test_two_processes_follow_the_single_process_loss_curve(tiny_encoder, tmp_path):
+    """torchrun with 2 gloo processes: the gathered in-batch negatives and DDP's averaged gradients
+    give the loss curve of one process on the whole batch (a rank-local loss would not)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pairs = pd.concat([_pairs()] * 8, ignore_index=True)
+    pairs.to_parquet(tmp_path / "pairs.parquet")
+    cfg = FinetuneConfig(epochs=1, batch_size=8, lr=1e-3, max_steps=4, dropout=False, progress=False)
+    single = finetune(pairs, tmp_path / "one", tiny_encoder, cfg, device="cpu")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "causalrec.text.finetune", "--pairs", str(tmp_path / "pairs.parquet"),
+                           "--out", str(tmp_path / "two"), "--model", str(tiny_encoder), "--epochs", "1",
+                           "--batch-size", "8", "--lr", "1e-3", "--max-steps", "4", "--no-dropout", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "finetune.json").read_text())
+    assert two["world_size"] == 2 and len(two["step_losses"]) == len(single["step_losses"]) == 4
+    assert np.allclose(two["step_losses"], single["step_losses"], rtol=1e-4, atol=1e-5)
+    assert single["step_losses"][0] != pytest.approx(single["step_losses"][-1])  # it trained
+
+
 def test_too_few_pairs():
     with pytest.raises(ValueError, match="at least 4 pairs"):
         finetune(pd.DataFrame({"anchor": ["a"], "positive": ["b"]}), "/tmp/x")

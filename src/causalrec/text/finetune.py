@@ -6,8 +6,10 @@ the batch is a negative). bf16 autocast on GPU, gradient accumulation, optional 
 checkpointing, checkpoint + resume, early stopping on validation Recall@k (retrieving each
 validation anchor's positive among all validation positives).
 
-Distributed: launch with `torchrun --nproc_per_node=N` (or `accelerate launch`); each rank takes a
-shard of every batch's pairs and DDP averages gradients. Only torch + transformers + numpy/pandas.
+Distributed: launch with `torchrun --nproc_per_node=N` (or `accelerate launch`); each rank embeds a
+shard of every batch's pairs, the embeddings are all-gathered (with gradient) so every rank scores
+the whole batch's in-batch negatives, and DDP averages gradients: N processes follow the same loss
+curve as one (tested with gloo on CPU). Only torch + transformers + numpy/pandas.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ class FinetuneConfig:
     recall_k: int = 10
     gradient_checkpointing: bool = False
     bf16: bool = True             # autocast on CUDA (ignored on CPU)
+    dropout: bool = True          # False: every dropout off (deterministic steps; faster on GPU)
     seed: int = 0
     max_steps: int | None = None  # stop early (benchmarks / smoke runs)
     progress: bool = True
@@ -90,10 +93,25 @@ def embed_ids(model, input_ids: torch.Tensor, mask: torch.Tensor, pooling: str =
     return F.normalize(pool(hidden.float(), mask, pooling), dim=-1)
 
 
+def _gather(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows, in rank order, keeping the gradient to this rank's own rows."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x))
+
+
 def contrastive_loss(model, a_ids, a_mask, p_ids, p_mask, temperature: float) -> torch.Tensor:
-    """Symmetric InfoNCE: each anchor's positive against every other positive in the batch."""
-    a = embed_ids(model, a_ids, a_mask)
-    p = embed_ids(model, p_ids, p_mask)
+    """Symmetric InfoNCE: each anchor's positive against every other positive in the (global) batch.
+
+    Anchors and positives go through the model in one forward (DDP expects one per backward)."""
+    width = max(a_ids.shape[1], p_ids.shape[1])
+    ids = torch.cat([F.pad(a_ids, (0, width - a_ids.shape[1])), F.pad(p_ids, (0, width - p_ids.shape[1]))])
+    mask = torch.cat([F.pad(a_mask, (0, width - a_mask.shape[1])), F.pad(p_mask, (0, width - p_mask.shape[1]))])
+    a, p = embed_ids(model, ids, mask).split(len(a_ids))
+    # Gathered: the loss (and, through DDP's averaging, the gradient) equals one process's on the whole batch.
+    a, p = _gather(a), _gather(p)
     logits = a @ p.T / temperature
     labels = torch.arange(len(a), device=logits.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
@@ -134,6 +152,14 @@ def finetune(pairs: pd.DataFrame, out_dir: str | Path, model_path: str | Path | 
     resume = (last / "trainer_state.pt").exists()
     tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
     model = AutoModel.from_pretrained(last if resume else src, local_files_only=True, dtype=torch.float32).to(dev)
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None  # mean pooling never uses it; DDP fails on parameters without gradient
+    if not cfg.dropout:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the {world} processes")
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
@@ -154,11 +180,11 @@ def finetune(pairs: pd.DataFrame, out_dir: str | Path, model_path: str | Path | 
     steps_per_epoch = max(1, len(fit) // (cfg.batch_size * cfg.grad_accum))
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
-    state = {"step": 0, "epoch": 0, "best": -1.0, "bad": 0, "history": []}
+    state = {"step": 0, "epoch": 0, "best": -1.0, "bad": 0, "history": [], "step_losses": []}
     if resume:
         saved = torch.load(last / "trainer_state.pt", weights_only=False)
         opt.load_state_dict(saved["optimizer"]), sched.load_state_dict(saved["scheduler"])
-        state = saved["state"]
+        state = {"step_losses": [], **saved["state"]}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and dev.type == "cuda")
     tokens, t0 = 0, time.perf_counter()
     while state["epoch"] < cfg.epochs and state["step"] < total:
@@ -177,6 +203,7 @@ def finetune(pairs: pd.DataFrame, out_dir: str | Path, model_path: str | Path | 
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
             state["step"] += 1
+            state["step_losses"].append(loss.item())
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if state["step"] >= total:
                 break
@@ -197,7 +224,7 @@ def finetune(pairs: pd.DataFrame, out_dir: str | Path, model_path: str | Path | 
     if dev.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
-    result = {"history": state["history"], "best_val_recall": state["best"], "steps": state["step"],
+    result = {"history": state["history"], "step_losses": state["step_losses"], "best_val_recall": state["best"], "steps": state["step"],
               "tokens_per_s": tokens * world / max(elapsed, 1e-9), "seconds": elapsed, "resumed": resume,
               "config": asdict(cfg), "best_dir": str(best_dir), "world_size": world}
     if rank == 0:
@@ -253,14 +280,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=3e-5)
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--no-dropout", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
     args = ap.parse_args(argv)
     pairs = pd.read_parquet(args.pairs)
     missing = {"anchor", "positive"} - set(pairs.columns)
     if missing:
         raise SystemExit(f"{args.pairs}: missing column(s) {sorted(missing)}")
     cfg = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-                         max_steps=args.max_steps, gradient_checkpointing=args.gradient_checkpointing)
-    result = finetune(pairs, args.out, args.model, cfg)
+                         max_steps=args.max_steps, gradient_checkpointing=args.gradient_checkpointing,
+                         dropout=not args.no_dropout, seed=args.seed, progress=False)
+    result = finetune(pairs, args.out, args.model, cfg, device=args.device)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
     if torch.distributed.is_initialized():
