@@ -1,154 +1,190 @@
-"""Coat (Schnabel et al. 2016): learn from MNAR ratings, evaluate on the randomized test ratings.
+"""Coat (or any data set in its format): learn from MNAR ratings, evaluate on randomized ratings.
 
-    python benchmarks/coat.py [--coat ../shared/data/coat] [--seeds 10]
+    python benchmarks/coat.py [--data ../shared/data/coat] [--seeds 5]
 
-Protocol: train on train.ascii; ratings >= 4 are positive. Per seed, 10% of the training ratings
-are a validation split (early stopping and tuning; test data never touch either). Test on
-test.ascii: AUC over all test pairs; NDCG@5 and Recall@5 per user over that user's test items
-(binary relevance), averaged over users with a positive; MSE of the predicted probability.
-Hyper-parameters: each method picks (dim, weight_decay) from a small grid by its validation loss
-on seed 0's split, then runs on every seed. Propensities: the authors' propensities.ascii,
-clipped at 0.01. All methods run side by side in one run.
+Protocol (AutoDebias, Chen et al. 2021): per seed, the randomized ratings are split into 5% for
+fitting (the uniform sample), 5% for validation and 90% for test. Every method trains on the MNAR
+ratings plus the 5% uniform sample (naive pools them; propensity methods weight the uniform rows
+by the uniform design's sampling rate); early stopping and every choice use the 5% validation
+ratings, which are unbiased because they were exposed at random. Ratings >= 4 are positive.
 
-`uses` says which inputs a method sees: ids, attributes (user/item binary features), text
-(MiniLM embeddings of the attribute texts), ratings (the 1-5 training ratings as soft labels
-(r-1)/4 instead of the binary >= 4 label).
+Choices, all on validation, before the test ratings are read (they stay sealed until then):
+  1. each method's hyper-parameters (GRID), by mean validation AUC over seeds;
+  2. `chosen`: the method with the best mean validation AUC (the headline, HEADLINE_RULE);
+  3. `debias_vs_naive`: among the debiasing methods on the MF backbone (ids only), the one with the
+     best mean validation AUC, compared with mf_naive on the same backbone and inputs: the paired
+     per-seed test differences (same splits), mean and sd.
+Then the test set is opened once: AUC over all test pairs; NDCG@5 and Recall@5 per user over that
+user's test items (binary relevance), averaged over users with a positive; MSE.
+Propensities: the data set's propensities.ascii when present (clipped at 0.01), else naive Bayes
+propensities P(O=1 | rating) fitted with the uniform sample. Backbones: mf (ids) and tt (ids +
+the user/item attributes, when the data set has them), every method on both.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from _common import REPO, write_result
-from causalrec.causal.debias import DebiasedEnsemble, DebiasedRecommender
-from causalrec.data.sources import load_coat
+from causalrec.causal.debias import METHODS as ESTIMATORS
+from causalrec.causal.debias import DebiasedRecommender
+from causalrec.causal.propensity import NaiveBayesPropensity
+from causalrec.data.sources import load_ratings_dir
+from causalrec.data.split import split_randomized
 from causalrec.evaluation.metrics import auc, mse, per_user_ndcg_recall
 from causalrec.models import Popularity
 
-GRID = {"dim": [4, 8, 16], "weight_decay": [1e-4, 1e-3]}
-# name: (method, inputs)
-METHODS = {
-    "mf_naive": ("naive", {"ids"}), "mf_ips": ("ips", {"ids"}), "mf_snips": ("snips", {"ids"}),
-    "mf_dr": ("dr", {"ids"}), "mf_dr_jl": ("dr_jl", {"ids"}), "mf_mrdr_jl": ("mrdr_jl", {"ids"}),
-    "mf_sdr": ("sdr", {"ids"}),
-    "tt_naive_attr": ("naive", {"ids", "attributes"}), "tt_sdr_attr": ("sdr", {"ids", "attributes"}),
-    "tt_sdr_text": ("sdr", {"ids", "text"}),
-    "tt_naive_attr_ratings": ("naive", {"ids", "attributes", "ratings"}),
-    "tt_sdr_attr_ratings": ("sdr", {"ids", "attributes", "ratings"}),
-    "tt_dr_jl_attr_ratings": ("dr_jl", {"ids", "attributes", "ratings"}),
-}
-ENSEMBLE = ["tt_naive_attr_ratings", "tt_sdr_attr_ratings", "tt_dr_jl_attr_ratings"]
+GRID = {"dim": [4, 8, 16, 32], "weight_decay": [1e-4, 1e-3, 1e-2], "lr": [0.01]}
+UNIFORM_SHARE, VAL_SHARE_OF_UNIFORM = 0.10, 0.5  # 5% fit + 5% validation of the randomized ratings
+HEADLINE_RULE = "the method (and its hyper-parameters) with the best mean validation AUC over seeds"
+CLIP = 0.01
 
 
-def features(data: dict, uses: set, text: dict | None) -> dict:
-    out = {}
-    if "attributes" in uses:
-        out = {"user_features": data["user_features"], "item_features": data["item_features"]}
-    if "text" in uses:
-        out = {"user_features": text["users"], "item_features": text["items"]}
+@dataclass
+class SealedTest:
+    """The test ratings: their (user, item) pairs are public (models predict them), their labels are
+    not, until `open()` is called once every choice has been made."""
+
+    pairs: pd.DataFrame
+    _labels: pd.DataFrame = field(repr=False)
+    opened: bool = False
+
+    def open(self) -> pd.DataFrame:
+        self.opened = True
+        return self._labels
+
+
+@dataclass
+class Split:
+    fit: pd.DataFrame      # MNAR ratings + the uniform fitting sample, with `propensity`
+    val: pd.DataFrame      # uniform validation ratings
+    test: SealedTest
+
+
+def make_splits(data: dict, seeds: int, propensity: str = "file") -> list[Split]:
+    out = []
+    for seed in range(seeds):
+        uniform, test = split_randomized(data["test"], UNIFORM_SHARE, seed)
+        uniform_fit, uniform_val = split_randomized(uniform, 1 - VAL_SHARE_OF_UNIFORM, seed + 10_000)
+        mnar = data["interactions"].copy()
+        if propensity == "naive_bayes" or "propensity" not in mnar:  # naive Bayes with the uniform fitting sample (Schnabel et al. 2016)
+            n_pairs = data["users"].shape[0] * data["items"].shape[0]
+            nb = NaiveBayesPropensity().fit(mnar["rating"], n_pairs, uniform_ratings=uniform_fit["rating"])
+            mnar["propensity"] = nb.predict(mnar["rating"])
+        uniform_fit = uniform_fit.assign(outcome=uniform_fit["y1"].astype(np.float32), propensity=data["uniform_rate"])
+        cols = ["user_id", "item_id", "outcome", "propensity"]
+        fit = pd.concat([mnar[cols], uniform_fit[cols]], ignore_index=True)
+        fit["propensity"] = fit["propensity"].clip(lower=CLIP)
+        val = uniform_val.assign(outcome=uniform_val["y1"].astype(np.float32))[["user_id", "item_id", "outcome"]]
+        out.append(Split(fit, val, SealedTest(test[["user_id", "item_id"]], test[["y1"]])))
     return out
 
 
-def split(inter: pd.DataFrame, seed: int):
-    is_val = np.random.default_rng(seed).random(len(inter)) < 0.1
-    return inter[~is_val], inter[is_val]
+def method_names(has_attributes: bool) -> list[str]:
+    backbones = ["mf", "tt"] if has_attributes else ["mf"]
+    return ["popularity", *(f"{b}_{m}" for b in backbones for m in ESTIMATORS)]
 
 
-def fit_one(name: str, hp: dict, data: dict, seed: int, text: dict | None, member_seed: int | None = None):
-    method, uses = METHODS[name]
-    fit_rows, val_rows = split(data["interactions"], seed)
-    label = (lambda r: ((r["rating"] - 1) / 4).to_numpy()) if "ratings" in uses else (lambda r: r["outcome"].to_numpy())
-    model = DebiasedRecommender(method, dim=hp["dim"], weight_decay=hp["weight_decay"], lr=0.01, batch_size=256,
-                                epochs=100, patience=5, seed=seed if member_seed is None else member_seed)
-    model.fit(fit_rows["user_id"].to_numpy(), fit_rows["item_id"].to_numpy(), label(fit_rows), fit_rows["propensity"].to_numpy(),
-              val=(val_rows["user_id"].to_numpy(), val_rows["item_id"].to_numpy(), label(val_rows), val_rows["propensity"].to_numpy()),
-              **features(data, uses, text))
-    return model
+def fit_method(name: str, hp: dict, split: Split, data: dict, seed: int):
+    f, v = split.fit, split.val
+    if name == "popularity":
+        return Popularity().fit(f["user_id"], f["item_id"], f["outcome"])
+    backbone, method = name.split("_", 1)
+    features = ({"user_features": data["user_features"], "item_features": data["item_features"]}
+                if backbone == "tt" else {})
+    model = DebiasedRecommender(method, dim=hp["dim"], weight_decay=hp["weight_decay"], lr=hp["lr"], batch_size=512,
+                                epochs=200, patience=8, seed=seed)
+    return model.fit(f["user_id"].to_numpy(), f["item_id"].to_numpy(), f["outcome"].to_numpy(),
+                     f["propensity"].to_numpy(), val=(v["user_id"].to_numpy(), v["item_id"].to_numpy(),
+                                                      v["outcome"].to_numpy(), None), **features)
 
 
-def evaluate(pred: np.ndarray, test: pd.DataFrame) -> dict:
-    ndcg, recall = per_user_ndcg_recall(test["user_id"].to_numpy(), pred, test["y1"].to_numpy(), 5)
-    return {"auc": auc(test["y1"], pred), "ndcg@5": ndcg, "recall@5": recall, "mse": mse(test["y1"], pred)}
+def choose(data: dict, splits: list[Split], methods: list[str], grid: dict) -> tuple[dict, dict]:
+    """Every choice, from the validation ratings only. Returns (choices, test predictions of every fit,
+    keyed by (method, hyper-parameters), made from the test pairs' ids alone)."""
+    configs = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    val_auc, predictions = {}, {}
+    for name in tqdm(methods, desc="methods"):
+        for hp in ([{}] if name == "popularity" else configs):
+            key = (name, tuple(hp.items()))
+            scores, preds = [], []
+            for seed, split in enumerate(splits):
+                model = fit_method(name, hp, split, data, seed)
+                scores.append(auc(split.val["outcome"], model.predict(split.val["user_id"].to_numpy(),
+                                                                         split.val["item_id"].to_numpy())))
+                preds.append(model.predict(split.test.pairs["user_id"].to_numpy(), split.test.pairs["item_id"].to_numpy()))
+            val_auc[key], predictions[key] = float(np.mean(scores)), preds
+    tuned = {}
+    for name in methods:
+        key = max((k for k in val_auc if k[0] == name), key=val_auc.get)
+        tuned[name] = {"hyperparameters": dict(key[1]), "validation_auc": val_auc[key], "key": key}
+    chosen = max(tuned, key=lambda n: tuned[n]["validation_auc"])
+    debiasing = [n for n in methods if n.startswith("mf_") and n != "mf_naive"]
+    chosen_debiasing = max(debiasing, key=lambda n: tuned[n]["validation_auc"]) if debiasing else None
+    return {"tuned": tuned, "chosen": chosen, "chosen_debiasing": chosen_debiasing}, predictions
 
 
-def text_features(data: dict, model_path) -> dict:
-    from causalrec.text import TextEncoder
-
-    enc = TextEncoder(model_path, progress=False).load()
-    items, users = data["items"], data["users"]
-    return {"items": pd.DataFrame(enc.embed((items["title"] + ". " + items["description"]).tolist()), index=items["item_id"]),
-            "users": pd.DataFrame(enc.embed(users["profile_text"].tolist()), index=users["user_id"])}
+def test_metrics(pred: np.ndarray, pairs: pd.DataFrame, y: np.ndarray) -> dict:
+    ndcg, recall = per_user_ndcg_recall(pairs["user_id"].to_numpy(), pred, y, 5)
+    return {"auc": auc(y, pred), "ndcg@5": ndcg, "recall@5": recall, "mse": mse(y, pred)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--coat", type=Path, default=REPO.parent / "shared" / "data" / "coat")
-    ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument("--model", type=Path, default=None, help="encoder for the text features (default: packaged MiniLM)")
-    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "coat",
+                    help="directory with train.ascii, test.ascii [, propensities.ascii, user_item_features/]")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--methods", nargs="+", default=None)
+    ap.add_argument("--grid-dims", type=int, nargs="+", default=GRID["dim"])
+    ap.add_argument("--propensity", choices=["file", "naive_bayes"], default="file",
+                    help="file: the data set's propensities.ascii (naive Bayes when it has none)")
+    ap.add_argument("--name", default="coat")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    data = load_coat(args.coat)
-    data["interactions"]["propensity"] = data["interactions"]["propensity"].clip(lower=0.01)
-    test = data["test"]
-    text = text_features(data, args.model) if any("text" in METHODS[m][1] for m in args.methods) else None
-
-    # Tuning on seed 0's validation split only.
-    tuned = {}
-    for name in args.methods:
-        scores = {}
-        for dim, wd in itertools.product(GRID["dim"], GRID["weight_decay"]):
-            model = fit_one(name, {"dim": dim, "weight_decay": wd}, data, 0, text)
-            scores[(dim, wd)] = min(r["val_loss"] for r in model.history)
-        dim, wd = min(scores, key=scores.get)
-        tuned[name] = {"dim": dim, "weight_decay": wd}
-        print(f"tuned {name}: {tuned[name]}", flush=True)
-
-    per_seed = {name: [] for name in ["popularity", *args.methods, "causalrec_ensemble"]}
     t0 = time.time()
-    for seed in range(args.seeds):
-        fit_rows, _ = split(data["interactions"], seed)
-        pop = Popularity().fit(fit_rows["user_id"], fit_rows["item_id"], fit_rows["outcome"])
-        per_seed["popularity"].append(evaluate(pop.predict(test["user_id"], test["item_id"]), test))
-        preds = {}
-        for name in args.methods:
-            model = fit_one(name, tuned[name], data, seed, text)
-            preds[name] = model.predict(test["user_id"].to_numpy(), test["item_id"].to_numpy())
-            per_seed[name].append(evaluate(preds[name], test))
-        members = [m for m in ENSEMBLE if m in args.methods]
-        if members:
-            # Ensemble: the tuned members plus a second initialisation of each at half the size.
-            extra = [fit_one(m, {**tuned[m], "dim": max(2, tuned[m]["dim"] // 2)}, data, seed, text, member_seed=1000 + seed)
-                     for m in members]
-            ens = DebiasedEnsemble(extra)
-            pred = np.mean([preds[m] for m in members] + [e.predict(test["user_id"].to_numpy(), test["item_id"].to_numpy())
-                                                          for e in ens.members], 0)
-            per_seed["causalrec_ensemble"].append(evaluate(pred, test))
-        print(f"seed {seed}: " + ", ".join(f"{n} {r[-1]['auc']:.4f}/{r[-1]['ndcg@5']:.4f}" for n, r in per_seed.items() if r),
-              flush=True)
-    uses = {n: sorted(METHODS[n][1]) for n in args.methods}
-    uses.update(popularity=["ids"], causalrec_ensemble=sorted(set().union(*(METHODS[m][1] for m in ENSEMBLE))))
-    methods = {}
+    data = load_ratings_dir(args.data)
+    has_attributes = data["item_features"] is not None
+    methods = args.methods or method_names(has_attributes)
+    splits = make_splits(data, args.seeds, args.propensity)
+    choices, predictions = choose(data, splits, methods, {**GRID, "dim": args.grid_dims})
+    assert not any(s.test.opened for s in splits), "a choice read the test set"
+
+    # The test set is opened once, after every choice.
+    per_seed = {name: [] for name in methods}
+    for seed, split in enumerate(splits):
+        y = split.test.open()["y1"].to_numpy()
+        for name in methods:
+            per_seed[name].append(test_metrics(predictions[choices["tuned"][name]["key"]][seed], split.test.pairs, y))
+    summary = {}
     for name, rows in per_seed.items():
-        if not rows:
-            continue
         df = pd.DataFrame(rows)
-        methods[name] = {**{k: float(df[k].mean()) for k in df}, **{f"{k}_std": float(df[k].std(ddof=1)) for k in df},
-                         "uses": uses[name], "hyperparameters": tuned.get(name)}
-    best = max(methods, key=lambda n: methods[n]["auc"])
-    naive = methods["mf_naive"]["ndcg@5"] if "mf_naive" in methods else float("nan")
-    write_result("coat", {
-        "protocol": __doc__.split("\n\n")[2].replace("\n", " "), "seeds": args.seeds, "grid": GRID,
-        "seconds": round(time.time() - t0, 1), "methods": methods,
-        "best": {"method": best, "auc": methods[best]["auc"], "ndcg@5": methods[best]["ndcg@5"],
-                 "ndcg@5_gain_over_mf_naive": methods[best]["ndcg@5"] / naive - 1},
-        "references": {"published_mf_backbone_neurips2024": {"naive": 0.743, "dr_jl": 0.757, "mrdr_jl": 0.759,
-                                                             "stable_dr": 0.765, "their_best": 0.780}}}, args.out)
+        t = choices["tuned"][name]
+        summary[name] = {**{k: float(df[k].mean()) for k in df}, **{f"{k}_sd": float(df[k].std(ddof=1)) for k in df},
+                         "validation_auc": t["validation_auc"], "hyperparameters": t["hyperparameters"]}
+    chosen = choices["chosen"]
+    result = {"data": str(args.data), "protocol": __doc__.split("\n\n")[1].replace("\n", " "), "seeds": args.seeds,
+              "grid": {**GRID, "dim": args.grid_dims}, "headline_rule": HEADLINE_RULE,
+              "propensities": ("propensities.ascii" if args.propensity == "file" and "propensity" in data["interactions"]
+                               else "naive Bayes (uniform sample)"),
+              "methods": summary,
+              "chosen": {"method": chosen, "auc": summary[chosen]["auc"], "ndcg@5": summary[chosen]["ndcg@5"],
+                         "hyperparameters": summary[chosen]["hyperparameters"]}}
+    if choices["chosen_debiasing"] and "mf_naive" in per_seed:
+        d = choices["chosen_debiasing"]
+        diff = {m: np.array([a[m] - b[m] for a, b in zip(per_seed[d], per_seed["mf_naive"])]) for m in ("auc", "ndcg@5")}
+        result["debias_vs_naive"] = {
+            "method": d, "baseline": "mf_naive", **{m: {"mean": float(v.mean()), "sd": float(v.std(ddof=1)),
+                                                        "seeds_better": int((v > 0).sum())} for m, v in diff.items()},
+            "beats_naive_by_more_than_sd": bool(all(v.mean() > v.std(ddof=1) for v in diff.values()))}
+    result["seconds"] = round(time.time() - t0, 1)
+    write_result(args.name, result, args.out)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Does text help? Cold-start items scored from text only: popularity (no text) vs frozen
+"""Does text help? Cold-start items scored from text only: random (no text) vs frozen
 MiniLM vs MiniLM fine-tuned on the platform's own interactions.
 
     python benchmarks/encoder_quality.py --coat ../shared/data/coat --seeds 0 1 2
@@ -9,8 +9,8 @@ item texts, and score each held-out (user, item) test pair by
     score = <e_item, mean(e of items the user liked) - mean(e of items the user disliked) + 0.5 e_profile>.
 Test pairs: Coat's randomized test ratings (>= 4 positive) / the simulator's randomized pairs
 (realised Y(1)), restricted to held-out items. AUC over pairs; NDCG@5 per user over that user's
-held-out test items, averaged over users with a positive. "popularity" has no signal for unseen
-items: a constant score with random tie-breaking (AUC 0.5 by construction): the floor text must beat.
+held-out test items, averaged over users with a positive. "random": an unseen item has no popularity and
+no text, so a constant score with random tie-breaking (AUC 0.5 by construction): the floor text must beat.
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ from causalrec.text.finetune import FinetuneConfig, finetune, mine_pairs
 
 
 def coat(path: Path) -> dict:
-    from causalrec.data.sources import load_coat
+    from causalrec.data.sources import load_ratings_dir
 
-    t = load_coat(path)
+    t = load_ratings_dir(path)
     items = t["items"]
     return {"interactions": t["interactions"][["user_id", "item_id", "outcome"]],
             "item_text": dict(zip(items["item_id"], items["title"] + ". " + items["description"])),
@@ -86,7 +86,7 @@ def one_seed(data: dict, seed: int, model_path, cfg: FinetuneConfig, max_pairs: 
         prof = dict(zip(user_ids, enc.embed([data["user_text"][u] for u in user_ids])))
         s = text_scores(emb, data, train, test, prof)
         results[name] = s
-    results["popularity"] = np.full(len(test), 0.5) + rng.uniform(0, 1e-6, len(test))  # ties broken at random
+    results["random"] = np.full(len(test), 0.5) + rng.uniform(0, 1e-6, len(test))  # ties broken at random
     row = {}
     for name, s in results.items():
         ndcg, _ = per_user_ndcg_recall(test["user_id"].to_numpy(), s, test["y1"].to_numpy(), 5)
@@ -99,7 +99,7 @@ def one_seed(data: dict, seed: int, model_path, cfg: FinetuneConfig, max_pairs: 
 
 def summarise(rows: list[dict]) -> dict:
     out = {}
-    for method in ("popularity", "frozen", "finetuned"):
+    for method in ("random", "frozen", "finetuned"):
         for metric in ("auc", "ndcg@5"):
             vals = np.array([r[method][metric] for r in rows])
             out.setdefault(method, {})[metric] = float(vals.mean())
@@ -132,7 +132,7 @@ def main() -> None:
         rows = []
         for seed in args.seeds:
             rows.append(one_seed(data, seed, model_path, cfg, args.max_pairs))
-            print(name, seed, {k: v for k, v in rows[-1].items() if k in ("popularity", "frozen", "finetuned")}, flush=True)
+            print(name, seed, {k: v for k, v in rows[-1].items() if k in ("random", "frozen", "finetuned")}, flush=True)
         figures[name] = summarise(rows)
         s = figures[name]
         figures[name]["finetuned_beats_frozen_beyond_spread"] = bool(

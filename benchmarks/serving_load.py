@@ -67,7 +67,7 @@ m.save(d['models'] / 'mf_naive.pt')
 import torch
 u = UpliftLearner('t_learner', epochs=5, dim=16).fit(inter.user_id, inter.item_id, inter.treatment, inter.outcome, p)
 torch.save({{'kind': 'uplift', 'model': u}}, d['models'] / 'uplift.pt')
-d['metrics'].write_text(json.dumps({{'models': {{'mf_naive': {{'auc': 0.5}}}}, 'primary_metric': 'auc', 'best': {{'model': 'mf_naive'}}}}))
+d['metrics'].write_text(json.dumps({{'models': {{'mf_naive': {{'auc': 0.5}}}}, 'primary_metric': 'auc', 'chosen': {{'model': 'mf_naive'}}}}))
 import bentoml
 with bentoml.models.create('causalrec-recommender') as bm:
     pipeline.write_bundle(params, 'mf_naive', Path(bm.path))
@@ -119,9 +119,10 @@ def main() -> None:
     home = work / "bentoml"
     build_store(home, args.items)
     results = {}
+    # Both services get the same load (users and spawn rate); only the serving code differs.
     for name, target, cwd, users, seconds in (
             ("causalrec", "bentos.service:Recommender", REPO, args.users, args.seconds),
-            ("naive_baseline", "naive_service:NaiveRecommender", BENCH, 2, args.baseline_seconds)):
+            ("naive_baseline", "naive_service:NaiveRecommender", BENCH, args.users, args.baseline_seconds)):
         proc, url = serve(target, home, cwd, work / f"{name}.log")
         try:
             r = requests.post(f"{url}/recommend", json={"user_id": "u000001", "k": 10}, timeout=60)

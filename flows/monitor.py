@@ -21,7 +21,7 @@ def monitor_flow(params_path: str = "params.yaml", retrain_on_drift: bool = True
     if report["drift_detected"] and retrain_on_drift:
         logger.info("drift crossed the threshold: running the retrain flow")
         retrain = retrain_flow(params_path=params_path)
-        result.update(retrained=True, retrain_best=retrain["metrics"]["best"])
+        result.update(retrained=True, retrain_chosen=retrain["metrics"]["chosen"])
     return result
 
 

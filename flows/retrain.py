@@ -30,7 +30,7 @@ def _summary_markdown(result: dict) -> str:
              "|---|" + "---|" * len(next(iter(result["metrics"]["models"].values())))]
     for name, row in result["metrics"]["models"].items():
         lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in row.values()) + " |")
-    lines += ["", f"best: **{result['metrics']['best']['model']}**; promoted: **{result['package']['promoted']}**; "
+    lines += ["", f"chosen (validation): **{result['metrics']['chosen']['model']}**; promoted: **{result['package']['promoted']}**; "
               f"bento: `{result['package'].get('bento_tag')}`", f"drift detected: **{result['monitor']['drift_detected']}**",
               "", "## artifacts", *[f"- {k}: `{v}`" for k, v in result["artifacts"].items()]]
     return "\n".join(lines)

@@ -29,7 +29,9 @@ def test_ope_benchmark(tmp_path):
     _run(["ope_obd.py", "--n-bootstrap", "50"], tmp_path)
     result = json.loads((tmp_path / "ope_obd.json").read_text())
     assert all(row["agrees_with_obp"] for row in result["estimators"].values())
-    assert result["best"]["estimator"] in result["estimators"]
+    declared = result["declared"]
+    assert "best" not in result and declared["estimator"] == "snipw"
+    assert declared["relative_error"] == result["estimators"]["snipw"]["relative_error"]
 
 
 def test_scale_benchmark_tiny(tmp_path):

@@ -63,7 +63,7 @@ def test_flow_publishes_markdown_artifact(trained):
             return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["causalrec-retrain"])))
 
     artifacts = asyncio.run(read())
-    assert artifacts and "best:" in artifacts[0].data and "data version" in artifacts[0].data
+    assert artifacts and "chosen (validation):" in artifacts[0].data and "data version" in artifacts[0].data
 
 
 def test_rerun_embeds_nothing_and_keeps_production(trained):

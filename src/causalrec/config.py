@@ -32,6 +32,9 @@ class Paths(_Section):
 class Ingest(_Section):
     source: Literal["simulator", "coat", "parquet"] = "simulator"
     source_path: Path | None = None
+    # parquet source: randomized test pairs (user_id, item_id, outcome; uniform exposure or an A/B holdout)
+    test_path: Path | None = None
+    uniform_share: float = Field(0.1, gt=0, lt=1)  # coat source: share of the randomized ratings logged as "uniform"
 
 
 class Simulate(_Section):
@@ -46,6 +49,10 @@ class Simulate(_Section):
     days: int = Field(90, ge=1)
     n_test_pairs_per_user: int = Field(20, ge=1)
     chunk_rows: int = Field(1_000_000, ge=1000)
+    policy_view: Literal["exact", "noisy", "low_rank", "nonlinear"] = "exact"
+    selection_on_outcome: float = Field(0.0, ge=0, le=10)
+    confounding: float = Field(0.0, ge=0, le=10)
+    uplift_shape: Literal["organic_share", "interaction", "negative"] = "organic_share"
 
 
 class Validate(_Section):
@@ -85,6 +92,7 @@ class Train(_Section):
     val_fraction: float = Field(0.1, gt=0, lt=1)
     patience: int = Field(4, ge=1)
     exposure_weight: Annotated[float, Field(ge=0, le=100)] | Literal["auto"] = 0.0
+    features: list[Literal["text", "attributes"]] = Field(default_factory=lambda: ["text", "attributes"])
 
 
 class Uplift(_Section):

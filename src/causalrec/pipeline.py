@@ -61,18 +61,20 @@ def ingest(params: Params) -> dict:
         cfg = SimulationConfig(**params.simulate.model_dump(), seed=params.seed)
         summary = simulate(cfg, d["data"], d["truth"])
     elif src.source == "coat":
-        from causalrec.data.sources import ingest_coat
+        from causalrec.data.sources import ingest_ratings
 
         if src.source_path is None:
             raise StageError("ingest.source is 'coat' but ingest.source_path is not set")
-        summary = ingest_coat(src.source_path, d["data"], d["truth"])
+        summary = ingest_ratings(src.source_path, d["data"], d["truth"], seed=params.seed, uniform_share=src.uniform_share)
     else:
-        from causalrec.data.sources import ingest_parquet
+        from causalrec.data.sources import ingest_parquet, ingest_test_pairs
 
         if src.source_path is None:
             raise StageError("ingest.source is 'parquet' but ingest.source_path is not set")
         shutil.rmtree(d["truth"], ignore_errors=True)
         summary = ingest_parquet(src.source_path, d["data"])
+        if src.test_path is not None:
+            summary["test_pairs"] = ingest_test_pairs(src.test_path, d["truth"])
     summary = {"source": src.source, **summary}
     d["truth"].mkdir(parents=True, exist_ok=True)
     atomic_write_json(d["truth"] / "ingest.json", summary)
@@ -198,20 +200,38 @@ def _plot_hist(values: np.ndarray, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------- train
-def _training_rows(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, tuple, tuple]:
+def _training_rows(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, tuple, tuple, str]:
+    """(fit rows, validation rows, population, exposure log, how validation was drawn).
+
+    Validation is unbiased where the log has uniformly exposed rows (policy "uniform"): half of them
+    validate (unweighted), the other half train. Otherwise a random share of the exposed rows
+    validates with inverse-propensity weights (`propensity` is set to None on uniform validation)."""
+    from causalrec.data.sources import UNIFORM_POLICY
+    from causalrec.data.split import split_randomized
+
     d = _dirs(params)
-    inter = read_table(d["data"], INTERACTIONS, columns=["user_id", "item_id", "exposed", "outcome"])
+    inter = read_table(d["data"], INTERACTIONS)
     p = pd.read_parquet(_require(d["propensity"] / "propensities.parquet", "train"))["propensity"].to_numpy()
     if len(p) != len(inter):
         raise StageError(f"train: {len(p)} propensities for {len(inter)} interactions; rerun the propensity stage")
     inter["propensity"] = p
-    exposed = inter[inter["exposed"] == 1].reset_index(drop=True)
-    rng = np.random.default_rng(params.seed)
-    is_val = rng.random(len(exposed)) < params.train.val_fraction
+    cols = ["user_id", "item_id", "outcome", "propensity"]
+    exposed = inter[inter["exposed"] == 1]
+    uniform = (exposed["policy"] == UNIFORM_POLICY).to_numpy() if "policy" in exposed else np.zeros(len(exposed), bool)
+    if uniform.sum() >= 20:
+        uniform_fit, val = split_randomized(exposed[uniform][cols], 0.5, params.seed)
+        fit = pd.concat([exposed[~uniform][cols], uniform_fit], ignore_index=True)
+        val = val.assign(propensity=None)
+        how = f"uniform sample ({len(val)} rows, unweighted)"
+    else:
+        exposed = exposed[cols].reset_index(drop=True)
+        is_val = np.random.default_rng(params.seed).random(len(exposed)) < params.train.val_fraction
+        fit, val = exposed[~is_val], exposed[is_val]
+        how = f"random {params.train.val_fraction:.0%} of exposed rows ({len(val)}), inverse-propensity weighted"
     # The population D the relevance estimand averages over: every logged visit, exposed or not.
     population = (inter["user_id"].to_numpy(), inter["item_id"].to_numpy())
     exposure_log = (*population, p)  # for the exposure head: every logged visit with its propensity
-    return exposed[~is_val], exposed[is_val], population, exposure_log
+    return fit, val, population, exposure_log, how
 
 
 def make_model(name: str, params: Params):
@@ -256,25 +276,45 @@ def train_uplift(params: Params, path: Path) -> dict:
 
 
 def text_features(params: Params) -> dict[str, pd.DataFrame]:
-    """Embeddings of item texts (and user profiles, when present) as two-tower features."""
+    """Two-tower inputs per side (train.features): text embeddings of item texts and user profiles,
+    and the numeric attr_* columns of the items/users tables, side by side."""
+    from causalrec.data.schema import attributes
+
     d = _dirs(params)
     out = {}
-    for side, key in (("items", "item_features"), ("users", "user_features")):
+    for side, key, spec in (("items", "item_features", ITEMS), ("users", "user_features", USERS)):
+        parts = []
         path = d["embeddings"] / f"{side}.npy"
-        if path.exists():
+        if "text" in params.train.features and path.exists():
             index = pd.read_parquet(d["embeddings"] / f"{side}_index.parquet").iloc[:, 0].astype(str)
-            out[key] = pd.DataFrame(np.load(path), index=index)
+            parts.append(pd.DataFrame(np.load(path), index=index).add_prefix("text_"))
+        if "attributes" in params.train.features:
+            attrs = attributes(read_table(d["data"], spec), spec)
+            if attrs is not None:
+                parts.append(attrs)
+        if parts:
+            out[key] = pd.concat(parts, axis=1).fillna(0.0).astype(np.float32)
     if "item_features" not in out:
-        raise StageError(f"train: two-tower models need item embeddings in {d['embeddings']}; run the embed stage")
+        raise StageError(f"train: two-tower models need item features ({params.train.features}): run the embed stage "
+                         f"({d['embeddings']}) or give items attr_* columns")
     return out
+
+
+def _validation_auc(model, val: pd.DataFrame) -> float:
+    """The choice criterion: AUC on the validation rows, inverse-propensity weighted unless uniform."""
+    from causalrec.evaluation.metrics import auc
+
+    weight = None if val["propensity"].isna().all() else 1.0 / val["propensity"].to_numpy(np.float64)
+    return auc(val["outcome"].to_numpy(), model.predict(val["user_id"].to_numpy(), val["item_id"].to_numpy()), weight)
 
 
 def train(params: Params) -> dict:
     """Fit every model in train.models on exposed rows (validation split for early stopping)."""
     d = _dirs(params)
-    fit_rows, val_rows, population, exposure_log = _training_rows(params)
+    fit_rows, val_rows, population, exposure_log, how = _training_rows(params)
     cols = ["user_id", "item_id", "outcome", "propensity"]
-    val = tuple(val_rows[c].to_numpy() for c in cols)
+    val = (*(val_rows[c].to_numpy() for c in cols[:3]),
+           None if val_rows["propensity"].isna().all() else val_rows["propensity"].to_numpy())
     summary, curves = {}, []
     with atomic_dir(d["models"]) as tmp:
         for name in params.train.models:
@@ -288,7 +328,14 @@ def train(params: Params) -> dict:
             model.save(tmp / f"{name}.pt")
             curves += [{"model": name, **row} for row in model.history]
             summary[name] = {"epochs": len(model.history), "fit_rows": len(fit_rows), "val_rows": len(val_rows),
-                             "exposure_weight": getattr(model, "exposure_weight_", None)}
+                             "exposure_weight": getattr(model, "exposure_weight_", None),
+                             "validation_auc": _validation_auc(model, val_rows)}
+        scored = [n for n in params.train.models if not np.isnan(summary[n]["validation_auc"])]
+        if not scored:
+            raise StageError(f"train: the validation rows ({how}) hold a single outcome; no model can be chosen")
+        chosen = max(scored, key=lambda n: summary[n]["validation_auc"])
+        summary["chosen"] = {"model": chosen, "validation_auc": summary[chosen]["validation_auc"], "validation": how,
+                             "rule": "best validation AUC"}
         if params.uplift.enabled:
             summary["uplift"] = train_uplift(params, tmp / "uplift.pt")
         curve = pd.DataFrame(curves, columns=["model", "epoch", "train_loss", "val_loss"])
@@ -362,8 +409,11 @@ def evaluate(params: Params) -> dict:
     primary = params.evaluate.primary_metric
     if primary not in next(iter(results.values())):
         primary = "auc"
-    best = max(results, key=lambda n: (np.nan_to_num(results[n][primary], nan=-np.inf)))
-    out = {"models": results, "primary_metric": primary, "best": {"model": best, primary: results[best][primary]},
+    # The model the product ships was chosen in the train stage, on validation rows; the test set
+    # only measures it (and every other model) here.
+    chosen = json.loads(_require(d["models"] / "train.json", "evaluate").read_text())["chosen"]
+    out = {"models": results, "primary_metric": primary,
+           "chosen": {**chosen, primary: results[chosen["model"]][primary]},
            "protocol": "simulator ground truth" if truth is not None else "randomized test pairs"}
     if truth is not None:
         out["oracle"] = {f"cp@{k}": round(M.causal_precision_at_k(truth[3], truth[3], k), 6)}
@@ -470,7 +520,7 @@ def package(params: Params) -> dict:
     """Save the best model to the BentoML store and build the bento, if it beats production."""
     d = _dirs(params)
     metrics = json.loads(_require(d["metrics"], "package").read_text())
-    primary, best = metrics["primary_metric"], metrics["best"]["model"]
+    primary, best = metrics["primary_metric"], metrics["chosen"]["model"]
     candidate = metrics["models"][best][primary]
     current = json.loads(d["registry"].read_text()) if d["registry"].exists() else None
     promote = current is None or current.get("primary_metric") != primary or candidate > current["score"]
@@ -521,7 +571,7 @@ def monitor(params: Params, interactions: pd.DataFrame | None = None) -> dict:
     frame = inter.merge(items[keep], on="item_id", how="left")
     metrics_path = d["metrics"]
     if metrics_path.exists():
-        best = json.loads(metrics_path.read_text())["best"]["model"]
+        best = json.loads(metrics_path.read_text())["chosen"]["model"]
         model = load_model(_require(d["models"] / f"{best}.pt", "monitor"))
         frame["prediction"] = model.predict(frame["user_id"].to_numpy(), frame["item_id"].to_numpy())
     ref, cur = time_windows(frame, params.monitor.window_fraction)

@@ -152,14 +152,14 @@ class DebiasedRecommender:
                 pop_i = torch.as_tensor(self.items_.encode(np.asarray(population[1]).astype(str)))
                 n_population = len(pop_u)
             obs_fraction = len(yt) / n_population
-            if self.method == "dr":  # fixed imputation: g learns the observed labels once, then stays
-                for _ in range(max(1, self.epochs // 3)):
-                    for start in range(0, len(yt), self.batch_size):
-                        b = torch.as_tensor(rng.permutation(len(yt))[: self.batch_size])
-                        g_loss = F.binary_cross_entropy_with_logits(imputer(u[b], i[b]), yt[b])
-                        opt_g.zero_grad()
-                        g_loss.backward()
-                        opt_g.step()
+            if self.method == "dr":
+                # Fixed imputation: g is a naive model of the observed labels, early-stopped on the same
+                # validation rows (an imputer trained to convergence memorises each user's few labels
+                # and f then copies its extremes onto every unobserved pair), then frozen.
+                g = replace(self, method="naive", exposure_weight=0.0).fit(
+                    users, items, y, None, val=val, user_features=user_features, item_features=item_features,
+                    population=population, exposure_log=exposure_log)
+                imputer = g.net_
         if val is not None:
             vu, vi = torch.as_tensor(self.users_.encode(val[0])), torch.as_tensor(self.items_.encode(val[1]))
             vy = torch.as_tensor(np.asarray(val[2], dtype=np.float32))

@@ -24,6 +24,7 @@ class TableSpec:
     required: dict[str, str]          # column -> kind: "id" | "int" | "float" | "binary" | "text" | "time"
     optional: dict[str, str] = field(default_factory=dict)
     key: str | None = None            # unique id column, if any
+    attribute_prefix: str | None = None  # numeric attribute columns (e.g. attr_3): model features
 
     @property
     def file(self) -> str:
@@ -37,15 +38,18 @@ class TableSpec:
 INTERACTIONS = TableSpec(
     "interactions",
     required={"user_id": "id", "item_id": "id", "timestamp": "time", "exposed": "binary", "outcome": "float"},
-    optional={"propensity": "float", "position": "int", "policy": "text", "treatment": "binary", "event_id": "text"},
+    optional={"propensity": "float", "position": "int", "policy": "text", "treatment": "binary", "event_id": "text",
+              "rating": "float"},
 )
 ITEMS = TableSpec(
     "items",
     required={"item_id": "id", "title": "text", "description": "text"},
     optional={"category": "text", "price": "float"},
     key="item_id",
+    attribute_prefix="attr_",
 )
-USERS = TableSpec("users", required={"user_id": "id"}, optional={"profile_text": "text"}, key="user_id")
+USERS = TableSpec("users", required={"user_id": "id"}, optional={"profile_text": "text"}, key="user_id",
+                  attribute_prefix="attr_")
 TABLES = (INTERACTIONS, ITEMS, USERS)
 
 
@@ -63,10 +67,23 @@ def read_table(data_dir: str | Path, spec: TableSpec, columns: list[str] | None 
     missing = [c for c in spec.required if c not in schema_names]
     if missing:
         raise DataError(f"table '{spec.name}': required column(s) {missing} missing in {path} (has {schema_names})")
-    wanted = columns or [c for c in schema_names if c in spec.columns]
+    wanted = columns or [c for c in schema_names if c in spec.columns
+                         or (spec.attribute_prefix and c.startswith(spec.attribute_prefix))]
     df = pd.read_parquet(path, columns=wanted)
     for col, kind in spec.columns.items():
         # One convention downstream: timestamps are UTC and timezone-naive.
         if kind == "time" and col in df.columns and isinstance(df[col].dtype, pd.DatetimeTZDtype):
             df[col] = df[col].dt.tz_convert("UTC").dt.tz_localize(None)
+    if spec.attribute_prefix:
+        bad = [c for c in df.columns if c.startswith(spec.attribute_prefix) and not pd.api.types.is_numeric_dtype(df[c])]
+        if bad:
+            raise DataError(f"table '{spec.name}': attribute column(s) {bad} must be numeric")
     return df
+
+
+def attributes(df: pd.DataFrame, spec: TableSpec) -> pd.DataFrame | None:
+    """The numeric attribute columns of a contract table, indexed by its key (None when it has none)."""
+    cols = [c for c in df.columns if spec.attribute_prefix and c.startswith(spec.attribute_prefix)]
+    if not cols:
+        return None
+    return df.set_index(df[spec.key].astype(str))[cols].fillna(0.0).astype("float32")

@@ -17,6 +17,19 @@ Generative model (documented in docs/simulator.md):
   correlates with relevance: naive learning on exposed rows is biased (MNAR).
 * Item titles/descriptions are rendered from the item's topics and quality, so text carries signal.
 
+Shapes (a family of worlds; each a config field, the defaults give the world above byte for byte):
+* policy_view: what the logging policy knows of preferences. exact (a_ui), noisy (a_ui + a rank-8
+  Gaussian distortion of sd 1), low_rank (only the user's top topic: K * theta_u[top] * z_i[top]),
+  nonlinear (a saturating view, 2 tanh(2 (a_ui - 1)) + 1, that cannot tell liked items apart).
+* selection_on_outcome (MNAR): the exposure decision adds this x (2 Y(1) - 1) to the policy's logit,
+  while the log records the policy's own propensity only (selection the log cannot see).
+* confounding: a per-visit context z ~ N(0,1), unobserved, adds this x z to both the exposure logit
+  and the outcome logit; the logged propensity is exact (includes z); truths average over z.
+* uplift_shape: organic_share (p0 = p1 s_i, the default); interaction (the organic share depends
+  on the user too: users find items of their own interests themselves, s_ui = sigmoid(-1 + pop_i +
+  1.5 (a_ui - 1))); negative (as organic_share, but for a third of users a recommendation
+  backfires: p0 = min(0.99, p1 (1.3 + s_i)) > p1).
+
 Everything is deterministic per seed. The log is written in chunks (bounded memory at 10M rows).
 Ground truth (latent factors + a randomized test set with both potential outcomes) goes to a
 separate directory and is never read by training.
@@ -66,6 +79,13 @@ POOR_WORDS = ["basic", "budget", "flimsy", "generic", "no-frills", "lightweight"
 FILLER = ["with", "for", "and", "the", "a", "everyday", "new", "classic", "great", "set", "kit"]
 
 
+POLICY_VIEWS = ("exact", "noisy", "low_rank", "nonlinear")
+UPLIFT_SHAPES = ("organic_share", "interaction", "negative")
+# Gauss-Hermite nodes for averaging over the per-visit context z ~ N(0, 1).
+_GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(15)
+_GH_WEIGHTS = _GH_WEIGHTS / _GH_WEIGHTS.sum()
+
+
 @dataclass(frozen=True)
 class SimulationConfig:
     n_users: int = 2000
@@ -79,9 +99,17 @@ class SimulationConfig:
     days: int = 90
     n_test_pairs_per_user: int = 20
     chunk_rows: int = 1_000_000
+    policy_view: str = "exact"
+    selection_on_outcome: float = 0.0
+    confounding: float = 0.0
+    uplift_shape: str = "organic_share"
     seed: int = 7
 
     def __post_init__(self):
+        if self.policy_view not in POLICY_VIEWS:
+            raise ValueError(f"policy_view must be one of {POLICY_VIEWS}, got {self.policy_view!r}")
+        if self.uplift_shape not in UPLIFT_SHAPES:
+            raise ValueError(f"uplift_shape must be one of {UPLIFT_SHAPES}, got {self.uplift_shape!r}")
         if not 2 <= self.n_topics <= len(TOPICS):
             raise ValueError(f"n_topics must be in [2, {len(TOPICS)}], got {self.n_topics}")
         if not 0 < self.exposure_rate < 1:
@@ -105,6 +133,9 @@ class World:
     activity: np.ndarray      # (U,) probability of a visit coming from each user
     exposure_offset: float    # c in the logging policy
     config: SimulationConfig
+    view_user: np.ndarray | None = None   # (U, 8) the noisy policy view's distortion factors
+    view_item: np.ndarray | None = None   # (I, 8)
+    backfire: np.ndarray | None = None    # (U,) users for whom a recommendation backfires (uplift_shape negative)
 
     def theta(self, users: np.ndarray, t: np.ndarray | float) -> np.ndarray:
         t = np.asarray(t, dtype=np.float64)[..., None] * self.config.drift
@@ -115,17 +146,46 @@ class World:
         k = self.item_topics.shape[1]
         return k * np.einsum("nk,nk->n", self.theta(users, t), self.item_topics[items])
 
-    def potential_outcome_probs(self, users, items, t=1.0) -> tuple[np.ndarray, np.ndarray]:
-        """(p1, p0): P(Y=1 | recommended) and P(Y=1 | not recommended) for each (user, item) pair."""
+    def potential_outcome_probs(self, users, items, t=1.0, z=None) -> tuple[np.ndarray, np.ndarray]:
+        """(p1, p0): P(Y=1 | recommended) and P(Y=1 | not recommended) for each (user, item) pair;
+        at context z (per visit), or averaged over z when the world is confounded and z is None."""
+        cfg = self.config
+        if cfg.confounding and z is None:
+            draws = [self.potential_outcome_probs(users, items, t, np.full(len(users), node)) for node in _GH_NODES]
+            return tuple(sum(w * d[k] for w, d in zip(_GH_WEIGHTS, draws)) for k in (0, 1))
         a = self.affinity(users, items, t)
-        p1 = _sigmoid(-1.5 + 1.8 * (a - 1.0) + 0.6 * self.quality[items] + self.user_bias[users])
+        logit = -1.5 + 1.8 * (a - 1.0) + 0.6 * self.quality[items] + self.user_bias[users]
+        if cfg.confounding:
+            logit = logit + cfg.confounding * z
+        p1 = _sigmoid(logit)
+        if cfg.uplift_shape == "interaction":
+            return p1, p1 * _sigmoid(-1.0 + self.popularity[items] + 1.5 * (a - 1.0))
         organic_share = _sigmoid(-1.0 + self.popularity[items])
+        if cfg.uplift_shape == "negative":
+            hurt = self.backfire[users]
+            return p1, np.where(hurt, np.minimum(0.99, p1 * (1.3 + organic_share)), p1 * organic_share)
         return p1, p1 * organic_share
 
-    def exposure_propensity(self, users, items, t=1.0, offset: float | None = None) -> np.ndarray:
+    def policy_affinity(self, users, items, t=1.0) -> np.ndarray:
+        """What the logging policy knows of a_ui (policy_view)."""
+        view = self.config.policy_view
+        if view == "low_rank":
+            theta = self.theta(users, t)
+            top = theta.argmax(-1)
+            return self.item_topics.shape[1] * theta[np.arange(len(users)), top] * self.item_topics[items, top]
+        a = self.affinity(users, items, t)
+        if view == "noisy":
+            return a + np.einsum("nk,nk->n", self.view_user[users], self.view_item[items]) / np.sqrt(self.view_user.shape[1])
+        if view == "nonlinear":
+            return 2 * np.tanh(2 * (a - 1.0)) + 1.0
+        return a
+
+    def exposure_propensity(self, users, items, t=1.0, offset: float | None = None, z=None) -> np.ndarray:
         c = self.exposure_offset if offset is None else offset
         cfg = self.config
-        logit = c + cfg.popularity_bias * self.popularity[items] + cfg.affinity_bias * (self.affinity(users, items, t) - 1)
+        logit = c + cfg.popularity_bias * self.popularity[items] + cfg.affinity_bias * (self.policy_affinity(users, items, t) - 1)
+        if cfg.confounding and z is not None:
+            logit = logit + cfg.confounding * z
         return np.clip(_sigmoid(logit), 0.01, 0.99)
 
     def truth_matrices(self, t: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -141,7 +201,8 @@ class World:
 
     def save(self, path: Path) -> None:
         arrays = {k: getattr(self, k) for k in
-                  ("theta_early", "theta_late", "item_topics", "quality", "popularity", "user_bias", "activity")}
+                  ("theta_early", "theta_late", "item_topics", "quality", "popularity", "user_bias", "activity",
+                   "view_user", "view_item", "backfire")}
         with atomic_dir(path) as tmp:
             np.savez(tmp / "world.npz", **arrays)
             atomic_write_text(tmp / "config.json",
@@ -166,7 +227,13 @@ def make_world(cfg: SimulationConfig) -> World:
     user_bias = rng.normal(scale=0.5, size=cfg.n_users)
     activity = rng.lognormal(sigma=0.8, size=cfg.n_users)
     activity /= activity.sum()
-    world = World(theta_early, theta_late, item_topics, quality, popularity, user_bias, activity, 0.0, cfg)
+    # The shapes' latents come from their own stream, so the default world's draws never change.
+    shape_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 4]))
+    view_user = shape_rng.normal(size=(cfg.n_users, 8))
+    view_item = shape_rng.normal(size=(cfg.n_items, 8))
+    backfire = shape_rng.random(cfg.n_users) < 1 / 3
+    world = World(theta_early, theta_late, item_topics, quality, popularity, user_bias, activity, 0.0, cfg,
+                  view_user, view_item, backfire)
     # Solve for the logging policy's offset so that the mean exposure propensity hits the target.
     users = rng.choice(cfg.n_users, size=20_000, p=activity)
     items = rng.integers(cfg.n_items, size=20_000)
@@ -224,15 +291,24 @@ INTERACTIONS_SCHEMA = pa.schema([
 START = np.datetime64("2026-01-01T00:00:00", "ms")
 
 
-def _interaction_chunk(world: World, rng: np.random.Generator, n: int, t0: float, t1: float) -> pa.Table:
+def _interaction_chunk(world: World, rng: np.random.Generator, n: int, t0: float, t1: float,
+                       shape_rng: np.random.Generator) -> pa.Table:
     cfg = world.config
     users = rng.choice(cfg.n_users, size=n, p=world.activity)
     items = rng.integers(cfg.n_items, size=n)
     t = np.sort(rng.uniform(t0, t1, size=n))
-    e = world.exposure_propensity(users, items, t)
-    exposed = rng.random(n) < e
-    p1, p0 = world.potential_outcome_probs(users, items, t)
-    outcome = rng.random(n) < np.where(exposed, p1, p0)
+    z = shape_rng.normal(size=n) if cfg.confounding else None
+    e = world.exposure_propensity(users, items, t, z=z)
+    p1, p0 = world.potential_outcome_probs(users, items, t, z=z)
+    if cfg.selection_on_outcome:
+        # Y(1) is drawn first and moves the exposure decision; the log keeps the policy's e only.
+        y1 = shape_rng.random(n) < p1
+        shown = _sigmoid(np.log(e / (1 - e)) + cfg.selection_on_outcome * (2 * y1 - 1))
+        exposed = rng.random(n) < shown
+        outcome = np.where(exposed, y1, rng.random(n) < p0)
+    else:
+        exposed = rng.random(n) < e
+        outcome = rng.random(n) < np.where(exposed, p1, p0)
     # The logging policy fills 10 slots; likelier recommendations sit higher. 0 = not shown.
     position = np.where(exposed, np.clip(1 + np.floor((1 - e) * 10 * rng.uniform(0.5, 1.0, n)), 1, 10), 0)
     ms = (t * cfg.days * 86_400_000).astype(np.int64)
@@ -274,13 +350,15 @@ def simulate(cfg: SimulationConfig, data_dir: str | Path, truth_dir: str | Path,
     items, users = _catalogue(world, text_rng)
     n_chunks = max(1, -(-cfg.n_interactions // cfg.chunk_rows))
     chunk_seeds = np.random.SeedSequence([cfg.seed, 2]).spawn(n_chunks)
+    shape_seeds = np.random.SeedSequence([cfg.seed, 5]).spawn(n_chunks)
     n_exposed = n_positive = 0
     with atomic_dir(Path(data_dir)) as tmp:
         with pq.ParquetWriter(tmp / "interactions.parquet", INTERACTIONS_SCHEMA, compression="zstd") as writer:
             for c in tqdm(range(n_chunks), desc="simulate", unit="chunk", disable=not progress):
                 lo = c * cfg.chunk_rows
                 n = min(cfg.chunk_rows, cfg.n_interactions - lo)
-                chunk = _interaction_chunk(world, np.random.default_rng(chunk_seeds[c]), n, c / n_chunks, (c + 1) / n_chunks)
+                chunk = _interaction_chunk(world, np.random.default_rng(chunk_seeds[c]), n, c / n_chunks, (c + 1) / n_chunks,
+                                           np.random.default_rng(shape_seeds[c]))
                 writer.write_table(chunk, row_group_size=min(n, 250_000))
                 n_exposed += int(pa.compute.sum(chunk["exposed"]).as_py())
                 n_positive += int(pa.compute.sum(chunk["outcome"]).as_py())

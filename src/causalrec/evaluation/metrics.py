@@ -9,11 +9,12 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 
-def auc(y_true: np.ndarray, score: np.ndarray) -> float:
+def auc(y_true: np.ndarray, score: np.ndarray, weight: np.ndarray | None = None) -> float:
+    """Area under the ROC curve (optionally weighted, e.g. by inverse propensities); NaN with one class."""
     y_true = np.asarray(y_true)
-    if y_true.min() == y_true.max():
+    if len(y_true) == 0 or y_true.min() == y_true.max():
         return float("nan")
-    return float(roc_auc_score(y_true, score))
+    return float(roc_auc_score(y_true, score, sample_weight=weight))
 
 
 def mse(y_true: np.ndarray, prob: np.ndarray) -> float:
