@@ -35,7 +35,7 @@ import pandas as pd
 from _common import REPO, write_result
 from causalrec.causal.debias import DebiasedRecommender
 from causalrec.causal.uplift import UpliftLearner
-from causalrec.config import Uplift
+from causalrec.config import load_params
 from causalrec.data.simulate import SimulationConfig, World, simulate
 from causalrec.models import Popularity
 from causalrec.evaluation import metrics as M
@@ -46,7 +46,7 @@ UPLIFT = {"t_learner": {}, "x_learner": {}, "dr_learner": {}, "dlce": {}, "share
 ABLATIONS = {"shared_outcome_only": {"learner": "shared", "exposure_weight": 0},
              "shared_plain": {"learner": "shared", "exposure_weight": 0, "exposure_features": False}}
 TRIVIAL = ("logged_propensity", "popularity")
-DEFAULT_LEARNER = Uplift().learner  # the headline, declared before anything runs
+DEFAULT_LEARNER = load_params(REPO / "params.yaml").uplift.learner  # the product's default: the declared headline
 WORLDS = {
     "default": {},
     "noisy_policy": {"policy_view": "noisy"},

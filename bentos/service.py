@@ -5,7 +5,7 @@
 
 Environment: CAUSALREC_API_KEY (required for POST /feedback and /items), CAUSALREC_PSEUDONYM_KEY
 (keyed hash of user ids in logs), CAUSALREC_FEEDBACK_LOG (default from params.yaml serve.feedback_log),
-CAUSALREC_INT8_ENCODER=1 (dynamic int8 encoder on CPU).
+CAUSALREC_INT8_ENCODER=1 (dynamic int8 encoder on CPU), CAUSALREC_LOG_LEVEL (default INFO).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound  # noqa: E402
 from pydantic import Field  # noqa: E402
 
+from causalrec.logs import configure as configure_logging  # noqa: E402
 from causalrec.serving.core import NotFound as UnknownId  # noqa: E402
 from causalrec.serving.core import RecommenderCore  # noqa: E402
 from causalrec.serving.feedback import FeedbackLog  # noqa: E402
@@ -73,10 +74,11 @@ class Recommender:
     encoder = bentoml.depends(Encoder)
 
     def __init__(self) -> None:
+        configure_logging()  # JSON lines at $CAUSALREC_LOG_LEVEL, like the CLI
         self.core = RecommenderCore(self.bundle.path)
-        log_path = os.environ.get("CAUSALREC_FEEDBACK_LOG", self.core.config.get("feedback_log", "feedback/feedback.jsonl"))
+        log_path = os.environ.get("CAUSALREC_FEEDBACK_LOG", self.core.config["feedback_log"])
         self.feedback_log = FeedbackLog(log_path)
-        self.k_max = int(self.core.config.get("k_max", 100))
+        self.k_max = int(self.core.config["k_max"])
 
     @bentoml.api(route="/recommend")
     async def recommend(self, user_id: Id, k: Annotated[int, Field(ge=1, le=10_000)] = 10,

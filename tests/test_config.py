@@ -22,7 +22,17 @@ def test_default_params_load_and_anchor_paths():
     ("uplift:\n  exposure_weight: often\n", "uplift.exposure_weight"),
 ])
 def test_malformed_params_name_the_key(tmp_path, text, fragment):
+    import yaml
+
     path = tmp_path / "params.yaml"
+    try:  # a malformed section over the shipped params, so only that key is wrong
+        edit = yaml.safe_load(text)
+        raw = yaml.safe_load((REPO / "params.yaml").read_text())
+        for section, values in edit.items():
+            raw[section].update(values)
+        text = yaml.safe_dump(raw)
+    except (yaml.YAMLError, AttributeError, TypeError):
+        pass
     path.write_text(text)
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.").replace("[", r"\[")):
         load_params(path, environ={})
@@ -34,8 +44,51 @@ def test_missing_params_file(tmp_path):
 
 
 def test_env_override(tmp_path):
-    (tmp_path / "params.yaml").write_text("train:\n  epochs: 3\n")
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     params = load_params(tmp_path / "params.yaml", environ={"CAUSALREC__TRAIN__EPOCHS": "9"})
     assert params.train.epochs == 9
     with pytest.raises(ConfigError, match="train.epochs"):
         load_params(tmp_path / "params.yaml", environ={"CAUSALREC__TRAIN__EPOCHS": "nine"})
+
+
+def test_params_yaml_is_the_one_source_of_values():
+    """config.py holds types and bounds, no default a params file could silently fall back on."""
+    from causalrec.config import Params
+
+    def defaults(model):
+        out = [f"{model.__name__}.{n}" for n, f in model.model_fields.items() if not f.is_required()]
+        for f in model.model_fields.values():
+            if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+                out += defaults(f.annotation)
+        return out
+
+    from pydantic import BaseModel
+
+    assert defaults(Params) == []
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    ({}, "params file is empty"),
+    ({"train": {"lr": float("inf")}}, "train.lr"),
+    ({"serve": {"temperature": float("nan")}}, "serve.temperature"),
+    ({"evaluate": {"k": 5}}, "primary_metric must be one of"),
+    ({"simulate": {"n_users": 10**10}}, "n_users must be an integer"),
+    ({"simulate": {"n_topics": 99}}, "n_topics"),
+    ({"train": {"dim": 10**8}}, "train.dim"),
+    ({"drop": "monitor"}, "missing key(s) monitor"),
+])
+def test_values_that_make_no_sense_are_rejected(tmp_path, edit, fragment):
+    import yaml
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    if not edit:
+        raw = {}
+    elif "drop" in edit:
+        raw.pop(edit["drop"])
+    else:
+        for section, values in edit.items():
+            raw[section].update(values)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw) if raw else "")
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.").replace("(", r"\(").replace(")", r"\)")):
+        load_params(path, environ={})

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -55,14 +54,14 @@ def simulate(out: Path = typer.Option(Path("data"), help="directory for the thre
              params: Path = PARAMS) -> None:
     """Run the simulator alone (sizes and seed from params.yaml)."""
     from causalrec.config import ConfigError, load_params
-    from causalrec.data.simulate import SimulationConfig, simulate as run
+    from causalrec.data.simulate import simulate as run
 
     try:
         p = load_params(params)
     except ConfigError as exc:
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
-    typer.echo(json.dumps(run(SimulationConfig(**p.simulate.model_dump(), seed=p.seed), out, truth), indent=2))
+    typer.echo(json.dumps(run(p.simulation_config(), out, truth), indent=2))
 
 
 @app.command()
@@ -103,10 +102,17 @@ def export_feedback_cmd(log: Path = typer.Option(..., help="feedback log (JSON l
     typer.echo(json.dumps(result, indent=2))
 
 
-def main() -> None:  # pragma: no cover
-    logging.basicConfig(level=logging.INFO)
+def main() -> None:
+    """The console script: logging first (JSON lines on stderr), then the typer app."""
+    from causalrec.logs import configure
+
+    try:
+        configure()
+    except ValueError as exc:
+        typer.secho(f"causalrec: {exc}", fg=typer.colors.RED, err=True)
+        raise SystemExit(2) from None
     app()
 
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()

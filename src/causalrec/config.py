@@ -1,18 +1,25 @@
-"""Typed settings: params.yaml is the one place where every tunable lives.
+"""Typed settings: params.yaml holds every value, this module the types and bounds only.
 
-`load_params` validates the file (unknown keys, wrong types, malformed YAML all raise
-`ConfigError` naming the key), then applies environment overrides of the form
-``CAUSALREC__SECTION__KEY=value`` (value parsed as YAML), so CI can change a knob without
-editing the file.
+No field here has a default: the shipped params.yaml is the one source of values, so a key missing
+from a params file is an error naming it (an empty file is rejected), never a silent fallback.
+Sections that configure a library type take their fields from it (`simulate` is
+causalrec.data.simulate.SimulationConfig, validated by that class's own rules).
+
+`load_params` validates the file (unknown or missing keys, wrong types, out-of-range or
+non-finite numbers, malformed YAML all raise `ConfigError` naming the key), then applies
+environment overrides of the form ``CAUSALREC__SECTION__KEY=value`` (value parsed as YAML), so CI
+can change a knob without editing the file.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 
 class ConfigError(ValueError):
@@ -20,136 +27,158 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Numbers must be finite: `.inf` or `.nan` in params.yaml is a mistake, not a setting.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Paths(_Section):
-    data_dir: Path = Path("data")
-    artifacts_dir: Path = Path("artifacts")
-    cache_dir: Path = Path(".cache/causalrec")
+    data_dir: Path
+    artifacts_dir: Path
+    cache_dir: Path
 
 
 class Ingest(_Section):
-    source: Literal["simulator", "coat", "parquet"] = "simulator"
-    source_path: Path | None = None
+    source: Literal["simulator", "coat", "parquet"]
+    source_path: Path | None
     # parquet source: randomized test pairs (user_id, item_id, outcome; uniform exposure or an A/B holdout)
-    test_path: Path | None = None
-    uniform_share: float = Field(0.1, gt=0, lt=1)  # coat source: share of the randomized ratings logged as "uniform"
+    test_path: Path | None
+    uniform_share: float = Field(gt=0, lt=1)  # coat source: share of the randomized ratings logged as "uniform"
 
 
-class Simulate(_Section):
-    n_users: int = Field(2000, ge=2)
-    n_items: int = Field(1000, ge=2)
-    n_interactions: int = Field(100_000, ge=10)
-    n_topics: int = Field(12, ge=2, le=24)
-    exposure_rate: float = Field(0.3, gt=0, lt=1)
-    popularity_bias: float = 1.2
-    affinity_bias: float = 2.0
-    drift: float = Field(0.0, ge=0, le=1)
-    days: int = Field(90, ge=1)
-    n_test_pairs_per_user: int = Field(20, ge=1)
-    chunk_rows: int = Field(1_000_000, ge=1000)
-    policy_view: Literal["exact", "noisy", "low_rank", "nonlinear"] = "exact"
-    selection_on_outcome: float = Field(0.0, ge=0, le=10)
-    confounding: float = Field(0.0, ge=0, le=10)
-    uplift_shape: Literal["organic_share", "interaction", "negative"] = "organic_share"
+def _library_section(name: str, key: str, cls: type, exclude: tuple[str, ...] = ()) -> type[_Section]:
+    """A section whose keys are a library dataclass's fields, checked by that class's own validation."""
+    from causalrec.data.simulate import POLICY_VIEWS, UPLIFT_SHAPES  # noqa: F401  (names in the hints)
+
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: (hints[f.name], ...) for f in dataclasses.fields(cls) if f.name not in exclude}
+
+    def check(self):
+        try:
+            cls(**self.model_dump())
+        except ValueError as exc:  # the library names the field first: "<field> must be ..."
+            raise ValueError(f"{key}.{exc}") from None
+        return self
+
+    return create_model(name, __base__=_Section, __validators__={"check": model_validator(mode="after")(check)},
+                        **fields)
+
+
+def _simulation_config():
+    from causalrec.data.simulate import SimulationConfig
+
+    return SimulationConfig
+
+
+Simulate = _library_section("Simulate", "simulate", _simulation_config(), exclude=("seed",))  # the seed is params' own
 
 
 class Validate(_Section):
-    max_examples: int = Field(5, ge=1)
-    min_rows: int = Field(1, ge=1)
+    max_examples: int = Field(ge=1, le=1000)
+    min_rows: int = Field(ge=1)
 
 
 class Embed(_Section):
-    model_path: Path | None = None
-    batch_size: int = Field(64, ge=1)
-    max_length: int = Field(128, ge=8)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    quantize_int8: bool = False
-    finetune: bool = False
-    finetune_epochs: int = Field(2, ge=1)
-    finetune_batch_size: int = Field(64, ge=2)
-    finetune_lr: float = Field(3e-5, gt=0)
-    finetune_max_pairs: int = Field(20_000, ge=4)
+    model_path: Path | None  # None: the packaged all-MiniLM-L6-v2
+    batch_size: int = Field(ge=1, le=100_000)
+    max_length: int = Field(ge=8, le=8192)
+    device: Literal["auto", "cpu", "cuda"]
+    quantize_int8: bool
+    finetune: bool
+    finetune_epochs: int = Field(ge=1, le=1000)
+    finetune_batch_size: int = Field(ge=2, le=100_000)
+    finetune_lr: float = Field(gt=0, le=1)
+    finetune_max_pairs: int = Field(ge=4)
 
 
 class Propensity(_Section):
-    method: Literal["logged", "popularity", "logistic"] = "logged"
-    clip_min: float = Field(0.01, gt=0, le=1)
-    calibrate: bool = False
+    method: Literal["logged", "popularity", "logistic"]
+    clip_min: float = Field(gt=0, le=1)
+    calibrate: bool
+
+
+ExposureWeight = Annotated[float, Field(ge=0, le=100)] | Literal["auto"]
 
 
 class Train(_Section):
     models: list[Literal["popularity", "mf_naive", "mf_ips", "mf_snips", "mf_dr", "mf_dr_jl", "mf_mrdr_jl", "mf_sdr",
-                         "tt_naive", "tt_ips", "tt_snips", "tt_dr", "tt_dr_jl", "tt_mrdr_jl", "tt_sdr"]] = Field(
-        default_factory=lambda: ["popularity", "mf_naive", "mf_ips"], min_length=1
-    )
-    dim: int = Field(32, ge=1)
-    epochs: int = Field(30, ge=1)
-    lr: float = Field(0.01, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    batch_size: int = Field(4096, ge=1)
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    patience: int = Field(4, ge=1)
-    exposure_weight: Annotated[float, Field(ge=0, le=100)] | Literal["auto"] = 0.0
-    features: list[Literal["text", "attributes"]] = Field(default_factory=lambda: ["text", "attributes"])
+                         "tt_naive", "tt_ips", "tt_snips", "tt_dr", "tt_dr_jl", "tt_mrdr_jl", "tt_sdr"]] = Field(min_length=1)
+    dim: int = Field(ge=1, le=4096)
+    epochs: int = Field(ge=1, le=10_000)
+    lr: float = Field(gt=0, le=10)
+    weight_decay: float = Field(ge=0, le=10)
+    batch_size: int = Field(ge=1, le=10_000_000)
+    val_fraction: float = Field(gt=0, lt=1)
+    patience: int = Field(ge=1)
+    exposure_weight: ExposureWeight
+    features: list[Literal["text", "attributes"]]
 
 
 class Uplift(_Section):
-    enabled: bool = True
-    learner: Literal["t_learner", "x_learner", "dr_learner", "dlce", "shared"] = "shared"
-    arm_method: Literal["naive", "ips"] = "naive"
-    n_bootstrap: int = Field(1, ge=1, le=50)
-    exposure_features: bool = True
-    exposure_weight: Annotated[float, Field(ge=0, le=100)] | Literal["auto"] = "auto"
+    enabled: bool
+    learner: Literal["t_learner", "x_learner", "dr_learner", "dlce", "shared"]
+    arm_method: Literal["naive", "ips"]
+    n_bootstrap: int = Field(ge=1, le=50)
+    exposure_features: bool
+    exposure_weight: ExposureWeight
 
 
 class Evaluate(_Section):
-    k: int = Field(10, ge=1)
-    primary_metric: Literal["auc", "ndcg@10", "recall@10", "cp@10"] = "ndcg@10"
+    k: int = Field(ge=1, le=1000)
+    primary_metric: str
+
+    @model_validator(mode="after")
+    def _metric_matches_k(self):
+        allowed = ("auc", f"ndcg@{self.k}", f"recall@{self.k}", f"cp@{self.k}")
+        if self.primary_metric not in allowed:
+            raise ValueError(f"primary_metric must be one of {allowed} (k = {self.k}), got {self.primary_metric!r}")
+        return self
 
 
 class Package(_Section):
-    enabled: bool = True
-    build_bento: bool = True
+    enabled: bool
+    build_bento: bool
 
 
 class Serve(_Section):
-    policy: Literal["greedy", "epsilon_greedy", "softmax"] = "epsilon_greedy"
-    epsilon: float = Field(0.1, ge=0, le=1)
-    temperature: float = Field(0.05, gt=0)
-    rank_by: Literal["uplift", "relevance"] = "uplift"
-    k_max: int = Field(100, ge=1, le=10_000)
-    int8_encoder: bool = False
-    feedback_log: Path = Path("feedback/feedback.jsonl")
+    policy: Literal["greedy", "epsilon_greedy", "softmax"]
+    epsilon: float = Field(ge=0, le=1)
+    temperature: float = Field(gt=0, le=1000)
+    rank_by: Literal["uplift", "relevance"]
+    k_max: int = Field(ge=1, le=10_000)
+    int8_encoder: bool
+    feedback_log: Path
 
 
 class Monitor(_Section):
-    window_fraction: float = Field(0.3, gt=0, le=0.5)
-    drift_share: float = Field(0.5, gt=0, le=1)
+    window_fraction: float = Field(gt=0, le=0.5)
+    drift_share: float = Field(gt=0, le=1)
 
 
 class Params(_Section):
-    seed: int = 7
-    paths: Paths = Field(default_factory=Paths)
-    ingest: Ingest = Field(default_factory=Ingest)
-    simulate: Simulate = Field(default_factory=Simulate)
-    validate_: Validate = Field(default_factory=Validate, alias="validate")
-    embed: Embed = Field(default_factory=Embed)
-    propensity: Propensity = Field(default_factory=Propensity)
-    train: Train = Field(default_factory=Train)
-    uplift: Uplift = Field(default_factory=Uplift)
-    evaluate: Evaluate = Field(default_factory=Evaluate)
-    package: Package = Field(default_factory=Package)
-    serve: Serve = Field(default_factory=Serve)
-    monitor: Monitor = Field(default_factory=Monitor)
+    seed: int = Field(ge=0, le=2**32 - 1)
+    paths: Paths
+    ingest: Ingest
+    simulate: Simulate
+    validate_: Validate = Field(alias="validate")
+    embed: Embed
+    propensity: Propensity
+    train: Train
+    uplift: Uplift
+    evaluate: Evaluate
+    package: Package
+    serve: Serve
+    monitor: Monitor
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     def resolve(self, root: Path) -> "Params":
         """Return a copy whose relative paths are anchored at `root` (the project directory)."""
         paths = Paths(**{k: (v if Path(v).is_absolute() else root / v) for k, v in self.paths.model_dump().items()})
         return self.model_copy(update={"paths": paths})
+
+    def simulation_config(self):
+        """The simulator's own config for this project (the `simulate` section plus the seed)."""
+        return _simulation_config()(**self.simulate.model_dump(), seed=self.seed)
 
 
 ENV_PREFIX = "CAUSALREC__"
@@ -172,6 +201,11 @@ def _apply_env_overrides(raw: dict[str, Any], environ: dict[str, str]) -> dict[s
     return raw
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def load_params(path: str | Path = "params.yaml", environ: dict[str, str] | None = None) -> Params:
     """Load, override from the environment, validate, and anchor paths at the file's directory."""
     path = Path(path)
@@ -183,12 +217,16 @@ def load_params(path: str | Path = "params.yaml", environ: dict[str, str] | None
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    if not raw:
+        raise ConfigError(f"{path}: params file is empty; start from the shipped params.yaml (it lists every key)")
     raw = _apply_env_overrides(raw, dict(os.environ if environ is None else environ))
     try:
         params = Params.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})" for err in exc.errors()
-        )
-        raise ConfigError(f"{path}: {problems}") from None
+        missing = [".".join(str(p) for p in err["loc"]) for err in exc.errors() if err["type"] == "missing"]
+        problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {_short(err.get('input'))})"
+                    for err in exc.errors() if err["type"] != "missing"]
+        if missing:
+            problems.append(f"missing key(s) {', '.join(missing)} (the shipped params.yaml lists every key)")
+        raise ConfigError(f"{path}: {'; '.join(problems)}") from None
     return params.resolve(path.resolve().parent)

@@ -21,7 +21,7 @@ from causalrec.config import Params
 from causalrec.data.schema import INTERACTIONS, ITEMS, USERS, read_table
 from causalrec.io import atomic_dir, atomic_write_json, atomic_write_text
 
-log = logging.getLogger("causalrec")
+log = logging.getLogger(__name__)
 
 MODEL_STORE_NAME = "causalrec-recommender"
 ENCODER_STORE_NAME = "causalrec-encoder"
@@ -56,10 +56,9 @@ def ingest(params: Params) -> dict:
     d = _dirs(params)
     src = params.ingest
     if src.source == "simulator":
-        from causalrec.data.simulate import SimulationConfig, simulate
+        from causalrec.data.simulate import simulate
 
-        cfg = SimulationConfig(**params.simulate.model_dump(), seed=params.seed)
-        summary = simulate(cfg, d["data"], d["truth"])
+        summary = simulate(params.simulation_config(), d["data"], d["truth"])
     elif src.source == "coat":
         from causalrec.data.sources import ingest_ratings
 
@@ -610,5 +609,27 @@ def version_data(params: Params, push: bool = True) -> dict:
     return {"data_md5": data_hash(params), "pushed": pushed}
 
 
-STAGES = {"ingest": ingest, "validate": validate, "embed": embed, "propensity": propensity, "train": train,
-          "evaluate": evaluate, "package": package, "monitor": monitor}
+def _logged(name: str, fn):
+    """A stage that logs its start, duration and outcome (the summary's top-level scalars)."""
+    import functools
+    import time
+
+    @functools.wraps(fn)
+    def run(params: Params, *args, **kwargs):
+        log.info("stage started", extra={"stage": name})
+        start = time.perf_counter()
+        try:
+            result = fn(params, *args, **kwargs)
+        except Exception as exc:
+            log.error("stage failed: %s", exc, extra={"stage": name, "seconds": round(time.perf_counter() - start, 2)})
+            raise
+        scalars = {k: v for k, v in (result or {}).items() if isinstance(v, (int, float, str, bool))}
+        log.info("stage finished", extra={"stage": name, "seconds": round(time.perf_counter() - start, 2), **scalars})
+        return result
+
+    return run
+
+
+STAGES = {name: _logged(name, fn) for name, fn in {
+    "ingest": ingest, "validate": validate, "embed": embed, "propensity": propensity, "train": train,
+    "evaluate": evaluate, "package": package, "monitor": monitor}.items()}

@@ -38,10 +38,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from causalrec.causal.debias import DebiasedRecommender
+from causalrec.causal.debias import AUTO_EXPOSURE_WEIGHTS, DebiasedRecommender
 
 LEARNERS = ("t_learner", "x_learner", "dr_learner", "dlce", "shared")
-AUTO_EXPOSURE_WEIGHTS = (0.0, 1.0, 3.0, 10.0)
 
 
 @dataclass

@@ -106,14 +106,26 @@ class SimulationConfig:
     seed: int = 7
 
     def __post_init__(self):
-        if self.policy_view not in POLICY_VIEWS:
-            raise ValueError(f"policy_view must be one of {POLICY_VIEWS}, got {self.policy_view!r}")
-        if self.uplift_shape not in UPLIFT_SHAPES:
-            raise ValueError(f"uplift_shape must be one of {UPLIFT_SHAPES}, got {self.uplift_shape!r}")
+        # The one rule book for a world's settings: params.yaml's `simulate` section is validated here too.
+        bounds = {"n_users": (2, 10_000_000), "n_items": (2, 1_000_000), "n_interactions": (10, 2_000_000_000),
+                  "days": (1, 36_500), "n_test_pairs_per_user": (1, 10_000), "chunk_rows": (1000, 50_000_000)}
+        for name, (lo, hi) in bounds.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+        for name, lo, hi in (("popularity_bias", -10, 10), ("affinity_bias", -10, 10), ("drift", 0, 1),
+                             ("selection_on_outcome", 0, 10), ("confounding", 0, 10)):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not lo <= value <= hi:  # NaN fails both comparisons
+                raise ValueError(f"{name} must be a number in [{lo}, {hi}], got {value!r}")
         if not 2 <= self.n_topics <= len(TOPICS):
             raise ValueError(f"n_topics must be in [2, {len(TOPICS)}], got {self.n_topics}")
         if not 0 < self.exposure_rate < 1:
             raise ValueError(f"exposure_rate must be in (0, 1), got {self.exposure_rate}")
+        if self.policy_view not in POLICY_VIEWS:
+            raise ValueError(f"policy_view must be one of {POLICY_VIEWS}, got {self.policy_view!r}")
+        if self.uplift_shape not in UPLIFT_SHAPES:
+            raise ValueError(f"uplift_shape must be one of {UPLIFT_SHAPES}, got {self.uplift_shape!r}")
 
 
 def _sigmoid(x):

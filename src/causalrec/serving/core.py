@@ -24,10 +24,7 @@ from causalrec.policy import ExplorationPolicy
 from causalrec.serving.privacy import pseudonym_key, pseudonymize
 from causalrec.serving.scoring import CatalogueScorer
 
-log = logging.getLogger("causalrec.serving")
-
-DEFAULT_SERVE = {"policy": "epsilon_greedy", "epsilon": 0.1, "temperature": 0.05, "rank_by": "uplift", "k_max": 100}
-
+log = logging.getLogger(__name__)
 
 class NotFound(KeyError):
     """An id the service does not know where knowing it is required (e.g. explain an unknown item)."""
@@ -37,7 +34,9 @@ class RecommenderCore:
     def __init__(self, bundle_dir: str | Path, serve: dict | None = None, seed: int | None = None):
         bundle_dir = Path(bundle_dir)
         self.manifest = json.loads((bundle_dir / "manifest.json").read_text())
-        self.config = {**DEFAULT_SERVE, **self.manifest.get("serve", {}), **(serve or {})}
+        if "serve" not in self.manifest:
+            raise ValueError(f"{bundle_dir / 'manifest.json'}: no 'serve' settings; rebuild the bundle with `causalrec package`")
+        self.config = {**self.manifest["serve"], **(serve or {})}
         self.policy = ExplorationPolicy(self.config["policy"], self.config["epsilon"], self.config["temperature"])
         items = pd.read_parquet(bundle_dir / "items.parquet")
         self.item_ids = items["item_id"].astype(str).tolist()
