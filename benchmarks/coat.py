@@ -4,8 +4,9 @@
 
 Protocol (AutoDebias, Chen et al. 2021): per seed, the randomized ratings are split into 5% for
 fitting (the uniform sample), 5% for validation and 90% for test. Every method trains on the MNAR
-ratings plus the 5% uniform sample (naive pools them; propensity methods weight the uniform rows
-by the uniform design's sampling rate); early stopping and every choice use the 5% validation
+ratings plus the 5% uniform sample (naive pools them; propensity methods weight every row by the
+balance heuristic of multiple importance sampling, 1 / (p_mnar(u,i) + p_uniform), p_uniform the
+probability that a pair is in the 5% sample); early stopping and every choice use the 5% validation
 ratings, which are unbiased because they were exposed at random. Ratings >= 4 are positive.
 
 Choices, all on validation, before the test ratings are read (they stay sealed until then):
@@ -36,7 +37,7 @@ from _common import REPO, write_result
 from causalrec.causal.debias import METHODS as ESTIMATORS
 from causalrec.causal.debias import DebiasedRecommender
 from causalrec.causal.propensity import NaiveBayesPropensity
-from causalrec.data.sources import load_ratings_dir
+from causalrec.data.sources import load_ratings_dir, pair_propensity
 from causalrec.data.split import split_randomized
 from causalrec.evaluation.metrics import auc, mse, per_user_ndcg_recall
 from causalrec.models import Popularity
@@ -74,14 +75,19 @@ def make_splits(data: dict, seeds: int, propensity: str = "file") -> list[Split]
         uniform, test = split_randomized(data["test"], UNIFORM_SHARE, seed)
         uniform_fit, uniform_val = split_randomized(uniform, 1 - VAL_SHARE_OF_UNIFORM, seed + 10_000)
         mnar = data["interactions"].copy()
-        if propensity == "naive_bayes" or "propensity" not in mnar:  # naive Bayes with the uniform fitting sample (Schnabel et al. 2016)
-            n_pairs = data["users"].shape[0] * data["items"].shape[0]
+        uniform_fit = uniform_fit.assign(outcome=uniform_fit["y1"].astype(np.float32))
+        n_pairs = data["users"].shape[0] * data["items"].shape[0]
+        if propensity == "naive_bayes" or data["propensities"] is None:  # Schnabel et al. 2016, uniform sample
             nb = NaiveBayesPropensity().fit(mnar["rating"], n_pairs, uniform_ratings=uniform_fit["rating"])
-            mnar["propensity"] = nb.predict(mnar["rating"])
-        uniform_fit = uniform_fit.assign(outcome=uniform_fit["y1"].astype(np.float32), propensity=data["uniform_rate"])
-        cols = ["user_id", "item_id", "outcome", "propensity"]
-        fit = pd.concat([mnar[cols], uniform_fit[cols]], ignore_index=True)
-        fit["propensity"] = fit["propensity"].clip(lower=CLIP)
+            p_mnar = {"mnar": nb.predict(mnar["rating"]), "uniform": nb.predict(uniform_fit["rating"])}
+        else:
+            p_mnar = {name: pair_propensity(data["propensities"], rows["user_id"], rows["item_id"])
+                      for name, rows in (("mnar", mnar), ("uniform", uniform_fit))}
+        p_uniform = len(uniform_fit) / n_pairs
+        cols = ["user_id", "item_id", "outcome"]
+        fit = pd.concat([mnar[cols].assign(propensity=p_mnar["mnar"] + p_uniform),
+                         uniform_fit[cols].assign(propensity=p_mnar["uniform"] + p_uniform)], ignore_index=True)
+        fit["propensity"] = fit["propensity"].clip(lower=CLIP, upper=1.0)
         val = uniform_val.assign(outcome=uniform_val["y1"].astype(np.float32))[["user_id", "item_id", "outcome"]]
         out.append(Split(fit, val, SealedTest(test[["user_id", "item_id"]], test[["y1"]])))
     return out

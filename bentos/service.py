@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound  # noqa: E402
 from pydantic import Field  # noqa: E402
 
+from causalrec.data.rules import check_event  # noqa: E402
 from causalrec.logs import configure as configure_logging  # noqa: E402
 from causalrec.serving.core import NotFound as UnknownId  # noqa: E402
 from causalrec.serving.core import RecommenderCore  # noqa: E402
@@ -100,8 +101,12 @@ class Recommender:
                  position: Annotated[Optional[int], Field(ge=0, le=10_000)] = None,
                  policy: Annotated[Optional[str], Field(max_length=64)] = None) -> dict:
         _require_key(ctx)
+        try:  # the pipeline's own rules: nothing acknowledged here can fail export or validation later
+            when = check_event(timestamp, propensity, outcome)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
         event = {"event_id": event_id, "user_id": user_id, "item_id": item_id, "outcome": outcome,
-                 "propensity": propensity, "timestamp": timestamp.isoformat(), "position": position,
+                 "propensity": propensity, "timestamp": when, "position": position,
                  "policy": policy or self.core.policy.kind}
         written = self.feedback_log.append(event)  # fsynced before we answer
         return {"event_id": event_id, "status": "logged" if written else "duplicate"}

@@ -165,3 +165,44 @@ def test_export_feedback_command(tmp_path):
     assert res.exit_code == 0 and '"exported": 1' in res.output
     res = CliRunner().invoke(app, ["export-feedback", "--log", str(project / "missing.jsonl"), "--params", str(project / "params.yaml")])
     assert res.exit_code == 2 and "not found" in res.output
+
+
+@pytest.mark.parametrize("when, propensity, outcome, fragment", [
+    ("9999-12-31T23:59:59+00:00", 0.5, 1.0, "timestamp must be between"),
+    ("1970-01-01T00:00:00", 0.5, 1.0, "timestamp must be between"),
+    ("2026-01-02T03:04:05", 0.0, 1.0, "propensity must be a probability"),
+    ("2026-01-02T03:04:05", float("nan"), 1.0, "propensity must be a probability"),
+    ("2026-01-02T03:04:05", 0.5, float("inf"), "outcome must be a finite number"),
+])
+def test_feedback_rules_reject_what_the_pipeline_would(when, propensity, outcome, fragment):
+    from datetime import datetime
+
+    from causalrec.data.rules import check_event
+
+    with pytest.raises(ValueError, match=fragment):
+        check_event(datetime.fromisoformat(when), propensity, outcome)
+
+
+def test_accepted_feedback_always_exports_and_validates(tmp_path):
+    """Naive and zoned timestamps mixed, a tiny float64 propensity: acknowledged by the rules, then
+    exported and accepted by the validation suite (one rule book)."""
+    from datetime import datetime
+
+    from causalrec.data.rules import check_event
+    from causalrec.data.simulate import SimulationConfig, simulate
+    from causalrec.serving.feedback import FeedbackLog, export_feedback
+    from causalrec.validation import validate_data
+
+    simulate(SimulationConfig(n_users=20, n_items=10, n_interactions=200, n_topics=3, n_test_pairs_per_user=2),
+             tmp_path / "data", tmp_path / "truth", progress=False)
+    log = FeedbackLog(tmp_path / "fb.jsonl")
+    for i, (when, p) in enumerate([("2026-03-01T10:00:00", 0.2), ("2026-03-01T12:00:00+02:00", 1e-300),
+                                   ("2026-03-01T10:00:00Z", 0.9)]):
+        ts = check_event(datetime.fromisoformat(when.replace("Z", "+00:00")), p, 1.0)
+        log.append({"event_id": f"e{i}", "user_id": "u000001", "item_id": "i000002", "outcome": 1.0,
+                    "propensity": p, "timestamp": ts, "position": 1, "policy": "epsilon_greedy"})
+    assert export_feedback(tmp_path / "fb.jsonl", tmp_path / "data")["exported"] == 3
+    report = validate_data(tmp_path / "data", tmp_path / "validation")
+    assert report["success"]
+    inter = pd.read_parquet(tmp_path / "data" / "interactions.parquet")
+    assert (inter.loc[inter["event_id"] == "e1", "propensity"] > 0).all()

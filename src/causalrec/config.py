@@ -152,6 +152,8 @@ class Serve(_Section):
 class Monitor(_Section):
     window_fraction: float = Field(gt=0, le=0.5)
     drift_share: float = Field(gt=0, le=1)
+    key_columns: list[Literal["outcome", "propensity", "position", "price", "prediction", "history_similarity",
+                              "category"]]
 
 
 class Params(_Section):

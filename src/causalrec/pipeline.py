@@ -227,9 +227,11 @@ def _training_rows(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, tuple, t
         is_val = np.random.default_rng(params.seed).random(len(exposed)) < params.train.val_fraction
         fit, val = exposed[~is_val], exposed[is_val]
         how = f"random {params.train.val_fraction:.0%} of exposed rows ({len(val)}), inverse-propensity weighted"
-    # The population D the relevance estimand averages over: every logged visit, exposed or not.
-    population = (inter["user_id"].to_numpy(), inter["item_id"].to_numpy())
-    exposure_log = (*population, p)  # for the exposure head: every logged visit with its propensity
+    # The population D the relevance estimand averages over: every logged visit, exposed or not; a log
+    # of exposed rows only (ratings) has no visits to average over, so D is every user x item pair.
+    visits = (inter["user_id"].to_numpy(), inter["item_id"].to_numpy())
+    population = None if (inter["exposed"] == 1).all() else visits
+    exposure_log = (*visits, p)  # for the exposure head: every logged visit with its propensity
     return fit, val, population, exposure_log, how
 
 
@@ -317,7 +319,7 @@ def train(params: Params) -> dict:
     summary, curves = {}, []
     with atomic_dir(d["models"]) as tmp:
         for name in params.train.models:
-            extra = {"population": population}
+            extra = {} if population is None else {"population": population}
             if params.train.exposure_weight != 0:
                 extra["exposure_log"] = exposure_log
             if name.startswith("tt_"):
@@ -559,9 +561,10 @@ def build_bento(root: Path) -> str:
 
 # -------------------------------------------------------------------------------------- monitor
 def monitor(params: Params, interactions: pd.DataFrame | None = None) -> dict:
-    """Evidently drift report: the earliest vs latest window of the log, plus prediction drift."""
+    """Evidently drift report on what was shown: the earliest vs latest window of the log, with
+    prediction drift and (given item embeddings) the similarity of shown items to each user's history."""
     from causalrec.models import load_model
-    from causalrec.monitoring.drift import drift_report, time_windows
+    from causalrec.monitoring.drift import drift_report, history_similarity, time_windows
 
     d = _dirs(params)
     inter = interactions if interactions is not None else read_table(d["data"], INTERACTIONS)
@@ -574,7 +577,11 @@ def monitor(params: Params, interactions: pd.DataFrame | None = None) -> dict:
         model = load_model(_require(d["models"] / f"{best}.pt", "monitor"))
         frame["prediction"] = model.predict(frame["user_id"].to_numpy(), frame["item_id"].to_numpy())
     ref, cur = time_windows(frame, params.monitor.window_fraction)
-    return drift_report(ref, cur, d["monitor"], params.monitor.drift_share)
+    ref, cur = ref[ref["exposed"] == 1], cur[cur["exposed"] == 1]
+    if (d["embeddings"] / "items.npy").exists():
+        index = pd.read_parquet(d["embeddings"] / "items_index.parquet")["item_id"]
+        ref, cur = history_similarity(ref, cur, index, np.load(d["embeddings"] / "items.npy"))
+    return drift_report(ref, cur, d["monitor"], params.monitor.drift_share, tuple(params.monitor.key_columns))
 
 
 # ---------------------------------------------------------------------------------- versioning

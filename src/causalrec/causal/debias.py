@@ -294,29 +294,3 @@ class DebiasedRecommender:
         m.net_.load_state_dict(state)
         m.net_.eval()
         return m
-
-
-@dataclass
-class DebiasedEnsemble:
-    """Average of debiased recommenders' predicted probabilities (different estimators and sizes).
-
-    Members disagree where the data are thin; averaging cancels part of each one's variance,
-    and mixing naive with doubly robust members trades a little bias for a lot of variance.
-    """
-
-    members: list = field(default_factory=list)
-    history: list = field(default_factory=list, init=False)
-
-    def fit(self, *args, **kwargs) -> "DebiasedEnsemble":
-        if not self.members:
-            raise ValueError("DebiasedEnsemble needs at least one member")
-        for m in self.members:
-            m.fit(*args, **kwargs)
-        self.history = [row | {"member": k} for k, m in enumerate(self.members) for row in m.history]
-        return self
-
-    def predict(self, user_ids, item_ids) -> np.ndarray:
-        return np.mean([m.predict(user_ids, item_ids) for m in self.members], 0)
-
-    def score_matrix(self, user_ids, item_ids) -> np.ndarray:
-        return np.mean([m.score_matrix(user_ids, item_ids) for m in self.members], 0)

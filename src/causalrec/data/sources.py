@@ -69,11 +69,13 @@ def load_ratings_dir(path: str | Path, positive_threshold: float = 4) -> dict[st
         "exposed": np.ones(len(u), dtype=np.int8), "outcome": (train[u, i] >= positive_threshold).astype(np.float32),
         "rating": train[u, i].astype(np.float32), "policy": "mnar_log",
     })
+    propensities = None
     if (path / "propensities.ascii").is_file():
         prop = _read_matrix(path / "propensities.ascii")
         if prop.shape != train.shape:
             raise DataError(f"rating directory {path}: propensities {prop.shape} differ in shape from train {train.shape}")
         interactions["propensity"] = prop[u, i].astype(np.float32)
+        propensities = pd.DataFrame(prop, index=uid, columns=iid)
     items = pd.DataFrame({"item_id": iid, "title": [f"item {k}" for k in range(n_items)], "description": ""})
     users = pd.DataFrame({"user_id": uid})
     item_feat = user_feat = None
@@ -96,8 +98,17 @@ def load_ratings_dir(path: str | Path, positive_threshold: float = 4) -> dict[st
     test_df = pd.DataFrame({"user_id": uid[tu], "item_id": iid[ti], "y1": (test[tu, ti] >= positive_threshold).astype(np.int8),
                             "rating": test[tu, ti].astype(np.float32)})
     return {"interactions": interactions, "items": items, "users": users, "test": test_df,
-            "item_features": item_feat, "user_features": user_feat,
+            "item_features": item_feat, "user_features": user_feat, "propensities": propensities,
             "uniform_rate": len(test_df) / (n_users * n_items)}
+
+
+def pair_propensity(propensities: pd.DataFrame, users, items) -> np.ndarray:
+    """P(O=1 | u,i) of the MNAR log for aligned (user, item) pairs, from the full matrix."""
+    rows = propensities.index.get_indexer(np.asarray(users))
+    cols = propensities.columns.get_indexer(np.asarray(items))
+    if (rows < 0).any() or (cols < 0).any():
+        raise DataError("pair_propensity: unknown user or item id")
+    return propensities.to_numpy()[rows, cols]
 
 
 def with_attributes(table: pd.DataFrame, features: pd.DataFrame | None, key: str) -> pd.DataFrame:
@@ -119,7 +130,8 @@ def ingest_ratings(path: str | Path, data_dir: str | Path, truth_dir: str | Path
         "timestamp": t["interactions"]["timestamp"].max() + pd.to_timedelta(np.arange(1, len(uniform) + 1), unit="h"),
         "exposed": np.ones(len(uniform), dtype=np.int8), "outcome": uniform["y1"].astype(np.float32),
         "rating": uniform["rating"], "policy": UNIFORM_POLICY,
-        **({"propensity": np.float32(t["uniform_rate"])} if "propensity" in t["interactions"] else {})})
+        # The probability that the uniform policy put a pair into this log: the survey's rate x our share.
+        **({"propensity": np.float32(t["uniform_rate"] * uniform_share)} if "propensity" in t["interactions"] else {})})
     interactions = pd.concat([t["interactions"], uniform_rows], ignore_index=True)
     with atomic_dir(Path(data_dir)) as tmp:
         interactions.to_parquet(tmp / "interactions.parquet", index=False)

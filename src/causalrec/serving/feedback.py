@@ -100,8 +100,11 @@ def export_feedback(log_path: str | Path, data_dir: str | Path) -> dict:
         "treatment": 1, "event_id": [e["event_id"] for e in new]})
     if "event_id" not in inter:
         inter["event_id"] = None
-    merged = pd.concat([inter, rows.astype({c: inter[c].dtype for c in rows.columns if c in inter and c != "event_id"})],
-                       ignore_index=True)
+    # Served propensities stay float64 (a float32 column would round a tiny probability to 0).
+    keep = {c: inter[c].dtype for c in rows.columns if c in inter and c not in ("event_id", "propensity")}
+    if "propensity" in inter:
+        inter["propensity"] = inter["propensity"].astype("float64")
+    merged = pd.concat([inter, rows.astype(keep)], ignore_index=True)
     import io
 
     buf = io.BytesIO()

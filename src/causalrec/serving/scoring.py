@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from causalrec.causal.debias import DebiasedEnsemble, DebiasedRecommender
+from causalrec.causal.debias import DebiasedRecommender
 
 
 def _sigmoid(x):
@@ -82,9 +82,6 @@ class CatalogueScorer:
             self.parts, self.combine = [], None
         elif isinstance(model, DebiasedRecommender):
             self.parts, self.combine = [_term(model, item_ids)], lambda s: s[0]
-        elif isinstance(model, DebiasedEnsemble):
-            self.parts = [_term(m, item_ids) for m in model.members]
-            self.combine = lambda s: np.mean(s, 0)
         elif isinstance(model, UpliftLearner):
             self.parts, combines = [], []
             for kind, *models in model.members_:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from causalrec.data.rules import EARLIEST, OUTCOME_BOUND, latest_timestamp
 from causalrec.data.schema import INTERACTIONS, ITEMS, USERS, TableSpec, read_table
 from causalrec.io import atomic_write_json
 
@@ -30,7 +31,6 @@ TYPE_LISTS = {
     "binary": _INTS + ["bool", "boolean"],
     "time": ["datetime64[ns]", "datetime64[us]", "datetime64[ms]", "datetime64[s]"],  # read_table makes them UTC-naive
 }
-EARLIEST = pd.Timestamp("1990-01-01")
 
 
 class ValidationFailed(ValueError):
@@ -65,15 +65,14 @@ def _expectations(spec: TableSpec, df: pd.DataFrame, ids: dict[str, set], min_ro
             if col in df.columns:
                 out.append(E.ExpectColumnValuesToBeInSet(column=col, value_set=[0, 1]))
         if pd.api.types.is_numeric_dtype(df["outcome"]):
-            out.append(E.ExpectColumnValuesToBeBetween(column="outcome", min_value=-1e9, max_value=1e9))
+            out.append(E.ExpectColumnValuesToBeBetween(column="outcome", min_value=-OUTCOME_BOUND, max_value=OUTCOME_BOUND))
         if "propensity" in df.columns and pd.api.types.is_numeric_dtype(df["propensity"]):
             # Propensities are probabilities of exposure: 0 would make inverse weights infinite.
             out.append(E.ExpectColumnValuesToBeBetween(column="propensity", min_value=0, max_value=1, strict_min=True))
         if "position" in df.columns and pd.api.types.is_numeric_dtype(df["position"]):
             out.append(E.ExpectColumnValuesToBeBetween(column="position", min_value=0))
         if pd.api.types.is_datetime64_any_dtype(df["timestamp"]):
-            latest = pd.Timestamp.now(tz="UTC").tz_localize(None) + pd.Timedelta(days=1)
-            out.append(E.ExpectColumnValuesToBeBetween(column="timestamp", min_value=EARLIEST, max_value=latest))
+            out.append(E.ExpectColumnValuesToBeBetween(column="timestamp", min_value=EARLIEST, max_value=latest_timestamp()))
         for col, table in (("item_id", "items"), ("user_id", "users")):
             if table in ids:
                 out.append(E.ExpectColumnValuesToBeInSet(column=col, value_set=sorted(ids[table])))
