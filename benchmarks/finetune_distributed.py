@@ -1,7 +1,10 @@
-"""Exercise distributed fine-tuning: pairs mined from the simulator, then
-`torchrun --nproc_per_node=N -m causalrec.text.finetune` (one process per GPU).
+"""Distributed fine-tuning, side by side: pairs mined from the simulator, then
+`torchrun --nproc_per_node=N -m causalrec.text.finetune` for each N given (one process per GPU, or
+gloo processes on CPU), same seed, same global batch, dropout off: the loss curves must agree
+(the embeddings are all-gathered, so N processes compute one process's loss on the whole batch).
 
-    python benchmarks/finetune_distributed.py --nproc 1 --model .encoder-export/minilm
+    python benchmarks/finetune_distributed.py --nproc 1 2 --max-steps 20            # CPU (gloo)
+    python benchmarks/finetune_distributed.py --nproc 1 2 4 --model .encoder-export/minilm   # GPUs (NCCL)
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ from causalrec.text.finetune import mine_pairs
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--nproc", type=int, default=1)
+    ap.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=128)
@@ -37,21 +41,31 @@ def main() -> None:
     pairs = mine_pairs(inter[inter["exposed"] == 1], dict(zip(items["item_id"], items["title"] + ". " + items["description"])),
                        dict(zip(users["user_id"], users["profile_text"])))
     pairs.to_parquet(root / "pairs.parquet", index=False)
-    cmd = ["torchrun", f"--nproc_per_node={args.nproc}", "-m", "causalrec.text.finetune", "--pairs", str(root / "pairs.parquet"),
-           "--out", str(root / "ft"), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
-    if args.model:
-        cmd += ["--model", str(args.model)]
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{os.environ.get('PYTHONPATH', '')}"}
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(proc.stdout[-3000:] + proc.stderr[-3000:])
-    result = json.loads((root / "ft" / "finetune.json").read_text())
-    write_result("finetune_distributed", {"command_launched": " ".join(cmd), "nproc": args.nproc, "pairs": len(pairs),
-                                          "wall_seconds": seconds, "world_size": result["world_size"],
-                                          "tokens_per_s": result["tokens_per_s"], "history": result["history"],
-                                          "best_val_recall": result["best_val_recall"]}, args.out)
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    runs = {}
+    for n in args.nproc:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+               "-m", "causalrec.text.finetune", "--pairs", str(root / "pairs.parquet"), "--out", str(root / f"ft{n}"),
+               "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--no-dropout"]
+        cmd += ["--model", str(args.model)] if args.model else []
+        cmd += ["--max-steps", str(args.max_steps)] if args.max_steps else []
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        if proc.returncode != 0:
+            sys.exit(proc.stdout[-3000:] + proc.stderr[-3000:])
+        result = json.loads((root / f"ft{n}" / "finetune.json").read_text())
+        runs[n] = {"command_launched": " ".join(cmd), "wall_seconds": seconds, "world_size": result["world_size"],
+                   "tokens_per_s": result["tokens_per_s"], "step_losses": result["step_losses"],
+                   "best_val_recall": result["best_val_recall"]}
+        print(n, {k: v for k, v in runs[n].items() if k != "step_losses"}, flush=True)
+    base = runs[args.nproc[0]]["step_losses"]
+    write_result("finetune_distributed", {
+        "pairs": len(pairs), "batch_size": args.batch_size, "runs": {str(n): r for n, r in runs.items()},
+        "max_abs_loss_difference_vs_first": {str(n): float(max(abs(a - b) for a, b in zip(base, r["step_losses"])))
+                                             for n, r in runs.items()},
+        "tokens_per_s_ratio_vs_first": {str(n): r["tokens_per_s"] / runs[args.nproc[0]]["tokens_per_s"]
+                                        for n, r in runs.items()}}, args.out)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 
 Environment: CAUSALREC_API_KEY (required for POST /feedback and /items), CAUSALREC_PSEUDONYM_KEY
 (keyed hash of user ids in logs), CAUSALREC_FEEDBACK_LOG (default from params.yaml serve.feedback_log),
-CAUSALREC_INT8_ENCODER=1 (dynamic int8 encoder on CPU), CAUSALREC_LOG_LEVEL (default INFO).
+CAUSALREC_INT8_ENCODER=1 (dynamic int8 encoder on CPU), CAUSALREC_LOG_LEVEL (default INFO),
+CAUSALREC_MAX_REQUEST_BYTES (default 1 MiB; larger POST bodies get 413, non-JSON ones 415).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from causalrec.logs import configure as configure_logging  # noqa: E402
 from causalrec.serving.core import NotFound as UnknownId  # noqa: E402
 from causalrec.serving.core import RecommenderCore  # noqa: E402
 from causalrec.serving.feedback import FeedbackLog  # noqa: E402
+from causalrec.serving.limits import RequestLimits  # noqa: E402
 from causalrec.serving.privacy import api_key_matches  # noqa: E402
 
 Id = Annotated[str, Field(min_length=1, max_length=256)]
@@ -123,3 +125,8 @@ class Recommender:
     @bentoml.api(route="/model_info")
     def model_info(self) -> dict:
         return {**self.core.manifest, "catalogue_size": self.core.catalogue_size}
+
+
+# The public API: size and content type are checked before BentoML parses a body (413 / 415, never
+# a 5xx). The Encoder is an internal dependency, called by BentoML's own client in its own formats.
+Recommender.add_asgi_middleware(RequestLimits)

@@ -207,7 +207,11 @@ def test_serve_cold_start_and_bad_requests(server):
     r = requests.post(f"{url}/recommend", data=b'{"user_id": "\xff\xfe", "k": 3}', headers={"content-type": "application/json"})
     assert 400 <= r.status_code < 500
     huge = {"user_id": "u000001", "k": 3, "exclude": ["i000001"] * 500_000}  # ~6 MB body
-    assert 400 <= _post(url, "/recommend", huge).status_code < 500
+    r = _post(url, "/recommend", huge)
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+    for path in ("/recommend", "/explain", "/feedback", "/items"):  # no boundary: was a 500 in every endpoint
+        r = requests.post(f"{url}{path}", data=b"{}", headers={"content-type": "multipart/form-data"}, timeout=10)
+        assert r.status_code == 415, (path, r.status_code, r.text)
     assert _post(url, "/recommend", {"user_id": "u000001", "k": 3}).status_code == 200  # and still serving
 
 
