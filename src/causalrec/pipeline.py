@@ -217,7 +217,7 @@ def _training_rows(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, tuple, t
     cols = ["user_id", "item_id", "outcome", "propensity"]
     exposed = inter[inter["exposed"] == 1]
     uniform = (exposed["policy"] == UNIFORM_POLICY).to_numpy() if "policy" in exposed else np.zeros(len(exposed), bool)
-    if uniform.sum() >= 20:
+    if uniform.sum() >= 20:  # fewer uniform rows cannot validate anything; fall back to the weighted split
         uniform_fit, val = split_randomized(exposed[uniform][cols], 0.5, params.seed)
         fit = pd.concat([exposed[~uniform][cols], uniform_fit], ignore_index=True)
         val = val.assign(propensity=None)
