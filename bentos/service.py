@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound  # noqa: E402
 from pydantic import Field  # noqa: E402
 
-from causalrec.data.rules import check_event  # noqa: E402
+from causalrec.data.rules import OUTCOME_BOUND, check_event  # noqa: E402
 from causalrec.logs import configure as configure_logging  # noqa: E402
 from causalrec.serving.core import NotFound as UnknownId  # noqa: E402
 from causalrec.serving.core import RecommenderCore  # noqa: E402
@@ -98,7 +98,7 @@ class Recommender:
             raise NotFound(str(exc)) from None
 
     @bentoml.api(route="/feedback")
-    def feedback(self, event_id: Id, user_id: Id, item_id: Id, outcome: Annotated[float, Field(ge=-1e6, le=1e6)],
+    def feedback(self, event_id: Id, user_id: Id, item_id: Id, outcome: Annotated[float, Field(ge=-OUTCOME_BOUND, le=OUTCOME_BOUND)],
                  propensity: Annotated[float, Field(gt=0, le=1)], timestamp: datetime, ctx: bentoml.Context,
                  position: Annotated[Optional[int], Field(ge=0, le=10_000)] = None,
                  policy: Annotated[Optional[str], Field(max_length=64)] = None) -> dict:

@@ -21,6 +21,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from causalrec.data.simulate import SimulationConfig
+from causalrec.monitoring.drift import MONITORED_COLUMNS
+
 
 class ConfigError(ValueError):
     """params.yaml (or an override) is malformed; the message names the key."""
@@ -47,8 +50,6 @@ class Ingest(_Section):
 
 def _library_section(name: str, key: str, cls: type, exclude: tuple[str, ...] = ()) -> type[_Section]:
     """A section whose keys are a library dataclass's fields, checked by that class's own validation."""
-    from causalrec.data.simulate import POLICY_VIEWS, UPLIFT_SHAPES  # noqa: F401  (names in the hints)
-
     hints = typing.get_type_hints(cls)
     fields = {f.name: (hints[f.name], ...) for f in dataclasses.fields(cls) if f.name not in exclude}
 
@@ -63,13 +64,7 @@ def _library_section(name: str, key: str, cls: type, exclude: tuple[str, ...] = 
                         **fields)
 
 
-def _simulation_config():
-    from causalrec.data.simulate import SimulationConfig
-
-    return SimulationConfig
-
-
-Simulate = _library_section("Simulate", "simulate", _simulation_config(), exclude=("seed",))  # the seed is params' own
+Simulate = _library_section("Simulate", "simulate", SimulationConfig, exclude=("seed",))  # the seed is params' own
 
 
 class Validate(_Section):
@@ -152,8 +147,7 @@ class Serve(_Section):
 class Monitor(_Section):
     window_fraction: float = Field(gt=0, le=0.5)
     drift_share: float = Field(gt=0, le=1)
-    key_columns: list[Literal["outcome", "propensity", "position", "price", "prediction", "history_similarity",
-                              "category"]]
+    key_columns: list[Literal[MONITORED_COLUMNS]]  # the columns the drift report compares
 
 
 class Params(_Section):
@@ -180,7 +174,7 @@ class Params(_Section):
 
     def simulation_config(self):
         """The simulator's own config for this project (the `simulate` section plus the seed)."""
-        return _simulation_config()(**self.simulate.model_dump(), seed=self.seed)
+        return SimulationConfig(**self.simulate.model_dump(), seed=self.seed)
 
 
 ENV_PREFIX = "CAUSALREC__"

@@ -22,6 +22,7 @@ from causalrec.io import atomic_write_json, atomic_write_text
 
 NUMERIC = ["outcome", "propensity", "position", "price", "prediction", "history_similarity"]
 CATEGORICAL = ["category"]
+MONITORED_COLUMNS = tuple(NUMERIC + CATEGORICAL)
 
 
 def time_windows(frame: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
