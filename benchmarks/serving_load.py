@@ -55,18 +55,18 @@ import pandas as pd, numpy as np
 params = load_params({str(root / 'params.yaml')!r})
 pipeline.ingest(params)
 pipeline.propensity(params)
-d = pipeline._dirs(params)
+d = pipeline.stage_paths(params)
 # no text model for 100k items on 2 cores: train ids-only models and evaluate quickly
 from causalrec.causal.uplift import UpliftLearner
 inter = pd.read_parquet(d['data'] / 'interactions.parquet')
 p = pd.read_parquet(d['propensity'] / 'propensities.parquet')['propensity'].to_numpy()
 ex = inter[inter.exposed == 1]
 d['models'].mkdir(parents=True, exist_ok=True)
+from causalrec.persistence import save_model
 m = pipeline.make_model('mf_naive', params).fit(ex.user_id.values, ex.item_id.values, ex.outcome.values, p[inter.exposed.values == 1])
-m.save(d['models'] / 'mf_naive.pt')
-import torch
+save_model(m, d['models'] / 'mf_naive.pt')
 u = UpliftLearner('t_learner', epochs=5, dim=16).fit(inter.user_id, inter.item_id, inter.treatment, inter.outcome, p)
-torch.save({{'kind': 'uplift', 'model': u}}, d['models'] / 'uplift.pt')
+save_model(u, d['models'] / 'uplift.pt')
 d['metrics'].write_text(json.dumps({{'models': {{'mf_naive': {{'auc': 0.5}}}}, 'primary_metric': 'auc', 'chosen': {{'model': 'mf_naive'}}}}))
 import bentoml
 with bentoml.models.create('causalrec-recommender') as bm:

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from _common import REPO, write_result
-from causalrec.causal.debias import DebiasedRecommender
+from causalrec.causal.debias import DebiasedRecommender, auto_exposure_weight
 from causalrec.causal.uplift import UpliftLearner
 from causalrec.config import load_params
 from causalrec.data.simulate import SimulationConfig, World, simulate
@@ -82,8 +82,7 @@ def fit_scores(name, kw, seed, inter, text, user_ids, item_ids, batch_size) -> t
     kw = {"learner": name, **kw}
     m = UpliftLearner(kw.pop("learner"), arm_method="naive", batch_size=batch_size, seed=seed, **kw).fit(
         inter["user_id"], inter["item_id"], inter["treatment"], inter["outcome"], inter["propensity"], **text)
-    member = m.members_[0]
-    extra = {"exposure_weight": float(member[1].exposure_weight_)} if member[0] == "shared" else {}
+    extra = {k: v for k, v in m.members_[0].extra.items() if k == "exposure_weight"}
     return m.score_matrix(user_ids, item_ids), extra
 
 
@@ -151,10 +150,11 @@ def run_relevance(args, inter, test, text, user_ids, item_ids, rel, upl) -> dict
         for backbone, feats in (("mf", {}), ("tt", text)):
             for name in RELEVANCE:
                 method = name.removesuffix("_exposure")
-                m = DebiasedRecommender(method, dim=16, lr=0.005, batch_size=1024, epochs=60, patience=4, seed=seed,
-                                        exposure_weight="auto" if name != method else 0.0)
-                m.fit(*(fit[c].to_numpy() for c in cols), val=tuple(val[c].to_numpy() for c in cols),
-                      population=population, exposure_log=(*population, inter["propensity"].to_numpy()), **feats)
+                m = DebiasedRecommender(method, dim=16, lr=0.005, batch_size=1024, epochs=60, patience=4, seed=seed)
+                m = (auto_exposure_weight(m) if name != method else m).fit(
+                    *(fit[c].to_numpy() for c in cols), val=tuple(val[c].to_numpy() for c in cols),
+                    population=population, exposure_log=(*population, inter["propensity"].to_numpy()), **feats)
+                m = getattr(m, "best_estimator_", m)
                 pred = m.predict(test["user_id"].to_numpy(), test["item_id"].to_numpy())
                 rows.append({"model": f"{backbone}_{name}", "seed": seed, "exposure_weight": m.exposure_weight_,
                              "auc": M.auc(test["y1"], pred), **ranking_metrics(m.score_matrix(user_ids, item_ids), rel, upl)})

@@ -1,69 +1,7 @@
-"""Prefect retrain flow: version the data with DVC, then run every stage as a task.
+"""Entrypoint for prefect.yaml (`flows/retrain.py:retrain_flow`); the flow is causalrec.flows.retrain."""
+from causalrec.flows.retrain import retrain_flow
 
-Runs on Prefect's ephemeral API by default (nothing to start by hand); with PREFECT_API_URL set it
-reports to a real `prefect server start`. All logic lives in causalrec.pipeline.
-"""
-from __future__ import annotations
-
-from pathlib import Path
-
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
-
-from causalrec import pipeline
-from causalrec.config import load_params
-
-
-def _stage_task(name: str, retries: int):
-    fn = pipeline.STAGES[name]
-    return task(fn, name=name, retries=retries, retry_delay_seconds=2)
-
-
-# Deterministic stages are not retried on data errors; I/O-bound ones (package: bentoml build) are.
-TASKS = {name: _stage_task(name, retries=1 if name in {"package", "embed"} else 0) for name in pipeline.STAGES}
-version_data = task(pipeline.version_data, name="version-data", retries=2, retry_delay_seconds=2)
-
-
-def _summary_markdown(result: dict) -> str:
-    lines = ["# causalrec retrain", "", f"data version (DVC md5): `{result.get('data_md5')}`", "",
-             "| model | " + " | ".join(next(iter(result["metrics"]["models"].values())).keys()) + " |",
-             "|---|" + "---|" * len(next(iter(result["metrics"]["models"].values())))]
-    for name, row in result["metrics"]["models"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in row.values()) + " |")
-    lines += ["", f"chosen (validation): **{result['metrics']['chosen']['model']}**; promoted: **{result['package']['promoted']}**; "
-              f"bento: `{result['package'].get('bento_tag')}`", f"drift detected: **{result['monitor']['drift_detected']}**",
-              "", "## artifacts", *[f"- {k}: `{v}`" for k, v in result["artifacts"].items()]]
-    return "\n".join(lines)
-
-
-@flow(name="causalrec-retrain", log_prints=True)
-def retrain_flow(params_path: str = "params.yaml", version: bool = True) -> dict:
-    logger = get_run_logger()
-    params = load_params(params_path)
-    result: dict = {}
-    result["ingest"] = TASKS["ingest"](params)
-    if version:
-        result.update(version_data(params))
-        logger.info("data versioned: md5 %s", result.get("data_md5"))
-    # validate raises on bad data: the flow fails here and nothing downstream runs.
-    result["validate"] = TASKS["validate"](params)
-    for name in ("embed", "propensity", "train", "evaluate", "package", "monitor"):
-        result[name] = TASKS[name](params)
-    result["metrics"] = result.pop("evaluate")
-    a = params.paths.artifacts_dir
-    result["artifacts"] = {
-        "metrics": a / "metrics.json", "validation report": a / "validation/report.json",
-        "data docs": a / "validation/data_docs/index.html", "embeddings": a / "embeddings",
-        "propensity diagnostics": a / "propensity/diagnostics.json", "models": a / "models",
-        "training curves": a / "models/training_curves.png", "bento": a / "package/bento.json",
-        "drift report": a / "monitor/drift_report.html",
-    }
-    logger.info("drift detected: %s (share %.2f)", result["monitor"]["drift_detected"], result["monitor"]["drifted_share"])
-    create_markdown_artifact(key="causalrec-retrain", markdown=_summary_markdown(result), description="retrain summary")
-    for k, v in result["artifacts"].items():
-        print(f"{k:>24}: {Path(v)}")
-    return result
-
+__all__ = ["retrain_flow"]
 
 if __name__ == "__main__":
     retrain_flow()

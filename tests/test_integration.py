@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_encoder, prefect_harness):
     """One real retrain flow run on a fresh git+DVC project."""
-    from flows.retrain import retrain_flow
+    from causalrec.flows.retrain import retrain_flow
 
     project = make_project(tmp_path_factory.mktemp("flow") / "project", tiny_encoder)
     result = retrain_flow(params_path=str(project / "params.yaml"))
@@ -59,7 +59,7 @@ def test_monitor_flow_flags_interest_drift(trained, tmp_path):
     import yaml
 
     from causalrec.data.simulate import SimulationConfig, World, simulate
-    from flows.monitor import monitor_flow
+    from causalrec.flows.monitor import monitor_flow
 
     project = tmp_path / "copy"
     shutil.copytree(trained[0], project, ignore=shutil.ignore_patterns(".dvcstore", ".bentoml"))
@@ -97,7 +97,7 @@ def test_flow_publishes_markdown_artifact(trained):
 
 
 def test_rerun_embeds_nothing_and_keeps_production(trained):
-    from flows.retrain import retrain_flow
+    from causalrec.flows.retrain import retrain_flow
 
     project, first = trained
     second = retrain_flow(params_path=str(project / "params.yaml"))
@@ -108,7 +108,7 @@ def test_rerun_embeds_nothing_and_keeps_production(trained):
 
 
 def test_bad_data_stops_flow_and_keeps_last_good_model(trained, tmp_path):
-    from flows.retrain import retrain_flow
+    from causalrec.flows.retrain import retrain_flow
 
     project, _ = trained
     bad = tmp_path / "bad"

@@ -4,7 +4,8 @@ import pytest
 
 from causalrec.causal.propensity import effective_sample_size, estimate_propensities
 from causalrec.causal.debias import METHODS, DebiasedRecommender
-from causalrec.models import Popularity, load_model
+from causalrec.models import Popularity
+from causalrec.persistence import load_model, save_model
 
 
 def _toy(seed=0, n_users=60, n_items=40, n=6000):
@@ -30,7 +31,7 @@ def test_mf_learns_preferences_and_roundtrips(tmp_path, weighting):
     S = model.score_matrix(["u0", "u1"], ["i0", "i1"])
     assert S[0, 0] > S[0, 1] and S[1, 1] > S[1, 0]
     assert model.history and "val_loss" in model.history[0]
-    model.save(tmp_path / "m.pt")
+    save_model(model, tmp_path / "m.pt")
     again = load_model(tmp_path / "m.pt")
     assert np.allclose(again.score_matrix(["u0"], ["i0", "i1"]), model.score_matrix(["u0"], ["i0", "i1"]))
     # unknown ids fall back to biases, never crash
@@ -140,7 +141,9 @@ def test_propensity_calibration_diagnostics_and_recalibration():
 def test_exposure_head_lifts_relevance_when_the_policy_knew_preferences():
     """The relevance model with an exposure head learns group preferences from the logging
     policy's propensities that sparse outcomes alone do not reveal; "auto" picks it on validation."""
-    from causalrec.causal.debias import DebiasedRecommender
+    from dataclasses import replace
+
+    from causalrec.causal.debias import DebiasedRecommender, auto_exposure_weight
     from causalrec.evaluation.metrics import auc
 
     rng = np.random.default_rng(0)
@@ -156,14 +159,20 @@ def test_exposure_head_lifts_relevance_when_the_policy_knew_preferences():
     log = (users, items, e)
 
     def fitted(weight):
-        return DebiasedRecommender("naive", dim=4, epochs=30, lr=0.02, batch_size=256, exposure_weight=weight).fit(
-            users[fit_rows], items[fit_rows], y[fit_rows], e[fit_rows], exposure_log=log,
-            val=(users[val_rows], items[val_rows], y[val_rows], e[val_rows]))
+        model = DebiasedRecommender("naive", dim=4, epochs=30, lr=0.02, batch_size=256, exposure_weight=weight)
+        if weight == "auto":
+            model = auto_exposure_weight(replace(model, exposure_weight=0.0))
+        fit = model.fit(users[fit_rows], items[fit_rows], y[fit_rows], e[fit_rows], exposure_log=log,
+                        val=(users[val_rows], items[val_rows], y[val_rows], e[val_rows]))
+        return getattr(fit, "best_estimator_", fit)
 
     truth = ((np.arange(200)[:, None] % 2) == (np.arange(100)[None, :] % 2)).ravel().astype(float)
     users_all, items_all = [f"u{k}" for k in range(200)], [f"i{k}" for k in range(100)]
     plain, auto = fitted(0.0), fitted("auto")
     assert auto.exposure_weight_ > 0
+    losses = auto.search_["validation_loss"]
+    assert set(losses) == {"0.0", "1.0", "3.0", "10.0"}
+    assert losses[str(auto.exposure_weight_)] == min(losses.values())
     assert auc(truth, auto.score_matrix(users_all, items_all).ravel()) > 0.9
     assert auc(truth, auto.score_matrix(users_all, items_all).ravel()) > auc(truth, plain.score_matrix(users_all, items_all).ravel()) + 0.05
     with pytest.raises(ValueError, match="exposure_log"):

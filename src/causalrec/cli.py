@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import typer
@@ -67,8 +66,7 @@ def simulate(out: Path = typer.Option(Path("data"), help="directory for the thre
 @app.command()
 def retrain(params: Path = PARAMS, version: bool = typer.Option(True, help="dvc add + push data/ first")) -> None:
     """Run the Prefect retrain flow (ephemeral Prefect API unless PREFECT_API_URL is set)."""
-    sys.path.insert(0, str(params.resolve().parent))
-    from flows.retrain import retrain_flow
+    from causalrec.flows.retrain import retrain_flow
 
     result = retrain_flow(params_path=str(params), version=version)
     typer.echo(json.dumps(result, indent=2, default=str))
@@ -77,8 +75,7 @@ def retrain(params: Path = PARAMS, version: bool = typer.Option(True, help="dvc 
 @app.command("monitor-flow")
 def monitor_flow(params: Path = PARAMS, retrain_on_drift: bool = True) -> None:
     """Run the Prefect monitor flow: drift report, retrain when drift is detected."""
-    sys.path.insert(0, str(params.resolve().parent))
-    from flows.monitor import monitor_flow as flow
+    from causalrec.flows.monitor import monitor_flow as flow
 
     typer.echo(json.dumps(flow(params_path=str(params), retrain_on_drift=retrain_on_drift), indent=2, default=str))
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, PrivateAttr, model_validator
 
 from causalrec.data.simulate import SimulationConfig
 from causalrec.monitoring.drift import MONITORED_COLUMNS
@@ -166,11 +166,22 @@ class Params(_Section):
     monitor: Monitor
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
+    _root: Path | None = PrivateAttr(default=None)
 
     def resolve(self, root: Path) -> "Params":
-        """Return a copy whose relative paths are anchored at `root` (the project directory)."""
+        """Return a copy whose relative paths are anchored at `root` (the project directory: where dvc
+        and bentoml run, whatever the data directory is)."""
         paths = Paths(**{k: (v if Path(v).is_absolute() else root / v) for k, v in self.paths.model_dump().items()})
-        return self.model_copy(update={"paths": paths})
+        resolved = self.model_copy(update={"paths": paths})
+        resolved._root = root
+        return resolved
+
+    @property
+    def root(self) -> Path:
+        """The project directory (the params file's); set by load_params / resolve."""
+        if self._root is None:
+            raise ConfigError("params were not resolved against a project directory (use load_params)")
+        return self._root
 
     def simulation_config(self):
         """The simulator's own config for this project (the `simulate` section plus the seed)."""

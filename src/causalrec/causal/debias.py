@@ -1,57 +1,51 @@
-"""Debiased relevance learning from biased logs: one estimator, six ways to weigh the evidence.
-
-Estimand: r(u,i) = P(Y(1)=1 | u,i) over a target population D of (user, item) pairs (all logged
-visits for the simulator; all user x item pairs for Coat). Outcomes are observed only on O ⊂ D
-(exposed pairs) with propensity p(u,i) = P(o=1 | u,i). With e = BCE(f(u,i), y):
-
-  naive     mean_O e                                   biased towards what the policy exposed
-  ips       (1/|D|) sum_O e/p                          unbiased, high variance
-  dr        (1/|D|) [sum_D ê + sum_O (e - ê)/p]        doubly robust with a fixed imputation model:
-            g is fit first (naive, on observed labels) and frozen; ê = BCE(f, g)
-  snips     sum_O e/p / sum_O 1/p                      self-normalised IPS
-  dr_jl     (1/|D|) [sum_D ê + sum_O (e - ê)/p]        doubly robust, joint learning (Wang et al. 2019):
-            ê = BCE(f, g) from an imputation model g trained on sum_O (e - ê)² / p
-  mrdr_jl   dr_jl with g trained on sum_O (1-p)/p² (e - ê)²   (more robust DR, Guo et al. 2021)
-  sdr       mean_D ê + sum_O (e - ê)/p / sum_O 1/p    DR with a self-normalised correction: the
-            correction's scale no longer depends on rare tiny propensities (stabilised DR, ours)
+"""Debiased relevance learning from biased logs: one estimator, seven ways to weigh the evidence
+(the loss table and its estimands: causalrec.causal.losses).
 
 All share the backbone (causalrec.models.factor.FactorModel: MF or two-tower with features/text),
-Adam, mini-batches, and early stopping on a SNIPS-weighted validation loss from the training
-split (the same for every method, so they compare).
+the training loop of causalrec.causal.training (Adam, mini-batches, early stopping on a
+SNIPS-weighted validation loss from the training split: the same for every method, so they compare).
 
 Optional exposure head (exposure_weight > 0, any method): the logging policy's propensities of
 every logged row, shown or not, are a second target that shares the user/item factors:
 logit P(shown | u,i) = alpha <p_u, q_i> + c_u + c_i, cross-entropy with the propensity as soft
 label, added to the loss with that weight (the same head as the shared uplift learner's; see
-causalrec.causal.uplift). "auto" fits each of AUTO_EXPOSURE_WEIGHTS and keeps the lowest
-validation loss. It helps when the policy knew something about preferences and is weighted to 0
-by the validation when it did not.
+causalrec.causal.uplift). `auto_exposure_weight(model)` chooses the weight among
+AUTO_EXPOSURE_WEIGHTS by validation loss (a ValidationSearch). It helps when the policy knew
+something about preferences and is weighted to 0 by the validation when it did not.
 """
 from __future__ import annotations
 
-import io
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from causalrec.causal.losses import DR_METHODS, LOSSES, METHODS, Batch, imputer_loss
+from causalrec.causal.training import ValidationSearch, adam, minibatches, train_loop
 from causalrec.models.factor import FactorModel
 from causalrec.models.ids import IdIndex
 
-METHODS = ("naive", "ips", "snips", "dr", "dr_jl", "mrdr_jl", "sdr")
 AUTO_EXPOSURE_WEIGHTS = (0.0, 1.0, 3.0, 10.0)
-DR_METHODS = ("dr", "dr_jl", "mrdr_jl", "sdr")
+__all__ = ["AUTO_EXPOSURE_WEIGHTS", "DR_METHODS", "METHODS", "DebiasedRecommender", "auto_exposure_weight"]
 
 
-def _feature_matrix(index: IdIndex, features: pd.DataFrame | None) -> torch.Tensor | None:
+def auto_exposure_weight(model) -> ValidationSearch:
+    """`exposure_weight: auto` for any learner with that parameter: a search over AUTO_EXPOSURE_WEIGHTS."""
+    return ValidationSearch(replace(model, exposure_weight=0.0), "exposure_weight", AUTO_EXPOSURE_WEIGHTS)
+
+
+def feature_matrix(index: IdIndex, features: pd.DataFrame | None) -> torch.Tensor | None:
     if features is None:
         return None
     f = features.copy()
     f.index = f.index.astype(str)
     return torch.as_tensor(f.reindex(index.ids).fillna(0.0).to_numpy(dtype=np.float32))
+
+
+def _ids(*groups) -> list[str]:
+    return [str(x) for g in groups if g is not None for x in np.unique(np.asarray(g).astype(str))]
 
 
 @dataclass
@@ -65,7 +59,7 @@ class DebiasedRecommender:
     patience: int = 4
     imputation_ratio: int = 4     # population pairs sampled per observed pair (DR family)
     objective: str = "binary"     # binary: BCE, predictions are probabilities; regression: squared error
-    exposure_weight: float | str = 0.0  # weight of the exposure head (needs exposure_log), or "auto"
+    exposure_weight: float = 0.0  # weight of the exposure head (needs exposure_log); auto: auto_exposure_weight
     seed: int = 0
     history: list = field(default_factory=list, init=False)
 
@@ -78,72 +72,52 @@ class DebiasedRecommender:
             raise ValueError(f"unknown objective {self.objective!r}")
         if self.objective == "regression" and self.method in DR_METHODS:
             raise ValueError(f"method '{self.method}' imputes cross-entropy errors: binary objective only")
-        if not (self.exposure_weight == "auto" or (isinstance(self.exposure_weight, (int, float))
-                                                   and self.exposure_weight >= 0)):
-            raise ValueError(f"exposure_weight must be a number >= 0 or 'auto', got {self.exposure_weight!r}")
+        if not (isinstance(self.exposure_weight, (int, float)) and self.exposure_weight >= 0):
+            raise ValueError(f"exposure_weight must be a number >= 0 (for 'auto' use auto_exposure_weight), "
+                             f"got {self.exposure_weight!r}")
 
     def fit(self, users, items, y, propensity=None, val=None, user_features: pd.DataFrame | None = None,
             item_features: pd.DataFrame | None = None, population: tuple | None = None,
-            progress: bool = False, exposure_log: tuple | None = None) -> "DebiasedRecommender":
+            progress: bool = False, exposure_log: tuple | None = None,
+            warm_start: "DebiasedRecommender | None" = None) -> "DebiasedRecommender":
         """Fit on observed rows. val = (users, items, y, propensity); population = (users, items) of D,
         default: every user x item pair; exposure_log = (users, items, propensity) of every logged
-        row, shown or not (for the exposure head)."""
-        from dataclasses import replace
-
-        from tqdm.auto import tqdm
-
+        row, shown or not (for the exposure head); warm_start: a model fit on the same data whose
+        weights are the starting point."""
         self._check(propensity)
         if self.exposure_weight != 0 and exposure_log is None:
             raise ValueError("exposure_weight needs exposure_log = (users, items, propensity) of every logged row")
-        if self.exposure_weight == "auto":
-            if val is None:
-                raise ValueError("exposure_weight 'auto' chooses on the validation rows: pass val")
-            args = dict(val=val, user_features=user_features, item_features=item_features, population=population,
-                        progress=progress, exposure_log=exposure_log)
-            fits = [replace(self, exposure_weight=w).fit(users, items, y, propensity, **args) for w in AUTO_EXPOSURE_WEIGHTS]
-            best = min(fits, key=lambda m: min(row["val_loss"] for row in m.history))
-            self.__dict__.update(best.__dict__)
-            self.exposure_weight = "auto"
-            self.exposure_weight_ = best.exposure_weight
-            return self
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         users, items = np.asarray(users).astype(str), np.asarray(items).astype(str)
-        extra_u = [] if val is None else list(np.asarray(val[0]).astype(str))
-        extra_i = [] if val is None else list(np.asarray(val[1]).astype(str))
-        if user_features is not None:
-            extra_u += list(user_features.index.astype(str))
-        if item_features is not None:
-            extra_i += list(item_features.index.astype(str))
-        if population is not None:  # D may hold users/items that were never exposed
-            extra_u += list(np.unique(np.asarray(population[0]).astype(str)))
-            extra_i += list(np.unique(np.asarray(population[1]).astype(str)))
-        if exposure_log is not None:
-            extra_u += list(np.unique(np.asarray(exposure_log[0]).astype(str)))
-            extra_i += list(np.unique(np.asarray(exposure_log[1]).astype(str)))
-        self.users_, self.items_ = IdIndex([*users, *extra_u]), IdIndex([*items, *extra_i])
+        v, pop, ex = val or (None, None), population or (None, None), exposure_log or (None, None)
+        self.users_ = IdIndex(_ids(users, v[0], pop[0], ex[0], None if user_features is None else user_features.index))
+        self.items_ = IdIndex(_ids(items, v[1], pop[1], ex[1], None if item_features is None else item_features.index))
         u, i = torch.as_tensor(self.users_.encode(users)), torch.as_tensor(self.items_.encode(items))
         self.trained_items_ = np.zeros(len(self.items_), bool)
         self.trained_items_[i.numpy()] = True
         self.trained_users_ = np.zeros(len(self.users_), bool)
         self.trained_users_[u.numpy()] = True
-        X, Z = _feature_matrix(self.users_, user_features), _feature_matrix(self.items_, item_features)
-        self.net_ = FactorModel(len(self.users_), len(self.items_), self.dim, X, Z)
-        trainable = list(self.net_.parameters())
+        X, Z = feature_matrix(self.users_, user_features), feature_matrix(self.items_, item_features)
+        net = lambda dim: FactorModel(len(self.users_), len(self.items_), dim, X, Z)  # noqa: E731
+        self.net_ = net(self.dim)
+        modules = {"net": self.net_}
         self.exposure_weight_ = float(self.exposure_weight)
         if self.exposure_weight_ > 0:  # exposure head: own biases/feature terms + alpha x the shared interaction
-            head = FactorModel(len(self.users_), len(self.items_), 0, X, Z)
-            alpha = torch.nn.Parameter(torch.ones(1))
-            trainable += [*head.parameters(), alpha]
+            self.head_ = net(0)
+            self.head_.register_parameter("alpha", torch.nn.Parameter(torch.ones(1)))
+            modules["head"] = self.head_
             eu = torch.as_tensor(self.users_.encode(np.asarray(exposure_log[0]).astype(str)))
             ei = torch.as_tensor(self.items_.encode(np.asarray(exposure_log[1]).astype(str)))
             ee = torch.as_tensor(np.clip(np.asarray(exposure_log[2], np.float64), 1e-4, 1 - 1e-4), dtype=torch.float32)
-        opt = torch.optim.Adam(trainable, lr=self.lr, weight_decay=self.weight_decay)
+        for name, module in modules.items():
+            if warm_start is not None and hasattr(warm_start, f"{name}_"):
+                module.load_state_dict(getattr(warm_start, f"{name}_").state_dict())
+        opt = adam([p for m in modules.values() for p in m.parameters()], self.lr, self.weight_decay)
         yt = torch.as_tensor(np.asarray(y, dtype=np.float32))
-        p = torch.as_tensor(np.ones(len(yt)) if propensity is None else np.asarray(propensity, np.float64), dtype=torch.float32)
+        p = torch.as_tensor(np.ones(len(yt)) if propensity is None else np.asarray(propensity, np.float64),
+                            dtype=torch.float32)
         if self.method in DR_METHODS:
-            imputer = FactorModel(len(self.users_), len(self.items_), self.dim, X, Z)
-            opt_g = torch.optim.Adam(imputer.parameters(), lr=self.lr, weight_decay=self.weight_decay)
             if population is None:
                 pop_u = pop_i = None
                 n_population = len(self.users_) * len(self.items_)
@@ -151,90 +125,66 @@ class DebiasedRecommender:
                 pop_u = torch.as_tensor(self.users_.encode(np.asarray(population[0]).astype(str)))
                 pop_i = torch.as_tensor(self.items_.encode(np.asarray(population[1]).astype(str)))
                 n_population = len(pop_u)
-            obs_fraction = len(yt) / n_population
+            obs_share = len(yt) / n_population
             if self.method == "dr":
                 # Fixed imputation: g is a naive model of the observed labels, early-stopped on the same
                 # validation rows (an imputer trained to convergence memorises each user's few labels
                 # and f then copies its extremes onto every unobserved pair), then frozen.
-                g = replace(self, method="naive", exposure_weight=0.0).fit(
+                imputer = replace(self, method="naive", exposure_weight=0.0).fit(
                     users, items, y, None, val=val, user_features=user_features, item_features=item_features,
-                    population=population, exposure_log=exposure_log)
-                imputer = g.net_
+                    population=population, exposure_log=exposure_log).net_
+            else:
+                imputer = net(self.dim)
+                opt_g = adam(imputer.parameters(), self.lr, self.weight_decay)
+
+        def step(b):
+            logits = self.net_(u[b], i[b])
+            e, pb = self._loss(logits, yt[b]), p[b]
+            if self.method in DR_METHODS:
+                if self.method != "dr":  # 1) joint learning: g learns to predict f's error on the observed pairs
+                    g_obs = torch.sigmoid(imputer(u[b], i[b]))
+                    e_hat = F.binary_cross_entropy(torch.sigmoid(logits.detach()), g_obs, reduction="none")
+                    opt_g.zero_grad()
+                    imputer_loss(self.method, e, e_hat, pb).backward()
+                    opt_g.step()
+                with torch.no_grad():  # the (updated) imputation on the observed pairs
+                    g_obs = torch.sigmoid(imputer(u[b], i[b]))
+                # 2) prediction step: imputed errors on a population sample + propensity-weighted correction
+                m = len(b) * self.imputation_ratio
+                if pop_u is None:  # D = every user x item pair: sample pairs, never materialise them
+                    su = torch.as_tensor(rng.integers(len(self.users_), size=m))
+                    si = torch.as_tensor(rng.integers(len(self.items_), size=m))
+                else:
+                    k = torch.as_tensor(rng.integers(len(pop_u), size=m))
+                    su, si = pop_u[k], pop_i[k]
+                with torch.no_grad():
+                    g_pop = torch.sigmoid(imputer(su, si))
+                batch = Batch(e, pb, e_hat_obs=F.binary_cross_entropy_with_logits(logits, g_obs, reduction="none"),
+                              e_hat_pop=F.binary_cross_entropy_with_logits(self.net_(su, si), g_pop, reduction="none"),
+                              obs_share=obs_share)
+            else:
+                batch = Batch(e, pb)
+            loss = LOSSES[self.method](batch)
+            if self.exposure_weight_ > 0:
+                k = torch.as_tensor(rng.integers(len(ee), size=len(b)))
+                P, _ = self.net_.user_vectors(eu[k])
+                Q, _ = self.net_.item_vectors(ei[k])
+                exposure_logit = self.head_.alpha * (P * Q).sum(-1) + self.head_(eu[k], ei[k])
+                loss = loss + self.exposure_weight_ * F.binary_cross_entropy_with_logits(exposure_logit, ee[k])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss.item(), len(b)
+
+        validate = None
         if val is not None:
             vu, vi = torch.as_tensor(self.users_.encode(val[0])), torch.as_tensor(self.items_.encode(val[1]))
             vy = torch.as_tensor(np.asarray(val[2], dtype=np.float32))
-            vw = 1.0 / torch.as_tensor(np.ones(len(vy)) if val[3] is None else np.asarray(val[3], np.float64), dtype=torch.float32)
-        best, best_state, bad = np.inf, None, 0
-        self.history = []
-        for epoch in tqdm(range(self.epochs), desc=f"train {self.method}", disable=not progress):
-            self.net_.train()
-            perm = torch.as_tensor(rng.permutation(len(yt)))
-            total = 0.0
-            for start in range(0, len(perm), self.batch_size):
-                b = perm[start:start + self.batch_size]
-                logits = self.net_(u[b], i[b])
-                e = self._loss(logits, yt[b])
-                pb = p[b]
-                if self.method == "naive":
-                    loss = e.mean()
-                elif self.method == "ips":
-                    loss = (e / pb).mean()
-                elif self.method == "snips":
-                    loss = (e / pb).sum() / (1 / pb).sum()
-                else:
-                    if self.method != "dr":
-                        # 1) imputation step: g learns to predict f's error on observed pairs.
-                        g_obs = torch.sigmoid(imputer(u[b], i[b]))
-                        e_hat = F.binary_cross_entropy(torch.sigmoid(logits.detach()), g_obs, reduction="none")
-                        wg = (1 - pb) / pb ** 2 if self.method == "mrdr_jl" else 1 / pb
-                        g_loss = (wg * (e.detach() - e_hat) ** 2).mean()
-                        opt_g.zero_grad()
-                        g_loss.backward()
-                        opt_g.step()
-                    # 2) prediction step: imputed errors on a population sample + propensity-weighted correction.
-                    m = len(b) * self.imputation_ratio
-                    if pop_u is None:
-                        su = torch.as_tensor(rng.integers(len(self.users_), size=m))
-                        si = torch.as_tensor(rng.integers(len(self.items_), size=m))
-                    else:
-                        k = torch.as_tensor(rng.integers(len(pop_u), size=m))
-                        su, si = pop_u[k], pop_i[k]
-                    with torch.no_grad():
-                        g_pop, g_obs = torch.sigmoid(imputer(su, si)), torch.sigmoid(imputer(u[b], i[b]))
-                    e_hat_pop = F.binary_cross_entropy_with_logits(self.net_(su, si), g_pop, reduction="none")
-                    e_hat_obs = F.binary_cross_entropy_with_logits(logits, g_obs, reduction="none")
-                    correction = (e - e_hat_obs) / pb
-                    if self.method == "sdr":
-                        loss = e_hat_pop.mean() + correction.sum() / (1 / pb).sum()
-                    else:
-                        loss = e_hat_pop.mean() + obs_fraction * correction.mean()
-                if self.exposure_weight_ > 0:
-                    k = torch.as_tensor(rng.integers(len(ee), size=len(b)))
-                    P, _ = self.net_.user_vectors(eu[k])
-                    Q, _ = self.net_.item_vectors(ei[k])
-                    exposure_logit = alpha * (P * Q).sum(-1) + head(eu[k], ei[k])
-                    loss = loss + self.exposure_weight_ * F.binary_cross_entropy_with_logits(exposure_logit, ee[k])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(b)
-            row = {"epoch": epoch + 1, "train_loss": total / len(perm)}
-            if val is not None:
-                self.net_.eval()
-                with torch.no_grad():
-                    ve = self._loss(self.net_(vu, vi), vy)
-                    row["val_loss"] = float((ve * vw).sum() / vw.sum())
-                if row["val_loss"] < best - 1e-5:
-                    best, bad = row["val_loss"], 0
-                    best_state = {k: v.clone() for k, v in self.net_.state_dict().items()}
-                else:
-                    bad += 1
-            self.history.append(row)
-            if val is not None and bad >= self.patience:
-                break
-        if best_state is not None:
-            self.net_.load_state_dict(best_state)
-        self.net_.eval()
+            vw = 1.0 / torch.as_tensor(np.ones(len(vy)) if val[3] is None else np.asarray(val[3], np.float64),
+                                       dtype=torch.float32)
+            validate = lambda: (self._loss(self.net_(vu, vi), vy) * vw).sum() / vw.sum()  # noqa: E731
+        self.history = train_loop(step, minibatches(len(yt), self.batch_size, rng), self.epochs, modules, validate,
+                                  self.patience, progress, f"train {self.method}")
         return self
 
     def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -273,24 +223,24 @@ class DebiasedRecommender:
         P, bu, Q, bi = self._sides(user_ids, item_ids)
         return self._link((P * Q).sum(-1) + bu + bi + self.net_.global_bias)
 
-    def save(self, path: str | Path) -> None:
-        from causalrec.io import atomic_write_bytes
-
-        buf = io.BytesIO()
-        torch.save({"kind": "debiased", "params": {k: v for k, v in asdict(self).items() if k != "history"},
-                    "history": self.history, "users": self.users_.ids.tolist(), "items": self.items_.ids.tolist(),
-                    "trained_users": self.trained_users_, "trained_items": self.trained_items_,
-                    "state": self.net_.state_dict()}, buf)
-        atomic_write_bytes(path, buf.getvalue())
+    def to_state(self) -> dict:
+        """Config + weights as plain types and tensors (causalrec.persistence loads it with weights_only=True)."""
+        return {"params": {k: v for k, v in asdict(self).items() if k != "history"}, "history": self.history,
+                "fitted": {k: getattr(self, k) for k in ("exposure_weight_", "search_") if hasattr(self, k)},
+                "users": self.users_.ids.tolist(), "items": self.items_.ids.tolist(),
+                "trained_users": torch.as_tensor(self.trained_users_), "trained_items": torch.as_tensor(self.trained_items_),
+                "state": self.net_.state_dict()}
 
     @classmethod
-    def from_blob(cls, blob: dict) -> "DebiasedRecommender":
+    def from_state(cls, blob: dict) -> "DebiasedRecommender":
         m = cls(**blob["params"])
         m.history = blob["history"]
+        for k, v in blob.get("fitted", {}).items():
+            setattr(m, k, v)
         m.users_, m.items_ = IdIndex(blob["users"]), IdIndex(blob["items"])
-        m.trained_users_, m.trained_items_ = blob["trained_users"], blob["trained_items"]
+        m.trained_users_, m.trained_items_ = blob["trained_users"].numpy(), blob["trained_items"].numpy()
         state = blob["state"]
-        m.net_ = FactorModel(len(m.users_), len(m.items_), m.dim, state["user_x"], state["item_z"])
+        m.net_ = FactorModel(len(m.users_), len(m.items_), state["user.weight"].shape[1], state["user_x"], state["item_z"])
         m.net_.load_state_dict(state)
         m.net_.eval()
         return m

@@ -16,7 +16,6 @@ learning), or fit once in a first naive pass and frozen (dr).
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +23,15 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-
 import torch.nn.functional as F
 
-from causalrec.causal.debias import DR_METHODS, DebiasedRecommender
+from causalrec.causal.debias import DebiasedRecommender
+from causalrec.causal.losses import DR_METHODS, LOSSES, Batch, imputer_loss
+from causalrec.causal.training import train_loop
 from causalrec.models.factor import FactorModel
 from causalrec.models.ids import IdIndex
 
-STREAMING_METHODS = ("naive", "ips", "snips", "dr", "dr_jl", "mrdr_jl", "sdr")
+STREAMING_METHODS = tuple(LOSSES)
 COLUMNS = ["user_id", "item_id", "exposed", "outcome", "propensity"]
 
 
@@ -119,57 +119,52 @@ def fit_streaming(model: DebiasedRecommender, interactions: str | Path, user_ids
     model.trained_items_ = np.zeros(len(i_cat), bool)
     source = open_log(interactions)
     doubly_robust = model.method in DR_METHODS
+    wd = model.weight_decay
+
+    exposed_per_epoch = []
+
+    def batches(exposed_only: bool, desc: str):
+        def epoch():
+            exposed_per_epoch.append(0)
+            for u, i, o, y, p, perm in _chunks(source, chunk_rows, u_cat, i_cat, clip, exposed_only, rng, progress, desc):
+                model.trained_users_[u[o].numpy()] = True
+                model.trained_items_[i[o].numpy()] = True
+                exposed_per_epoch[-1] += int(o.sum())
+                for s in range(0, len(perm), model.batch_size):
+                    b = perm[s:s + model.batch_size]
+                    yield u[b], i[b], o[b], y[b], p[b]
+        return epoch
+
     if doubly_robust:
         imputer, imputer_opts = _sparse_net(len(u_cat), len(i_cat), model.dim, model.lr)
         if model.method == "dr":  # fixed imputation: one naive pass over the observed labels, then frozen
-            for u, i, _, y, _, perm in _chunks(source, chunk_rows, u_cat, i_cat, clip, True, rng, progress, "imputation"):
-                for s in range(0, len(perm), model.batch_size):
-                    b = perm[s:s + model.batch_size]
-                    g_loss = F.binary_cross_entropy_with_logits(imputer(u[b], i[b]), y[b])
-                    _step(imputer_opts, g_loss + _l2(imputer, u[b], i[b], model.weight_decay))
-    model.history, epochs = [], []
-    for epoch in range(model.epochs):
-        start, rows, seen, total = time.perf_counter(), 0, 0, 0.0
-        net.train()
-        for u, i, o, y, p, perm in _chunks(source, chunk_rows, u_cat, i_cat, clip, not doubly_robust, rng, progress,
-                                           f"epoch {epoch + 1}"):
-            model.trained_users_[u[o].numpy()] = True
-            model.trained_items_[i[o].numpy()] = True
-            for s in range(0, len(perm), model.batch_size):
-                b = perm[s:s + model.batch_size]
-                logits = net(u[b], i[b])
-                if doubly_robust:
-                    loss = _dr_loss(model.method, logits, u[b], i[b], o[b], y[b], p[b], imputer, imputer_opts,
-                                    model.weight_decay)
-                else:
-                    e = model._loss(logits, y[b])
-                    w = torch.ones(len(b)) if model.method == "naive" else 1.0 / p[b]
-                    loss = (e * w).sum() / (w.sum() if model.method == "snips" else len(b))
-                _step(opts, loss + _l2(net, u[b], i[b], model.weight_decay))
-                total += loss.item() * len(b)
-            rows += int(o.sum())
-            seen += len(perm)
-        seconds = time.perf_counter() - start
-        model.history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1)})
-        epochs.append({"epoch": epoch + 1, "seconds": seconds, "exposed_rows": rows, "rows": seen})
-    net.eval()
-    return {"epochs": epochs}
+            def imputer_step(batch):
+                u, i, _, y, _ = batch
+                g_loss = F.binary_cross_entropy_with_logits(imputer(u, i), y)
+                _step(imputer_opts, g_loss + _l2(imputer, u, i, wd))
+                return g_loss.item(), len(u)
+            train_loop(imputer_step, batches(True, "imputation"), 1, {"imputer": imputer})
 
+    def step(batch):
+        u, i, o, y, p = batch
+        logits = net(u, i)
+        if doubly_robust:  # a batch of population rows; o marks the exposed ones
+            e_obs = model._loss(logits[o], y[o])
+            g_obs = torch.sigmoid(imputer(u[o], i[o]))
+            if model.method != "dr" and o.any():  # joint learning: g learns f's error on the exposed rows
+                e_hat = F.binary_cross_entropy(torch.sigmoid(logits[o].detach()), g_obs, reduction="none")
+                _step(imputer_opts, imputer_loss(model.method, e_obs, e_hat, p[o]) + _l2(imputer, u[o], i[o], wd))
+            with torch.no_grad():
+                g = torch.sigmoid(imputer(u, i))
+            e_hat = F.binary_cross_entropy_with_logits(logits, g, reduction="none")
+            batch = Batch(e_obs, p[o], e_hat_obs=e_hat[o], e_hat_pop=e_hat, obs_share=float(o.float().mean()))
+        else:
+            batch = Batch(model._loss(logits, y), p)
+        loss = LOSSES[model.method](batch)
+        _step(opts, loss + _l2(net, u, i, wd))
+        return loss.item(), len(u)
 
-def _dr_loss(method, logits, u, i, o, y, p, imputer, imputer_opts, weight_decay) -> torch.Tensor:
-    """Doubly robust loss of one mini-batch of population rows (o marks the exposed ones)."""
-    if method != "dr":  # joint learning: g learns to predict f's error on the exposed rows
-        g_obs = torch.sigmoid(imputer(u[o], i[o]))
-        e_obs = F.binary_cross_entropy_with_logits(logits[o].detach(), y[o], reduction="none")
-        e_hat = F.binary_cross_entropy(torch.sigmoid(logits[o].detach()), g_obs, reduction="none")
-        wg = (1 - p[o]) / p[o] ** 2 if method == "mrdr_jl" else 1 / p[o]
-        if o.any():
-            _step(imputer_opts, (wg * (e_obs - e_hat) ** 2).mean() + _l2(imputer, u[o], i[o], weight_decay))
-    with torch.no_grad():
-        g = torch.sigmoid(imputer(u, i))
-    e_hat = F.binary_cross_entropy_with_logits(logits, g, reduction="none")
-    e = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
-    correction = torch.where(o, (e - e_hat) / p, torch.zeros_like(e))
-    if method == "sdr":
-        return e_hat.mean() + correction.sum() / (o / p).sum().clamp_min(1e-6)
-    return e_hat.mean() + correction.sum() / len(logits)
+    exposed_per_epoch.clear()  # count the training epochs only (not the imputation pass)
+    model.history = train_loop(step, batches(not doubly_robust, "epoch"), model.epochs, {"net": net}, progress=progress)
+    return {"epochs": [{"epoch": r["epoch"], "seconds": r["seconds"], "rows": r["rows"], "exposed_rows": n}
+                       for r, n in zip(model.history, exposed_per_epoch)]}

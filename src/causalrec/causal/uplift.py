@@ -38,9 +38,140 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from causalrec.causal.debias import AUTO_EXPOSURE_WEIGHTS, DebiasedRecommender
+from causalrec.causal.debias import DebiasedRecommender, auto_exposure_weight
+from causalrec.causal.training import minibatches
 
-LEARNERS = ("t_learner", "x_learner", "dr_learner", "dlce", "shared")
+
+class UpliftMember:
+    """One fitted uplift model: relevance-type parts (DebiasedRecommender each) and how their score
+    matrices combine into tau. Serving reads `parts` and `combine` (causalrec.serving.scoring), so
+    training and serving share one definition of each learner."""
+
+    name = ""
+
+    def __init__(self, parts: list[DebiasedRecommender], **extra):
+        self.parts, self.extra = parts, extra
+
+    def combine(self, s: list[np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def score_matrix(self, user_ids, item_ids) -> np.ndarray:
+        # The effect on a 0/1 outcome lies in [-1, 1]; regression learners can overshoot it.
+        return np.clip(self.combine([p.score_matrix(user_ids, item_ids) for p in self.parts]), -1.0, 1.0)
+
+    def to_state(self) -> dict:
+        return {"learner": self.name, "parts": [p.to_state() for p in self.parts], "extra": self.extra}
+
+
+class TLearner(UpliftMember):
+    name = "t_learner"
+
+    def combine(self, s):
+        return s[0] - s[1]
+
+    @classmethod
+    def fit(cls, arms: "_Arms") -> "TLearner":
+        return cls(arms.outcome_models())
+
+
+class XLearner(UpliftMember):
+    name = "x_learner"
+
+    def combine(self, s):
+        g = self.extra["treated_share"]
+        return g * s[1] + (1 - g) * s[0]
+
+    @classmethod
+    def fit(cls, arms: "_Arms") -> "XLearner":
+        mu1, mu0 = arms.outcome_models()
+        m1, m0, y, treated = mu1.predict(arms.users, arms.items), mu0.predict(arms.users, arms.items), arms.y, arms.treated
+        tau1 = arms.fit_model(treated, (y - m0).astype(np.float32), objective="regression", s=3)
+        tau0 = arms.fit_model(~treated, (m1 - y).astype(np.float32), objective="regression", s=4)
+        return cls([tau1, tau0], treated_share=float(arms.e.mean()))
+
+
+class DRLearner(UpliftMember):
+    name = "dr_learner"
+
+    def combine(self, s):
+        return s[0]
+
+    @classmethod
+    def fit(cls, arms: "_Arms") -> "DRLearner":
+        mu1, mu0 = arms.outcome_models()
+        m1, m0, y, t, e = mu1.predict(arms.users, arms.items), mu0.predict(arms.users, arms.items), arms.y, arms.treated, arms.e
+        pseudo = m1 - m0 + t * (y - m1) / e - (~t) * (y - m0) / (1 - e)
+        return cls([arms.fit_model(np.ones_like(t), pseudo.astype(np.float32), objective="regression", s=5)])
+
+
+class DLCE(UpliftMember):
+    name = "dlce"
+
+    def combine(self, s):
+        return 2 * s[0] - 1
+
+    @classmethod
+    def fit(cls, arms: "_Arms") -> "DLCE":
+        label = np.where(arms.treated, arms.y, 1 - arms.y).astype(np.float32)
+        prop = np.where(arms.treated, arms.e, 1 - arms.e)
+        return cls([arms.fit_model(np.ones_like(arms.treated), label, prop, method="ips")])
+
+
+class Shared(UpliftMember):
+    name = "shared"
+
+    def combine(self, s):
+        return s[0] * (1 - s[1])
+
+    @classmethod
+    def fit(cls, arms: "_Arms") -> "Shared":
+        learner = arms.learner
+        sh = SharedUplift(learner.dim, learner.epochs, learner.lr, learner.weight_decay, learner.batch_size,
+                          learner.patience, 0.0 if arms.exposure_weight == "auto" else float(arms.exposure_weight),
+                          arms.seed)
+        args = (arms.users, arms.items, arms.treated.astype(int), arms.y, arms.e, arms.val, arms.features)
+        search = getattr(sh, "search_", None)
+        if arms.exposure_weight == "auto":
+            sh = auto_exposure_weight(sh).fit(*args).best_estimator_
+            search = sh.search_["validation_loss"]
+        else:
+            sh.fit(*args)
+        return cls(sh.as_recommenders(), exposure_weight=float(sh.exposure_weight_),
+                   alpha=float(sh.modules_["exposure"].alpha.detach()), validation_loss=search)
+
+
+LEARNERS = {c.name: c for c in (TLearner, XLearner, DRLearner, DLCE, Shared)}
+
+
+@dataclass
+class _Arms:
+    """The data of one bootstrap member and how to fit an outcome-type model on part of it."""
+
+    learner: "UpliftLearner"
+    users: np.ndarray
+    items: np.ndarray
+    treated: np.ndarray
+    y: np.ndarray
+    e: np.ndarray
+    val: np.ndarray          # True: the row only validates (early stopping, auto)
+    seed: int
+    features: dict
+    exposure_weight: float | str
+
+    def fit_model(self, mask, target, prop=None, objective="binary", method="naive", s=0) -> DebiasedRecommender:
+        L = self.learner
+        m = DebiasedRecommender(method, dim=L.dim, epochs=L.epochs, lr=L.lr, weight_decay=L.weight_decay,
+                                batch_size=L.batch_size, patience=L.patience, objective=objective, seed=self.seed + s)
+        fit, vm = ~self.val & mask, self.val & mask
+        return m.fit(self.users[fit], self.items[fit], target[fit], None if prop is None else prop[fit],
+                     val=(self.users[vm], self.items[vm], target[vm], None if prop is None else prop[vm]),
+                     **self.features)
+
+    def outcome_models(self) -> list[DebiasedRecommender]:
+        """mu1 on treated rows, mu0 on untreated rows (weighted to the population with arm_method ips)."""
+        method = self.learner.arm_method
+        return [self.fit_model(self.treated, self.y, self.e, method=method, s=1),
+                self.fit_model(~self.treated, self.y, 1 - self.e, method=method, s=2)]
 
 
 @dataclass
@@ -60,46 +191,13 @@ class UpliftLearner:
     seed: int = 0
     members_: list = field(default_factory=list, init=False, repr=False)
 
-    def _model(self, seed: int, objective: str = "binary", method: str = "naive") -> DebiasedRecommender:
-        return DebiasedRecommender(method, dim=self.dim, epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
-                                   batch_size=self.batch_size, patience=self.patience, objective=objective, seed=seed)
-
-    def _fit_one(self, users, items, t, y, e, val, seed: int, features: dict, exposure_weight=None) -> tuple:
-        """One member: its models fit on the rows where `val` is False, early-stopped on the others."""
-        fit = ~val
-
-        def fit_model(mask, target, prop=None, objective="binary", method="naive", s=0):
-            m = self._model(seed + s, objective, method)
-            vm = val & mask
-            return m.fit(users[fit & mask], items[fit & mask], target[fit & mask],
-                         None if prop is None else prop[fit & mask],
-                         val=(users[vm], items[vm], target[vm], None if prop is None else prop[vm]), **features)
-
-        treated = t == 1
-        if self.learner == "shared":
-            return ("shared", SharedUplift(self.dim, self.epochs, self.lr, self.weight_decay, self.batch_size,
-                                           self.patience, exposure_weight, seed).fit(users, items, t, y, e, val,
-                                                                                          features))
-        if self.learner == "dlce":
-            label = np.where(treated, y, 1 - y).astype(np.float32)
-            prop = np.where(treated, e, 1 - e)
-            return ("dlce", fit_model(np.ones_like(treated), label, prop, method="ips"))
-        mu1 = fit_model(treated, y, e, method=self.arm_method, s=1)
-        mu0 = fit_model(~treated, y, 1 - e, method=self.arm_method, s=2)
-        if self.learner == "t_learner":
-            return ("t", mu1, mu0)
-        m1, m0 = mu1.predict(users, items), mu0.predict(users, items)
-        if self.learner == "x_learner":
-            tau1 = fit_model(treated, (y - m0).astype(np.float32), objective="regression", s=3)
-            tau0 = fit_model(~treated, (m1 - y).astype(np.float32), objective="regression", s=4)
-            return ("x", tau1, tau0, e.mean())
-        pseudo = m1 - m0 + treated * (y - m1) / e - (~treated) * (y - m0) / (1 - e)
-        return ("dr", fit_model(np.ones_like(treated), pseudo.astype(np.float32), objective="regression", s=5))
-
     def fit(self, users, items, treatment, outcome, propensity, user_features: pd.DataFrame | None = None,
             item_features: pd.DataFrame | None = None) -> "UpliftLearner":
         if self.learner not in LEARNERS:
-            raise ValueError(f"unknown uplift learner {self.learner!r}; choose from {LEARNERS}")
+            raise ValueError(f"unknown uplift learner {self.learner!r}; choose from {tuple(LEARNERS)}")
+        if not (self.exposure_weight == "auto" or (isinstance(self.exposure_weight, (int, float))
+                                                   and self.exposure_weight >= 0)):
+            raise ValueError(f"exposure_weight must be a number >= 0 or 'auto', got {self.exposure_weight!r}")
         users, items = np.asarray(users).astype(str), np.asarray(items).astype(str)
         t = np.asarray(treatment).astype(int)
         y = np.asarray(outcome, dtype=np.float32)
@@ -122,42 +220,35 @@ class UpliftLearner:
         for b in range(self.n_bootstrap):
             rows = train_rows if self.n_bootstrap == 1 else rng.choice(train_rows, size=len(train_rows))
             idx = np.concatenate([rows, val_rows])
-            self.members_.append(self._fit_one(users[idx], items[idx], t[idx], y[idx], e[idx], val, self.seed + 10 * b,
-                                               features, exposure_weight))
-            if self.learner == "shared":  # "auto" is decided once, on the first member
-                exposure_weight = self.members_[0][1].exposure_weight_
+            arms = _Arms(self, users[idx], items[idx], t[idx] == 1, y[idx], e[idx], val, self.seed + 10 * b, features,
+                         exposure_weight)
+            self.members_.append(LEARNERS[self.learner].fit(arms))
+            exposure_weight = self.members_[0].extra.get("exposure_weight", exposure_weight)  # "auto": decided once
         return self
-
-    @classmethod
-    def _member_matrix(cls, member, user_ids, item_ids) -> np.ndarray:
-        # The effect on a 0/1 outcome lies in [-1, 1]; regression learners can overshoot it.
-        return np.clip(cls._raw_member_matrix(member, user_ids, item_ids), -1.0, 1.0)
-
-    @staticmethod
-    def _raw_member_matrix(member, user_ids, item_ids) -> np.ndarray:
-        kind, *models = member
-        if kind == "dlce":
-            return 2 * models[0].score_matrix(user_ids, item_ids) - 1
-        if kind == "shared":
-            return models[0].score_matrix(user_ids, item_ids)
-        if kind == "t":
-            return models[0].score_matrix(user_ids, item_ids) - models[1].score_matrix(user_ids, item_ids)
-        if kind == "x":
-            tau1, tau0, g = models
-            return g * tau0.score_matrix(user_ids, item_ids) + (1 - g) * tau1.score_matrix(user_ids, item_ids)
-        return models[0].score_matrix(user_ids, item_ids)
 
     def score_matrix(self, user_ids, item_ids) -> np.ndarray:
         """(users, items) estimated uplift (mean over bootstrap members)."""
-        return np.mean([self._member_matrix(m, user_ids, item_ids) for m in self.members_], 0)
-
+        return np.mean([m.score_matrix(user_ids, item_ids) for m in self.members_], 0)
 
     def predict_interval(self, user_ids, item_ids, alpha: float = 0.1) -> dict:
         """Per (user, item) pair: mean uplift and a (1 - alpha) bootstrap interval (needs n_bootstrap > 1)."""
         users, u_pos = np.unique(np.asarray(user_ids).astype(str), return_inverse=True)
         items, i_pos = np.unique(np.asarray(item_ids).astype(str), return_inverse=True)
-        draws = np.stack([self._member_matrix(m, users, items)[u_pos, i_pos] for m in self.members_])
+        draws = np.stack([m.score_matrix(users, items)[u_pos, i_pos] for m in self.members_])
         return {"mean": draws.mean(0), "lower": np.quantile(draws, alpha / 2, 0), "upper": np.quantile(draws, 1 - alpha / 2, 0)}
+
+    def to_state(self) -> dict:
+        from dataclasses import asdict
+
+        return {"params": {k: v for k, v in asdict(self).items() if k != "members_"},
+                "members": [m.to_state() for m in self.members_]}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "UpliftLearner":
+        model = cls(**state["params"])
+        model.members_ = [LEARNERS[m["learner"]]([DebiasedRecommender.from_state(p) for p in m["parts"]], **m["extra"])
+                          for m in state["members"]]
+        return model
 
 
 def with_exposure_features(users: np.ndarray, items: np.ndarray, propensity: np.ndarray, features: dict) -> dict:
@@ -185,8 +276,9 @@ def with_exposure_features(users: np.ndarray, items: np.ndarray, propensity: np.
 
 @dataclass
 class SharedUplift:
-    """The 'shared' learner: relevance x (1 - organic share), fit jointly on both arms, with an
-    optional exposure head on the relevance factors (see the module docstring)."""
+    """The 'shared' learner's joint fit: relevance x (1 - organic share), fit on both arms, with an
+    optional exposure head on the relevance factors (see the module docstring). `as_recommenders`
+    hands the fitted relevance and organic models to `Shared` (for scoring and persistence)."""
 
     dim: int = 16
     epochs: int = 40
@@ -194,57 +286,40 @@ class SharedUplift:
     weight_decay: float = 1e-4
     batch_size: int = 1024
     patience: int = 4
-    exposure_weight: float | str = "auto"
+    exposure_weight: float = 0.0
     seed: int = 0
+    history: list = field(default_factory=list, init=False)
 
-    def fit(self, users, items, t, y, e, val_mask, features: dict) -> "SharedUplift":
-        """exposure_weight "auto": fit each of AUTO_EXPOSURE_WEIGHTS and keep the one with the lowest
-        outcome loss on the validation rows (the choice is in `exposure_weight_`, every loss in
-        `validation_nll_`)."""
-        from causalrec.causal.debias import _feature_matrix
-        from causalrec.models.ids import IdIndex
-
-        uf, itf = features.get("user_features"), features.get("item_features")
-        self.users_ = IdIndex([*users, *([] if uf is None else uf.index.astype(str))])
-        self.items_ = IdIndex([*items, *([] if itf is None else itf.index.astype(str))])
-        X, Z = _feature_matrix(self.users_, uf), _feature_matrix(self.items_, itf)
-        u, i = self.users_.encode(users), self.items_.encode(items)
-        if self.exposure_weight == "auto":
-            candidates = AUTO_EXPOSURE_WEIGHTS
-        elif isinstance(self.exposure_weight, (int, float)) and self.exposure_weight >= 0:
-            candidates = (float(self.exposure_weight),)
-        else:
-            raise ValueError(f"exposure_weight must be a number >= 0 or 'auto', got {self.exposure_weight!r}")
-        self.validation_nll_ = {}
-        best = None
-        for weight in candidates:
-            val_nll, nets = self._fit_weight(weight, u, i, t, y, e, val_mask, X, Z)
-            self.validation_nll_[weight] = val_nll
-            if best is None or val_nll < best[0]:
-                best = (val_nll, weight, nets)
-        _, self.exposure_weight_, (self.relevance_, self.organic_, self.exposure_, self.alpha_) = best
-        return self
-
-    def _fit_weight(self, weight, u, i, t, y, e, val_mask, X, Z):
-        """One fit with exposure-head weight `weight`; early stopping on the validation outcome loss."""
+    def fit(self, users, items, t, y, e, val_mask, features: dict, warm_start: "SharedUplift | None" = None):
+        """Early stopping on the outcome loss of the validation rows (`val_mask`)."""
         import torch
         import torch.nn.functional as F
 
+        from causalrec.causal.debias import feature_matrix
+        from causalrec.causal.training import adam, train_loop
         from causalrec.models.factor import FactorModel
+        from causalrec.models.ids import IdIndex
 
+        if not (isinstance(self.exposure_weight, (int, float)) and self.exposure_weight >= 0):
+            raise ValueError(f"exposure_weight must be a number >= 0 or 'auto', got {self.exposure_weight!r}")
+        weight = self.exposure_weight_ = float(self.exposure_weight)
+        uf, itf = features.get("user_features"), features.get("item_features")
+        self.users_ = IdIndex([*users, *([] if uf is None else uf.index.astype(str))])
+        self.items_ = IdIndex([*items, *([] if itf is None else itf.index.astype(str))])
+        X, Z = feature_matrix(self.users_, uf), feature_matrix(self.items_, itf)
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
-        n_users, n_items = len(self.users_), len(self.items_)
-        relevance = FactorModel(n_users, n_items, self.dim, X, Z)
-        organic = FactorModel(n_users, n_items, 0, X, Z)
+        net = lambda dim: FactorModel(len(self.users_), len(self.items_), dim, X, Z)  # noqa: E731
         # Exposure head: its own biases and feature terms, plus alpha x the relevance interaction.
-        exposure = FactorModel(n_users, n_items, 0, X, Z)
-        alpha = torch.nn.Parameter(torch.ones(1))
-        params = [*relevance.parameters(), *organic.parameters()]
-        if weight > 0:
-            params += [*exposure.parameters(), alpha]
-        opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        u, i = torch.as_tensor(u), torch.as_tensor(i)
+        self.modules_ = {"relevance": net(self.dim), "organic": net(0), "exposure": net(0)}
+        self.modules_["exposure"].register_parameter("alpha", torch.nn.Parameter(torch.ones(1)))
+        if warm_start is not None:
+            for k, m in self.modules_.items():
+                m.load_state_dict(warm_start.modules_[k].state_dict())
+        relevance, organic, exposure = self.modules_.values()
+        opt = adam([p for k, m in self.modules_.items() if k != "exposure" or weight > 0 for p in m.parameters()],
+                   self.lr, self.weight_decay)
+        u, i = torch.as_tensor(self.users_.encode(users)), torch.as_tensor(self.items_.encode(items))
         tt, yt = torch.as_tensor(t, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
         et = torch.as_tensor(e, dtype=torch.float32)
 
@@ -258,46 +333,29 @@ class SharedUplift:
             outcome_nll = F.binary_cross_entropy(p, yt[idx])
             if weight == 0:
                 return outcome_nll, outcome_nll
-            exposure_logit = alpha * interaction + exposure(u[idx], i[idx])
-            exposure_ce = F.binary_cross_entropy_with_logits(exposure_logit, et[idx])
-            return outcome_nll, outcome_nll + weight * exposure_ce
+            exposure_logit = exposure.alpha * interaction + exposure(u[idx], i[idx])
+            return outcome_nll, outcome_nll + weight * F.binary_cross_entropy_with_logits(exposure_logit, et[idx])
 
-        fit_idx, val_idx = np.flatnonzero(~val_mask), torch.as_tensor(np.flatnonzero(val_mask))
-        best, best_state, bad = np.inf, None, 0
-        nets = (relevance, organic, exposure)
-        for _ in range(self.epochs):
-            perm = torch.as_tensor(rng.permutation(fit_idx))
-            for start in range(0, len(perm), self.batch_size):
-                loss = losses(perm[start:start + self.batch_size])[1]
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            with torch.no_grad():  # early stopping watches the outcome only
-                v = float(losses(val_idx)[0])
-            if v < best - 1e-5:
-                best, bad = v, 0
-                best_state = [{k: x.clone() for k, x in net.state_dict().items()} for net in nets]
-                best_alpha = float(alpha.detach())
-            else:
-                bad += 1
-                if bad >= self.patience:
-                    break
-        if best_state is not None:
-            for net, state in zip(nets, best_state):
-                net.load_state_dict(state)
-            alpha = torch.tensor([best_alpha])
-        return best, (relevance, organic, exposure, alpha.detach())
+        def step(b):
+            loss = losses(b)[1]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss.item(), len(b)
 
-    def score_matrix(self, user_ids, item_ids) -> np.ndarray:
-        import torch
+        fit_idx, val_idx = torch.as_tensor(np.flatnonzero(~val_mask)), torch.as_tensor(np.flatnonzero(val_mask))
+        batches = minibatches(len(fit_idx), self.batch_size, rng)
+        self.history = train_loop(step, lambda: (fit_idx[b] for b in batches()), self.epochs, self.modules_,
+                                  lambda: losses(val_idx)[0], self.patience)  # early stopping watches the outcome only
+        return self
 
-        u = torch.as_tensor(np.maximum(self.users_.encode(np.asarray(user_ids).astype(str)), 0))
-        i = torch.as_tensor(np.maximum(self.items_.encode(np.asarray(item_ids).astype(str)), 0))
-        with torch.no_grad():
-            P, bu = self.relevance_.user_vectors(u)
-            Q, bi = self.relevance_.item_vectors(i)
-            r = torch.sigmoid(P @ Q.T + bu[:, None] + bi[None, :] + self.relevance_.global_bias)
-            _, ou = self.organic_.user_vectors(u)
-            _, oi = self.organic_.item_vectors(i)
-            s = torch.sigmoid(ou[:, None] + oi[None, :] + self.organic_.global_bias)
-        return (r * (1 - s)).numpy()
+    def as_recommenders(self) -> list[DebiasedRecommender]:
+        """Relevance r and organic share s as relevance-type models over the same ids."""
+        out = []
+        for key in ("relevance", "organic"):
+            m = DebiasedRecommender("naive", dim=self.modules_[key].user.embedding_dim, seed=self.seed)
+            m.users_, m.items_, m.net_ = self.users_, self.items_, self.modules_[key]
+            m.trained_users_, m.trained_items_ = np.ones(len(self.users_), bool), np.ones(len(self.items_), bool)
+            m.history = self.history if key == "relevance" else []
+            out.append(m)
+        return out

@@ -1,4 +1,4 @@
-"""Recommender backbones (factor model: MF / two-tower) and the popularity baseline."""
-from causalrec.models.mf import Popularity, load_model
+"""Backbones and the non-personalised baseline."""
+from causalrec.models.mf import Popularity
 
-__all__ = ["Popularity", "load_model"]
+__all__ = ["Popularity"]

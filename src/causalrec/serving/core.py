@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from causalrec.models import load_model
+from causalrec.persistence import load_model
 from causalrec.policy import ExplorationPolicy
 from causalrec.serving.privacy import pseudonym_key, pseudonymize
 from causalrec.serving.scoring import CatalogueScorer

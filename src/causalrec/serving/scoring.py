@@ -2,8 +2,8 @@
 mat-vec and a top-K. New items (text only) are appended through the model's item tower.
 
 Every trained model reduces to `FactorTerm`s, each score(u, ·) = link(Q p_u + b_item + b_u + g):
-a relevance model is one term; the uplift learners combine terms (T: mu1 - mu0; X: a weighted
-sum; DLCE: 2 sigma - 1; shared: r (1 - s)).
+a relevance model is one term; an uplift learner's member combines its parts' terms with its own
+`combine` (T: mu1 - mu0; X: a weighted sum; DLCE: 2 sigma - 1; shared: r (1 - s)).
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ class CatalogueScorer:
     """scores(user_id) -> (n_items,) for any causalrec model, over a fixed (extensible) catalogue."""
 
     def __init__(self, model, item_ids):
-        from causalrec.causal.uplift import SharedUplift, UpliftLearner
+        from causalrec.causal.uplift import UpliftLearner
         from causalrec.models import Popularity
 
         self.kind = type(model).__name__
@@ -83,32 +83,13 @@ class CatalogueScorer:
         elif isinstance(model, DebiasedRecommender):
             self.parts, self.combine = [_term(model, item_ids)], lambda s: s[0]
         elif isinstance(model, UpliftLearner):
+            # Each member says which relevance-type parts it has and how they combine (causal/uplift.py).
             self.parts, combines = [], []
-            for kind, *models in model.members_:
+            for member in model.members_:
                 start = len(self.parts)
-                if kind == "shared":
-                    sh: SharedUplift = models[0]
-                    rel = FactorTerm(sh.relevance_, sh.users_, sh.items_, np.ones(len(sh.users_), bool),
-                                     np.ones(len(sh.items_), bool), item_ids, "sigmoid")
-                    org = FactorTerm(sh.organic_, sh.users_, sh.items_, np.ones(len(sh.users_), bool),
-                                     np.ones(len(sh.items_), bool), item_ids, "sigmoid")
-                    self.parts += [rel, org]
-                    combines.append(lambda s, a=start: s[a] * (1 - s[a + 1]))
-                elif kind == "dlce":
-                    self.parts.append(_term(models[0], item_ids))
-                    combines.append(lambda s, a=start: 2 * s[a] - 1)
-                elif kind == "t":
-                    self.parts += [_term(models[0], item_ids), _term(models[1], item_ids)]
-                    combines.append(lambda s, a=start: s[a] - s[a + 1])
-                elif kind == "x":
-                    self.parts += [_term(models[0], item_ids), _term(models[1], item_ids)]
-                    g = models[2]
-                    combines.append(lambda s, a=start, g=g: g * s[a + 1] + (1 - g) * s[a])
-                else:
-                    self.parts.append(_term(models[0], item_ids))
-                    combines.append(lambda s, a=start: s[a])
-            # The effect on a 0/1 outcome lies in [-1, 1]; regression learners can overshoot it.
-            combines = [lambda s, c=c: np.clip(c(s), -1.0, 1.0) for c in combines]
+                self.parts += [_term(part, item_ids) for part in member.parts]
+                # The effect on a 0/1 outcome lies in [-1, 1]; regression learners can overshoot it.
+                combines.append(lambda s, a=start, n=len(member.parts), c=member.combine: np.clip(c(s[a:a + n]), -1, 1))
             self.combine = lambda s: np.mean([c(s) for c in combines], 0)
             self.member_combines = combines  # per-member values, for intervals
         else:

@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-import torch  # noqa: E402
+import torch
 
 
 class EncoderError(ValueError):

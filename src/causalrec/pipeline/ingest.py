@@ -1,0 +1,45 @@
+"""Stages ingest (raw tables into data/, ground truth apart) and validate (Great Expectations)."""
+from __future__ import annotations
+
+import shutil
+
+from causalrec.config import Params
+from causalrec.io import atomic_write_json
+from causalrec.pipeline.paths import StageError, stage_paths
+
+def ingest(params: Params) -> dict:
+    """Write the raw tables to data/ (simulator, Coat or a parquet directory); ground truth goes apart."""
+    d = stage_paths(params)
+    src = params.ingest
+    if src.source == "simulator":
+        from causalrec.data.simulate import simulate
+
+        summary = simulate(params.simulation_config(), d["data"], d["truth"])
+    elif src.source == "coat":
+        from causalrec.data.sources import ingest_ratings
+
+        if src.source_path is None:
+            raise StageError("ingest.source is 'coat' but ingest.source_path is not set")
+        summary = ingest_ratings(src.source_path, d["data"], d["truth"], seed=params.seed, uniform_share=src.uniform_share)
+    else:
+        from causalrec.data.sources import ingest_parquet, ingest_test_pairs
+
+        if src.source_path is None:
+            raise StageError("ingest.source is 'parquet' but ingest.source_path is not set")
+        shutil.rmtree(d["truth"], ignore_errors=True)
+        summary = ingest_parquet(src.source_path, d["data"])
+        if src.test_path is not None:
+            summary["test_pairs"] = ingest_test_pairs(src.test_path, d["truth"])
+    summary = {"source": src.source, **summary}
+    d["truth"].mkdir(parents=True, exist_ok=True)
+    atomic_write_json(d["truth"] / "ingest.json", summary)
+    return summary
+
+
+# ------------------------------------------------------------------------------------- validate
+def validate(params: Params) -> dict:
+    """Run the Great Expectations suites; raises ValidationFailed (nothing downstream runs)."""
+    from causalrec.validation import validate_data
+
+    return validate_data(params.paths.data_dir, stage_paths(params)["validation"],
+                         max_examples=params.validate_.max_examples, min_rows=params.validate_.min_rows)

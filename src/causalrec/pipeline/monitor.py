@@ -1,0 +1,34 @@
+"""Stage monitor: Evidently drift report on what was shown."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from causalrec.config import Params
+from causalrec.data.schema import INTERACTIONS, ITEMS, read_table
+from causalrec.pipeline.paths import require, stage_paths
+
+def monitor(params: Params, interactions: pd.DataFrame | None = None) -> dict:
+    """Evidently drift report on what was shown: the earliest vs latest window of the log, with
+    prediction drift and (given item embeddings) the similarity of shown items to each user's history."""
+    from causalrec.persistence import load_model
+    from causalrec.monitoring.drift import drift_report, history_similarity, time_windows
+
+    d = stage_paths(params)
+    inter = interactions if interactions is not None else read_table(d["data"], INTERACTIONS)
+    items = read_table(d["data"], ITEMS)
+    keep = [c for c in ("item_id", "category", "price") if c in items.columns]
+    frame = inter.merge(items[keep], on="item_id", how="left")
+    metrics_path = d["metrics"]
+    if metrics_path.exists():
+        best = json.loads(metrics_path.read_text())["chosen"]["model"]
+        model = load_model(require(d["models"] / f"{best}.pt", "monitor"))
+        frame["prediction"] = model.predict(frame["user_id"].to_numpy(), frame["item_id"].to_numpy())
+    ref, cur = time_windows(frame, params.monitor.window_fraction)
+    ref, cur = ref[ref["exposed"] == 1], cur[cur["exposed"] == 1]
+    if (d["embeddings"] / "items.npy").exists():
+        index = pd.read_parquet(d["embeddings"] / "items_index.parquet")["item_id"]
+        ref, cur = history_similarity(ref, cur, index, np.load(d["embeddings"] / "items.npy"))
+    return drift_report(ref, cur, d["monitor"], params.monitor.drift_share, tuple(params.monitor.key_columns))

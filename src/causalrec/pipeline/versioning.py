@@ -1,0 +1,40 @@
+"""Data versions: `dvc add` / `dvc push` of data/ and the md5 DVC recorded."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from causalrec.config import Params
+from causalrec.pipeline.paths import StageError
+
+def _dvc(root: Path, *args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise StageError(f"dvc {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return proc.stdout
+
+
+def data_hash(params: Params) -> str | None:
+    """The md5 DVC recorded for data/ in data.dvc (None before the data is versioned)."""
+    import yaml
+
+    dvc_file = params.root / "data.dvc"
+    if not dvc_file.exists():
+        return None
+    outs = yaml.safe_load(dvc_file.read_text()).get("outs", [])
+    return outs[0].get("md5") if outs else None
+
+
+def version_data(params: Params, push: bool = True) -> dict:
+    """`dvc add data` (+ `dvc push` to the default remote): the data version the run trains on."""
+    root = params.root
+    if not (root / ".dvc").is_dir():
+        raise StageError(f"{root} is not a DVC repository (no .dvc/); run `dvc init` there first")
+    _dvc(root, "add", "--quiet", os.path.relpath(params.paths.data_dir, root))
+    pushed = None
+    if push:
+        out = _dvc(root, "push", "--jobs", "2")
+        pushed = out.strip().splitlines()[-1] if out.strip() else "up to date"
+    return {"data_md5": data_hash(params), "pushed": pushed}
