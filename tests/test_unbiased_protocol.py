@@ -118,13 +118,23 @@ def test_parquet_source_with_own_test_set_evaluates(tmp_path, tiny_encoder):
     tables["test"].rename(columns={"y1": "outcome"})[["user_id", "item_id", "outcome"]].to_parquet(tmp_path / "ab.parquet")
     root = make_project(tmp_path / "p", tiny_encoder, git=False,
                         ingest={"source": "parquet", "source_path": str(own), "test_path": str(tmp_path / "ab.parquet")},
-                        train={"models": ["popularity", "mf_naive"], "exposure_weight": 0.0}, uplift={"enabled": False})
+                        train={"models": ["popularity", "mf_naive"], "exposure_weight": "auto"}, uplift={"enabled": False})
     params = load_params(root / "params.yaml")
     for stage in ("ingest", "validate", "embed", "propensity", "train", "evaluate"):
         pipeline.STAGES[stage](params)
     metrics = json.loads((root / "artifacts" / "metrics.json").read_text())
     assert metrics["protocol"] == "randomized test pairs"
     assert {"auc", "ndcg@10", "recall@10"} <= set(metrics["models"]["mf_naive"])
+    # exposure_weight auto: the search's choice is what was saved, reported and is the lowest validation loss.
+    from causalrec.causal.debias import AUTO_EXPOSURE_WEIGHTS
+    from causalrec.persistence import load_model
+
+    saved = load_model(root / "artifacts" / "models" / "mf_naive.pt")
+    losses = saved.search_["validation_loss"]
+    assert set(losses) == {str(float(w)) for w in AUTO_EXPOSURE_WEIGHTS}
+    chosen = float(min(losses, key=losses.get))
+    assert saved.exposure_weight_ == chosen
+    assert json.loads((root / "artifacts" / "models" / "train.json").read_text())["mf_naive"]["exposure_weight"] == chosen
     # A test set without both outcomes is refused by name.
     tables["test"].assign(outcome=1)[["user_id", "item_id", "outcome"]].to_parquet(tmp_path / "bad.parquet")
     bad = params.model_copy(update={"ingest": params.ingest.model_copy(update={"test_path": tmp_path / "bad.parquet"})})

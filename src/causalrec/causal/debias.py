@@ -138,31 +138,33 @@ class DebiasedRecommender:
                 opt_g = adam(imputer.parameters(), self.lr, self.weight_decay)
 
         def step(b):
-            logits = self.net_(u[b], i[b])
-            e, pb = self._loss(logits, yt[b]), p[b]
+            n, ub, ib, pb = len(b), u[b], i[b], p[b]
             if self.method in DR_METHODS:
-                if self.method != "dr":  # 1) joint learning: g learns to predict f's error on the observed pairs
-                    g_obs = torch.sigmoid(imputer(u[b], i[b]))
-                    e_hat = F.binary_cross_entropy(torch.sigmoid(logits.detach()), g_obs, reduction="none")
-                    opt_g.zero_grad()
-                    imputer_loss(self.method, e, e_hat, pb).backward()
-                    opt_g.step()
-                with torch.no_grad():  # the (updated) imputation on the observed pairs
-                    g_obs = torch.sigmoid(imputer(u[b], i[b]))
-                # 2) prediction step: imputed errors on a population sample + propensity-weighted correction
-                m = len(b) * self.imputation_ratio
-                if pop_u is None:  # D = every user x item pair: sample pairs, never materialise them
+                # One forward over the observed pairs and a population sample (D = every user x item
+                # pair is sampled, never materialised): one gather and one scatter per table.
+                m = n * self.imputation_ratio
+                if pop_u is None:
                     su = torch.as_tensor(rng.integers(len(self.users_), size=m))
                     si = torch.as_tensor(rng.integers(len(self.items_), size=m))
                 else:
                     k = torch.as_tensor(rng.integers(len(pop_u), size=m))
                     su, si = pop_u[k], pop_i[k]
-                with torch.no_grad():
-                    g_pop = torch.sigmoid(imputer(su, si))
-                batch = Batch(e, pb, e_hat_obs=F.binary_cross_entropy_with_logits(logits, g_obs, reduction="none"),
-                              e_hat_pop=F.binary_cross_entropy_with_logits(self.net_(su, si), g_pop, reduction="none"),
-                              obs_share=obs_share)
+                uu, ii = torch.cat([ub, su]), torch.cat([ib, si])
+                out = self.net_(uu, ii)
+                logits = out[:n]
+                e = self._loss(logits, yt[b])
+                if self.method != "dr":  # 1) joint learning: g learns to predict f's error on the observed pairs
+                    g_obs = torch.sigmoid(imputer(ub, ib))
+                    e_hat = F.binary_cross_entropy(torch.sigmoid(logits.detach()), g_obs, reduction="none")
+                    opt_g.zero_grad()
+                    imputer_loss(self.method, e, e_hat, pb).backward()
+                    opt_g.step()
+                with torch.no_grad():  # 2) the (updated) imputation on observed and population pairs
+                    g = torch.sigmoid(imputer(uu, ii))
+                e_hat = F.binary_cross_entropy_with_logits(out, g, reduction="none")
+                batch = Batch(e, pb, e_hat_obs=e_hat[:n], e_hat_pop=e_hat[n:], obs_share=obs_share)
             else:
+                e = self._loss(self.net_(ub, ib), yt[b])
                 batch = Batch(e, pb)
             loss = LOSSES[self.method](batch)
             if self.exposure_weight_ > 0:

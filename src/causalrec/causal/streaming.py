@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from causalrec.causal.debias import DebiasedRecommender
 from causalrec.causal.losses import DR_METHODS, LOSSES, Batch, imputer_loss
-from causalrec.causal.training import train_loop
+from causalrec.causal.training import adam, train_loop
 from causalrec.models.factor import FactorModel
 from causalrec.models.ids import IdIndex
 
@@ -35,16 +35,29 @@ STREAMING_METHODS = tuple(LOSSES)
 COLUMNS = ["user_id", "item_id", "exposed", "outcome", "propensity"]
 
 
-def _sparse_net(n_users: int, n_items: int, dim: int, lr: float):
-    net = FactorModel(n_users, n_items, dim, sparse=True)
+# Sparse embedding gradients make a step O(batch) instead of O(catalogue), but SparseAdam pays a
+# sort per table per step: measured on 2 cores (benchmarks/train_speed.py), dense Adam is faster
+# while the catalogue has fewer rows than about 8 batches.
+SPARSE_ABOVE_BATCHES = 8
+
+
+def _factor_net(n_users: int, n_items: int, dim: int, lr: float, batch_size: int):
+    """The model and its optimisers; no weight decay in either (L2 on the touched rows, `_scores`)."""
+    sparse = n_users + n_items > SPARSE_ABOVE_BATCHES * batch_size
+    net = FactorModel(n_users, n_items, dim, sparse=sparse)
+    if not sparse:
+        return net, (adam(net.parameters(), lr, 0.0),)
     sparse_params = [net.user.weight, net.item.weight, net.user_bias.weight, net.item_bias.weight]
-    return net, (torch.optim.SparseAdam(sparse_params, lr=lr), torch.optim.Adam([net.global_bias], lr=lr))
+    return net, (torch.optim.SparseAdam(sparse_params, lr=lr), adam([net.global_bias], lr, 0.0))
 
 
-def _l2(net: FactorModel, u: torch.Tensor, i: torch.Tensor, weight_decay: float) -> torch.Tensor:
-    """L2 on the rows a batch touches (SparseAdam has no weight decay)."""
-    return weight_decay * (net.user(u).pow(2).sum(-1) + net.item(i).pow(2).sum(-1) + net.user_bias(u).pow(2).squeeze(-1)
-                           + net.item_bias(i).pow(2).squeeze(-1)).mean()
+def _scores(net: FactorModel, u: torch.Tensor, i: torch.Tensor, weight_decay: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, L2 penalty on the rows the batch touches): SparseAdam has no weight decay. One lookup
+    per table serves both, so each table gets one sparse gradient per step (no sparse additions)."""
+    P, bu = net.user_vectors(u)
+    Q, bi = net.item_vectors(i)
+    l2 = weight_decay * (P.pow(2).sum(-1) + Q.pow(2).sum(-1) + bu.pow(2) + bi.pow(2)).mean()
+    return (P * Q).sum(-1) + bu + bi + net.global_bias, l2
 
 
 def _step(optimizers, loss: torch.Tensor) -> None:
@@ -55,8 +68,9 @@ def _step(optimizers, loss: torch.Tensor) -> None:
         opt.step()
 
 
-def _codes(values, categories: pd.Index) -> np.ndarray:
-    return pd.Categorical(values, categories=categories).codes.astype(np.int64)
+def _codes(values: pa.Array, categories: pa.Array) -> np.ndarray:
+    """Positions of `values` in `categories` (-1 when absent): Arrow's hash lookup, no Python strings."""
+    return pc.index_in(pc.cast(values, pa.string()), value_set=categories).fill_null(-1).to_numpy().astype(np.int64)
 
 
 def open_log(interactions: str | Path) -> list[pq.ParquetFile]:
@@ -75,7 +89,7 @@ def open_log(interactions: str | Path) -> list[pq.ParquetFile]:
     return files
 
 
-def _chunks(source: list[pq.ParquetFile], chunk_rows: int, u_cat: pd.Index, i_cat: pd.Index, clip: float, exposed_only: bool,
+def _chunks(source: list[pq.ParquetFile], chunk_rows: int, u_cat: pa.Array, i_cat: pa.Array, clip: float, exposed_only: bool,
             rng: np.random.Generator, progress: bool, desc: str):
     """Yield (u, i, exposed, y, p, shuffled order) per chunk as tensors."""
     from tqdm.auto import tqdm
@@ -86,8 +100,8 @@ def _chunks(source: list[pq.ParquetFile], chunk_rows: int, u_cat: pd.Index, i_ca
             batch = batch.filter(pc.equal(batch["exposed"], 1))
         if batch.num_rows == 0:
             continue
-        u = _codes(batch["user_id"].to_numpy(zero_copy_only=False), u_cat)
-        i = _codes(batch["item_id"].to_numpy(zero_copy_only=False), i_cat)
+        u = _codes(batch["user_id"], u_cat)
+        i = _codes(batch["item_id"], i_cat)
         if (u < 0).any() or (i < 0).any():
             raise ValueError("interactions reference user/item ids outside the given catalogue")
         o = batch["exposed"].to_numpy().astype(bool)
@@ -111,9 +125,8 @@ def fit_streaming(model: DebiasedRecommender, interactions: str | Path, user_ids
     torch.manual_seed(model.seed)
     rng = np.random.default_rng(model.seed)
     model.users_, model.items_ = IdIndex(user_ids), IdIndex(item_ids)
-    u_cat, i_cat = pd.Index(model.users_.ids), pd.Index(model.items_.ids)
-    # Sparse embedding gradients: a step costs O(batch), not O(catalogue), so epochs scale with rows.
-    net, opts = _sparse_net(len(u_cat), len(i_cat), model.dim, model.lr)
+    u_cat, i_cat = pa.array(model.users_.ids.tolist(), pa.string()), pa.array(model.items_.ids.tolist(), pa.string())
+    net, opts = _factor_net(len(u_cat), len(i_cat), model.dim, model.lr, model.batch_size)
     model.net_ = net
     model.trained_users_ = np.zeros(len(u_cat), bool)
     model.trained_items_ = np.zeros(len(i_cat), bool)
@@ -136,24 +149,25 @@ def fit_streaming(model: DebiasedRecommender, interactions: str | Path, user_ids
         return epoch
 
     if doubly_robust:
-        imputer, imputer_opts = _sparse_net(len(u_cat), len(i_cat), model.dim, model.lr)
+        imputer, imputer_opts = _factor_net(len(u_cat), len(i_cat), model.dim, model.lr, model.batch_size)
         if model.method == "dr":  # fixed imputation: one naive pass over the observed labels, then frozen
             def imputer_step(batch):
                 u, i, _, y, _ = batch
-                g_loss = F.binary_cross_entropy_with_logits(imputer(u, i), y)
-                _step(imputer_opts, g_loss + _l2(imputer, u, i, wd))
+                g_logits, l2 = _scores(imputer, u, i, wd)
+                g_loss = F.binary_cross_entropy_with_logits(g_logits, y)
+                _step(imputer_opts, g_loss + l2)
                 return g_loss.item(), len(u)
             train_loop(imputer_step, batches(True, "imputation"), 1, {"imputer": imputer})
 
     def step(batch):
         u, i, o, y, p = batch
-        logits = net(u, i)
+        logits, l2 = _scores(net, u, i, wd)
         if doubly_robust:  # a batch of population rows; o marks the exposed ones
             e_obs = model._loss(logits[o], y[o])
-            g_obs = torch.sigmoid(imputer(u[o], i[o]))
             if model.method != "dr" and o.any():  # joint learning: g learns f's error on the exposed rows
-                e_hat = F.binary_cross_entropy(torch.sigmoid(logits[o].detach()), g_obs, reduction="none")
-                _step(imputer_opts, imputer_loss(model.method, e_obs, e_hat, p[o]) + _l2(imputer, u[o], i[o], wd))
+                g_logits, g_l2 = _scores(imputer, u[o], i[o], wd)
+                e_hat = F.binary_cross_entropy(torch.sigmoid(logits[o].detach()), torch.sigmoid(g_logits), reduction="none")
+                _step(imputer_opts, imputer_loss(model.method, e_obs, e_hat, p[o]) + g_l2)
             with torch.no_grad():
                 g = torch.sigmoid(imputer(u, i))
             e_hat = F.binary_cross_entropy_with_logits(logits, g, reduction="none")
@@ -161,7 +175,7 @@ def fit_streaming(model: DebiasedRecommender, interactions: str | Path, user_ids
         else:
             batch = Batch(model._loss(logits, y), p)
         loss = LOSSES[model.method](batch)
-        _step(opts, loss + _l2(net, u, i, wd))
+        _step(opts, loss + l2)
         return loss.item(), len(u)
 
     exposed_per_epoch.clear()  # count the training epochs only (not the imputation pass)

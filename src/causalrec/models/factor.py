@@ -36,9 +36,14 @@ class FactorModel(nn.Module):
             if tower is not None:
                 nn.init.normal_(tower.weight, std=0.01)
 
+    def _rows(self, table: nn.Embedding, idx: torch.Tensor) -> torch.Tensor:
+        # index_select's backward (index_add) is about 25% faster on CPU than the dense embedding
+        # backward; sparse tables keep the embedding op (sparse gradients for SparseAdam).
+        return table(idx) if table.sparse else table.weight.index_select(0, idx)
+
     def user_vectors(self, u: torch.Tensor, known: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(embedding, bias) of user rows u; `known` = False zeroes the id part (cold users)."""
-        p, b = self.user(u), self.user_bias(u).squeeze(-1)
+        p, b = self._rows(self.user, u), self._rows(self.user_bias, u).squeeze(-1)
         if known is not None:
             p, b = p * known[:, None], b * known
         if self.user_tower is not None:
@@ -47,7 +52,7 @@ class FactorModel(nn.Module):
         return p, b
 
     def item_vectors(self, i: torch.Tensor, known: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        q, b = self.item(i), self.item_bias(i).squeeze(-1)
+        q, b = self._rows(self.item, i), self._rows(self.item_bias, i).squeeze(-1)
         if known is not None:
             q, b = q * known[:, None], b * known
         if self.item_tower is not None:
