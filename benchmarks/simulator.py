@@ -80,7 +80,8 @@ def fit_scores(name, kw, seed, inter, text, user_ids, item_ids, batch_size) -> t
         m.fit(*(fit[c].to_numpy() for c in cols), val=(*(val[c].to_numpy() for c in cols), None), **text)
         return m.score_matrix(user_ids, item_ids), {}
     kw = {"learner": name, **kw}
-    m = UpliftLearner(kw.pop("learner"), arm_method="naive", batch_size=batch_size, seed=seed, **kw).fit(
+    m = UpliftLearner(kw.pop("learner"), arm_method="naive", dim=16, epochs=40, lr=0.005, batch_size=batch_size,
+                      seed=seed, **kw).fit(
         inter["user_id"], inter["item_id"], inter["treatment"], inter["outcome"], inter["propensity"], **text)
     extra = {k: v for k, v in m.members_[0].extra.items() if k == "exposure_weight"}
     return m.score_matrix(user_ids, item_ids), extra

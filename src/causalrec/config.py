@@ -30,6 +30,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
+    # Each section below lists its own keys with their types and bounds; some look alike in shape
+    # (e.g. Uplift and Serve), but they are different keys: nothing to factor out.
     # Numbers must be finite: `.inf` or `.nan` in params.yaml is a mistake, not a setting.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from causalrec.causal.losses import DR_METHODS, LOSSES, METHODS, Batch, imputer_loss
-from causalrec.causal.training import ValidationSearch, adam, minibatches, train_loop
+from causalrec.causal.training import FitSettings, ValidationSearch, adam, minibatches, train_loop
 from causalrec.models.factor import FactorModel
 from causalrec.models.ids import IdIndex
 
@@ -49,18 +49,11 @@ def _ids(*groups) -> list[str]:
 
 
 @dataclass
-class DebiasedRecommender:
+class DebiasedRecommender(FitSettings):
     method: str = "naive"
-    dim: int = 32
-    epochs: int = 30
-    lr: float = 0.01
-    weight_decay: float = 1e-4
-    batch_size: int = 4096
-    patience: int = 4
     imputation_ratio: int = 4     # population pairs sampled per observed pair (DR family)
     objective: str = "binary"     # binary: BCE, predictions are probabilities; regression: squared error
     exposure_weight: float = 0.0  # weight of the exposure head (needs exposure_log); auto: auto_exposure_weight
-    seed: int = 0
     history: list = field(default_factory=list, init=False)
 
     def _check(self, propensity):

@@ -17,11 +17,30 @@ tests/test_uplift.py, where the cold fits rightly choose one).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Iterable
 
 import numpy as np
 import torch
+
+
+@dataclass(kw_only=True)
+class FitSettings:
+    """The settings every learner trains with (relevance, uplift, streaming): one place for their
+    defaults; each learner adds its own fields (keyword-only here, so a learner's own first field
+    stays positional, e.g. DebiasedRecommender("ips", dim=8))."""
+
+    dim: int = 32
+    epochs: int = 30
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    batch_size: int = 4096
+    patience: int = 4
+    seed: int = 0
+
+    def fit_settings(self, **override) -> dict:
+        """These settings as keyword arguments (for the models a learner fits inside itself)."""
+        return {**{f.name: getattr(self, f.name) for f in fields(FitSettings)}, **override}
 
 
 def adam(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from causalrec.causal.debias import DebiasedRecommender, auto_exposure_weight
-from causalrec.causal.training import minibatches
+from causalrec.causal.training import FitSettings, minibatches
 
 
 class UpliftMember:
@@ -125,10 +125,8 @@ class Shared(UpliftMember):
 
     @classmethod
     def fit(cls, arms: "_Arms") -> "Shared":
-        learner = arms.learner
-        sh = SharedUplift(learner.dim, learner.epochs, learner.lr, learner.weight_decay, learner.batch_size,
-                          learner.patience, 0.0 if arms.exposure_weight == "auto" else float(arms.exposure_weight),
-                          arms.seed)
+        sh = SharedUplift(**arms.learner.fit_settings(seed=arms.seed),
+                          exposure_weight=0.0 if arms.exposure_weight == "auto" else float(arms.exposure_weight))
         args = (arms.users, arms.items, arms.treated.astype(int), arms.y, arms.e, arms.val, arms.features)
         search = getattr(sh, "search_", None)
         if arms.exposure_weight == "auto":
@@ -159,9 +157,7 @@ class _Arms:
     exposure_weight: float | str
 
     def fit_model(self, mask, target, prop=None, objective="binary", method="naive", s=0) -> DebiasedRecommender:
-        L = self.learner
-        m = DebiasedRecommender(method, dim=L.dim, epochs=L.epochs, lr=L.lr, weight_decay=L.weight_decay,
-                                batch_size=L.batch_size, patience=L.patience, objective=objective, seed=self.seed + s)
+        m = DebiasedRecommender(method, objective=objective, **self.learner.fit_settings(seed=self.seed + s))
         fit, vm = ~self.val & mask, self.val & mask
         return m.fit(self.users[fit], self.items[fit], target[fit], None if prop is None else prop[fit],
                      val=(self.users[vm], self.items[vm], target[vm], None if prop is None else prop[vm]),
@@ -175,20 +171,13 @@ class _Arms:
 
 
 @dataclass
-class UpliftLearner:
+class UpliftLearner(FitSettings):
     learner: str = "dr_learner"
-    dim: int = 16
-    epochs: int = 40
-    lr: float = 0.005
-    weight_decay: float = 1e-4
-    batch_size: int = 1024
-    patience: int = 4
     n_bootstrap: int = 1
     arm_method: str = "ips"       # weighting of the outcome models mu1/mu0: "ips" (to the population) or "naive"
     clip: float = 0.01
     exposure_features: bool = True
     exposure_weight: float | str = "auto"  # shared learner: exposure-head weight, >= 0, or "auto" (validation)
-    seed: int = 0
     members_: list = field(default_factory=list, init=False, repr=False)
 
     def fit(self, users, items, treatment, outcome, propensity, user_features: pd.DataFrame | None = None,
@@ -275,19 +264,12 @@ def with_exposure_features(users: np.ndarray, items: np.ndarray, propensity: np.
 
 
 @dataclass
-class SharedUplift:
+class SharedUplift(FitSettings):
     """The 'shared' learner's joint fit: relevance x (1 - organic share), fit on both arms, with an
     optional exposure head on the relevance factors (see the module docstring). `as_recommenders`
     hands the fitted relevance and organic models to `Shared` (for scoring and persistence)."""
 
-    dim: int = 16
-    epochs: int = 40
-    lr: float = 0.005
-    weight_decay: float = 1e-4
-    batch_size: int = 1024
-    patience: int = 4
     exposure_weight: float = 0.0
-    seed: int = 0
     history: list = field(default_factory=list, init=False)
 
     def fit(self, users, items, t, y, e, val_mask, features: dict, warm_start: "SharedUplift | None" = None):

@@ -86,6 +86,8 @@ _GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(15)
 _GH_WEIGHTS = _GH_WEIGHTS / _GH_WEIGHTS.sum()
 
 
+# A typed list of the simulator's knobs. (Same shape as other configs, e.g. text.finetune.FinetuneConfig:
+# different concepts whose fields only look alike; nothing to share.)
 @dataclass(frozen=True)
 class SimulationConfig:
     n_users: int = 2000
