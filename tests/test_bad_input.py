@@ -56,6 +56,10 @@ def _break(data, case):
         inter.to_parquet(data / "interactions.parquet")
     elif case == "duplicate ids":
         pd.concat([items, items.iloc[[0]]]).to_parquet(data / "items.parquet")
+    elif case == "no exposed rows":
+        inter.assign(exposed=0).to_parquet(data / "interactions.parquet")
+    elif case == "duplicate rows":
+        pd.concat([inter, inter.iloc[[9]]], ignore_index=True).to_parquet(data / "interactions.parquet")
     elif case == "missing column":
         inter.drop(columns=["outcome"]).to_parquet(data / "interactions.parquet")
 
@@ -70,6 +74,8 @@ CASES = {
     "propensity > 1": ["interactions", "propensity", "expect_column_values_to_be_between", "1.7"],
     "duplicate ids": ["items", "item_id", "expect_column_values_to_be_unique", "i000000"],
     "missing column": ["interactions", "outcome", "missing"],
+    "no exposed rows": ["interactions", "exposed", "expect_column_max_to_be_between", "observed: 0"],
+    "duplicate rows": ["interactions", "expect_compound_columns_to_be_unique", "u0"],
 }
 
 
@@ -104,3 +110,13 @@ def test_malformed_params_stops_before_anything(tmp_path, good_data):
     assert stage == "validate" and res.exit_code == 2
     assert "train.epochs" in res.output
     assert not (project / "artifacts").exists()
+
+
+def test_duplicate_rows_policy_allow_accepts_them(tmp_path, good_data):
+    from causalrec.validation import ValidationFailed, validate_data
+
+    shutil.copytree(good_data, tmp_path / "data")
+    _break(tmp_path / "data", "duplicate rows")
+    assert validate_data(tmp_path / "data", tmp_path / "v", duplicate_rows="allow")["success"]
+    with pytest.raises(ValidationFailed, match="expect_compound_columns_to_be_unique"):
+        validate_data(tmp_path / "data", tmp_path / "v", duplicate_rows="reject")

@@ -72,6 +72,7 @@ Simulate = _library_section("Simulate", "simulate", SimulationConfig, exclude=("
 class Validate(_Section):
     max_examples: int = Field(ge=1, le=1000)
     min_rows: int = Field(ge=1)
+    duplicate_rows: Literal["reject", "allow"]
 
 
 class Embed(_Section):

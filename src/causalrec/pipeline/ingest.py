@@ -42,4 +42,5 @@ def validate(params: Params) -> dict:
     from causalrec.validation import validate_data
 
     return validate_data(params.paths.data_dir, stage_paths(params)["validation"],
-                         max_examples=params.validate_.max_examples, min_rows=params.validate_.min_rows)
+                         max_examples=params.validate_.max_examples, min_rows=params.validate_.min_rows,
+                         duplicate_rows=params.validate_.duplicate_rows)

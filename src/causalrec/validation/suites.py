@@ -47,7 +47,8 @@ class _Check:
     expectation: object  # a gx expectation
 
 
-def _expectations(spec: TableSpec, df: pd.DataFrame, ids: dict[str, set], min_rows: int) -> list:
+def _expectations(spec: TableSpec, df: pd.DataFrame, ids: dict[str, set], min_rows: int,
+                  duplicate_rows: str = "reject") -> list:
     import great_expectations as gx
 
     E = gx.expectations
@@ -64,6 +65,12 @@ def _expectations(spec: TableSpec, df: pd.DataFrame, ids: dict[str, set], min_ro
         for col in ("exposed", "treatment"):
             if col in df.columns:
                 out.append(E.ExpectColumnValuesToBeInSet(column=col, value_set=[0, 1]))
+        if pd.api.types.is_numeric_dtype(df["exposed"]):
+            # Every learner trains on exposed rows: a log without one has nothing to learn from.
+            out.append(E.ExpectColumnMaxToBeBetween(column="exposed", min_value=1))
+        if duplicate_rows == "reject":
+            # The same event twice (a replayed export, a double append) would count twice in every loss.
+            out.append(E.ExpectCompoundColumnsToBeUnique(column_list=list(df.columns)))
         if pd.api.types.is_numeric_dtype(df["outcome"]):
             out.append(E.ExpectColumnValuesToBeBetween(column="outcome", min_value=-OUTCOME_BOUND, max_value=OUTCOME_BOUND))
         if "propensity" in df.columns and pd.api.types.is_numeric_dtype(df["propensity"]):
@@ -92,8 +99,10 @@ def _examples(df: pd.DataFrame, result: dict, max_examples: int) -> list:
     return [f"observed: {observed}"] if observed is not None else []
 
 
-def validate_data(data_dir: str | Path, out_dir: str | Path, max_examples: int = 5, min_rows: int = 1) -> dict:
-    """Validate interactions/items/users in `data_dir`; write report.json and data_docs/ to `out_dir`."""
+def validate_data(data_dir: str | Path, out_dir: str | Path, max_examples: int = 5, min_rows: int = 1,
+                  duplicate_rows: str = "reject") -> dict:
+    """Validate interactions/items/users in `data_dir`; write report.json and data_docs/ to `out_dir`.
+    duplicate_rows: "reject" fails on exact duplicate interaction rows, "allow" accepts them."""
     import great_expectations as gx
 
     out_dir = Path(out_dir)
@@ -118,7 +127,7 @@ def validate_data(data_dir: str | Path, out_dir: str | Path, max_examples: int =
         failures, summary = [], {}
         for name, (spec, df) in tables.items():
             batch_def = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(f"{name}_all")
-            suite = ctx.suites.add(gx.ExpectationSuite(name=f"{name}_contract", expectations=_expectations(spec, df, ids, min_rows)))
+            suite = ctx.suites.add(gx.ExpectationSuite(name=f"{name}_contract", expectations=_expectations(spec, df, ids, min_rows, duplicate_rows)))
             vdef = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"{name}_validation", data=batch_def, suite=suite))
             checkpoint = ctx.checkpoints.add(gx.Checkpoint(
                 name=f"{name}_checkpoint", validation_definitions=[vdef],
