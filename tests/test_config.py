@@ -20,6 +20,8 @@ def test_default_params_load_and_anchor_paths():
     ("propensity:\n  method: magic\n", "propensity.method"),
     ("uplift:\n  exposure_weight: -1\n", "uplift.exposure_weight"),
     ("uplift:\n  exposure_weight: often\n", "uplift.exposure_weight"),
+    ("paths:\n  artifacts_dir: ../elsewhere\n", "paths.artifacts_dir = ../elsewhere resolves to"),
+    ("paths:\n  data_dir: /tmp/causalrec-data\n", "outside the project"),
 ])
 def test_malformed_params_name_the_key(tmp_path, text, fragment):
     import yaml
@@ -92,3 +94,14 @@ def test_values_that_make_no_sense_are_rejected(tmp_path, edit, fragment):
     path.write_text(yaml.safe_dump(raw) if raw else "")
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.").replace("(", r"\(").replace(")", r"\)")):
         load_params(path, environ={})
+
+
+def test_paths_outside_the_project_need_the_explicit_switch(tmp_path):
+    import yaml
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["paths"].update(data_dir=str(tmp_path / "shared-data"), allow_outside_project=True)
+    (tmp_path / "project").mkdir()
+    path = tmp_path / "project" / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert load_params(path, environ={}).paths.data_dir == tmp_path / "shared-data"

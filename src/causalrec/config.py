@@ -40,6 +40,7 @@ class Paths(_Section):
     data_dir: Path
     artifacts_dir: Path
     cache_dir: Path
+    allow_outside_project: bool  # the three directories above may resolve outside the project (written to!)
 
 
 class Ingest(_Section):
@@ -174,7 +175,15 @@ class Params(_Section):
     def resolve(self, root: Path) -> "Params":
         """Return a copy whose relative paths are anchored at `root` (the project directory: where dvc
         and bentoml run, whatever the data directory is)."""
-        paths = Paths(**{k: (v if Path(v).is_absolute() else root / v) for k, v in self.paths.model_dump().items()})
+        dirs = {k: (v if Path(v).is_absolute() else root / v) for k, v in self.paths.model_dump().items()
+                if k != "allow_outside_project"}
+        if not self.paths.allow_outside_project:  # stages write there: stay inside the project
+            for key, path in dirs.items():
+                if not Path(path).resolve().is_relative_to(Path(root).resolve()):
+                    raise ConfigError(f"paths.{key} = {self.paths.model_dump()[key]} resolves to {Path(path).resolve()}, "
+                                      f"outside the project {Path(root).resolve()}; set paths.allow_outside_project: "
+                                      "true to write there")
+        paths = Paths(**dirs, allow_outside_project=self.paths.allow_outside_project)
         resolved = self.model_copy(update={"paths": paths})
         resolved._root = root
         return resolved
