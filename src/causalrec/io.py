@@ -1,13 +1,76 @@
-"""Crash-safe file writing: nothing a stage writes is ever seen half-written."""
+"""Crash-safe file writing: nothing a stage writes is ever seen half-written, and a writer killed
+mid-way (kill -9) leaves nothing that survives the next write of the same path.
+
+Temp files and directories carry their writer's pid (`.<name>.<pid>.<random>.tmp`); the next writer
+of that path removes those whose process is gone, and puts back `.<name>.old` when a crash fell
+between the two renames of `atomic_dir`. Child processes (dvc, bentoml) die with their parent
+(`run_child`), so a killed run leaves no orphans either."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def sweep_stale(path: str | Path) -> list[Path]:
+    """Remove temp files/dirs of `path` left by writers that no longer run; restore `.<name>.old`
+    if `path` itself went missing in a crash. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for leftover in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        pid = leftover.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+            removed.append(leftover)
+    old = path.with_name(f".{path.name}.old")
+    if old.exists() and not path.exists():
+        old.rename(path)  # the crash fell between `path -> old` and `tmp -> path`: the old version stands
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def run_child(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run for the tools a stage drives (dvc, bentoml): on Linux the child gets SIGKILL when
+    its parent dies, so killing a run never leaves a build or a push running on its own."""
+    preexec = None
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+
+        def preexec():  # PR_SET_PDEATHSIG = 1
+            libc.prctl(1, signal.SIGKILL)
+    return subprocess.run(cmd, preexec_fn=preexec, **kwargs)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -22,7 +85,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temp file in the same directory, fsync, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    sweep_stale(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -49,7 +113,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temp directory beside `path`; on success it replaces `path` whole, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    sweep_stale(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_prefix(path), suffix=".tmp"))
     try:
         yield tmp
         old = None

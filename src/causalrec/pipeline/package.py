@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pandas as pd
 
 from causalrec.config import Params
 from causalrec.data.schema import INTERACTIONS, ITEMS, read_table
-from causalrec.io import atomic_dir, atomic_write_json
+from causalrec.io import atomic_dir, atomic_write_json, run_child
 from causalrec.pipeline.paths import StageError, require, stage_paths
 from causalrec.pipeline.versioning import data_hash
 
@@ -101,7 +100,7 @@ def package(params: Params) -> dict:
 def build_bento(root: Path) -> str:
     """`bentoml build` of bentos/bentofile.yaml with the project root as build context."""
     cmd = [sys.executable, "-m", "bentoml", "build", "-f", "bentos/bentofile.yaml", "--output", "tag", "."]
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env={**os.environ, "BENTOML_DO_NOT_TRACK": "True"})
+    proc = run_child(cmd, cwd=root, capture_output=True, text=True, env={**os.environ, "BENTOML_DO_NOT_TRACK": "True"})
     if proc.returncode != 0:
         raise StageError(f"bentoml build failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     tag = proc.stdout.strip().splitlines()[-1].removeprefix("__tag__:")

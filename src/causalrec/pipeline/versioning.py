@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 from causalrec.config import Params
+from causalrec.io import run_child
 from causalrec.pipeline.paths import StageError
 
 def _dvc(root: Path, *args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
+    proc = run_child([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
     if proc.returncode != 0:
         raise StageError(f"dvc {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     return proc.stdout

@@ -7,6 +7,7 @@ directory either way, so the failure can be read in a browser.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import pandas as pd
 
 from causalrec.data.rules import EARLIEST, OUTCOME_BOUND, latest_timestamp
 from causalrec.data.schema import INTERACTIONS, ITEMS, USERS, TableSpec, read_table
-from causalrec.io import atomic_write_json
+from causalrec.io import atomic_write_json, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,11 @@ def validate_data(data_dir: str | Path, out_dir: str | Path, max_examples: int =
 
     docs_dir = out_dir / "data_docs"
     shutil.rmtree(docs_dir, ignore_errors=True)
-    gx_root = Path(tempfile.mkdtemp(prefix="causalrec-gx-"))
+    for stale in Path(tempfile.gettempdir()).glob("causalrec-gx-*"):  # left by a killed run
+        pid = stale.name.split("-")[2]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    gx_root = Path(tempfile.mkdtemp(prefix=f"causalrec-gx-{os.getpid()}-"))
     try:
         ctx = gx.get_context(mode="file", project_root_dir=str(gx_root))
         ctx.add_data_docs_site(site_name="causalrec", site_config={

@@ -1,0 +1,86 @@
+"""Faults leave nothing behind: a writer killed with SIGKILL leaves temp files the next write removes,
+a crash between atomic_dir's two renames keeps the old version, and children die with their parent."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from causalrec.io import atomic_dir, atomic_write_json, pid_alive, sweep_stale
+
+
+def _killed_writer(target: Path, body: str) -> None:
+    """A process that starts writing `target` and SIGKILLs itself in the middle."""
+    code = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from causalrec.io import atomic_dir, atomic_write_bytes
+        target = Path({str(target)!r})
+        {body}
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+def test_killed_writers_leave_nothing_the_next_write_keeps(tmp_path):
+    target = tmp_path / "models"
+    with atomic_dir(target) as tmp:
+        (tmp / "model.pt").write_text("v1")
+    _killed_writer(target, """
+        with atomic_dir(target) as tmp:
+            (tmp / "model.pt").write_text("half")
+            os.kill(os.getpid(), signal.SIGKILL)""")
+    _killed_writer(tmp_path / "metrics.json", """
+        import tempfile
+        fd, _ = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp")
+        os.write(fd, b"half")
+        os.kill(os.getpid(), signal.SIGKILL)""")
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp"))
+    assert len(leftovers) == 2 and leftovers[0].startswith(".metrics.json.") and leftovers[1].startswith(".models.")
+    assert (target / "model.pt").read_text() == "v1"  # the killed write never showed
+    with atomic_dir(target) as tmp:
+        (tmp / "model.pt").write_text("v2")
+    atomic_write_json(tmp_path / "metrics.json", {"auc": 0.5})
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert (target / "model.pt").read_text() == "v2"
+
+
+def test_a_live_writers_temp_is_left_alone_and_a_lost_rename_is_undone(tmp_path):
+    live = tmp_path / f".models.{os.getpid()}.abc.tmp"  # this process: alive
+    live.mkdir()
+    assert sweep_stale(tmp_path / "models") == [] and live.exists()
+    # A crash after `models -> .models.old` and before `tmp -> models`: the old version is put back.
+    (tmp_path / ".models.old").mkdir()
+    (tmp_path / ".models.old" / "model.pt").write_text("v1")
+    sweep_stale(tmp_path / "models")
+    assert (tmp_path / "models" / "model.pt").read_text() == "v1"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+def test_children_of_a_killed_run_do_not_outlive_it(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    code = textwrap.dedent(f"""
+        import sys
+        from causalrec.io import run_child
+        run_child([sys.executable, "-c", "import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"])
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    assert pid_alive(child)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while pid_alive(child) and time.time() < deadline:
+        try:  # reap it if it was re-parented to us (it is not our child: ignore)
+            os.waitpid(child, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.1)
+    assert not pid_alive(child), "the child outlived its killed parent"
