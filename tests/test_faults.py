@@ -84,3 +84,34 @@ def test_children_of_a_killed_run_do_not_outlive_it(tmp_path):
             pass
         time.sleep(0.1)
     assert not pid_alive(child), "the child outlived its killed parent"
+
+
+def test_package_prunes_what_it_created_and_no_longer_serves(tmp_path):
+    """Store entries this project created that neither production nor the previous production uses are
+    deleted; entries it did not create (a shared store) are not."""
+    code = textwrap.dedent(f"""
+        import json
+        from pathlib import Path
+        import bentoml
+        from causalrec.pipeline.package import MODEL_STORE_NAME, _record_created, prune_store
+        log = Path({str(tmp_path / "created.json")!r})
+        tags = []
+        for _ in range(3):
+            with bentoml.models.create(MODEL_STORE_NAME) as m:
+                pass
+            tags.append(str(m.tag))
+            _record_created(log, tags[-1])
+        with bentoml.models.create("someone-elses-model") as other:
+            pass
+        removed = prune_store({{"model_tag": tags[2], "previous": {{"model_tag": tags[1]}}}}, log)
+        left = sorted(str(m.tag) for m in bentoml.models.list())
+        print(json.dumps({{"tags": tags, "removed": removed, "left": left, "other": str(other.tag),
+                          "log": json.loads(log.read_text())}}))
+    """)
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "store"), "BENTOML_DO_NOT_TRACK": "True"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = __import__("json").loads(proc.stdout.strip().splitlines()[-1])
+    assert out["removed"] == [out["tags"][0]]
+    assert out["left"] == sorted([out["tags"][1], out["tags"][2], out["other"]])
+    assert out["log"] == out["tags"][1:]

@@ -83,18 +83,52 @@ def package(params: Params) -> dict:
                                    metadata={"primary_metric": primary, "score": candidate}) as bento_model:
             manifest = write_bundle(params, best, Path(bento_model.path))
         model_tag = str(bento_model.tag)
+        _record_created(d["store_tags"], model_tag)  # before anything can fail: a later run prunes it
         with bentoml.models.create(ENCODER_STORE_NAME, metadata={"fingerprint": (manifest["encoder"] or {}).get("fingerprint")}) as enc_model:
             write_encoder_bundle(params, Path(enc_model.path))
+        _record_created(d["store_tags"], str(enc_model.tag))
         bento_tag = None
         if params.package.build_bento:
             bento_tag = build_bento(params.root)
+            _record_created(d["store_tags"], bento_tag)
+        previous = {k: v for k, v in (current or {}).items() if k != "previous"} or None
         current = {"model": best, "primary_metric": primary, "score": candidate, "model_tag": model_tag,
-                   "bento_tag": bento_tag, "data_md5": manifest["data_md5"]}
+                   "encoder_tag": str(enc_model.tag), "bento_tag": bento_tag, "data_md5": manifest["data_md5"],
+                   "previous": previous}
         atomic_write_json(d["registry"], current)
-        result.update(production=current, bento_tag=bento_tag, model_tag=model_tag)
+        result.update(production=current, bento_tag=bento_tag, model_tag=model_tag,
+                      pruned=prune_store(current, d["store_tags"]))
     with atomic_dir(d["package"]) as tmp:
         atomic_write_json(tmp / "bento.json", result)
     return result
+
+
+def _record_created(path: Path, tag: str) -> None:
+    created = json.loads(path.read_text()) if path.exists() else []
+    atomic_write_json(path, [*created, tag])
+
+
+def prune_store(production: dict, created_path: Path) -> list[str]:
+    """Delete the store models and bentos this project created (listed in `created_path`) that neither
+    production nor the previous production (kept for rollback) uses: what failed or killed package
+    runs and old promotions left. Others' entries in a shared BentoML store are never touched."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    keep = {entry.get(k) for entry in (production, production.get("previous") or {})
+            for k in ("model_tag", "encoder_tag", "bento_tag")}
+    created = json.loads(created_path.read_text()) if created_path.exists() else []
+    removed = []
+    for tag in created:
+        if tag in keep:
+            continue
+        try:
+            (bentoml.models.delete if tag.split(":")[0] in (MODEL_STORE_NAME, ENCODER_STORE_NAME) else bentoml.delete)(tag)
+        except NotFound:
+            pass
+        removed.append(tag)
+    atomic_write_json(created_path, [t for t in created if t in keep])
+    return removed
 
 
 def build_bento(root: Path) -> str:
