@@ -115,3 +115,33 @@ def test_package_prunes_what_it_created_and_no_longer_serves(tmp_path):
     assert out["removed"] == [out["tags"][0]]
     assert out["left"] == sorted([out["tags"][1], out["tags"][2], out["other"]])
     assert out["log"] == out["tags"][1:]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+def test_a_killed_retrain_leaves_no_prefect_server_running(tmp_path):
+    """`causalrec retrain` runs its flow on an API server it started (causalrec.flows.api); SIGKILL on
+    the run takes the server with it (Prefect's own temporary server would be orphaned)."""
+    pid_file = tmp_path / "server.pid"
+    code = textwrap.dedent(f"""
+        import os, signal, subprocess
+        from prefect import flow
+        from causalrec.flows.api import run_api_server
+
+        @flow
+        def doomed():
+            children = subprocess.run(["pgrep", "-P", str(os.getpid()), "-f", "uvicorn"], capture_output=True, text=True)
+            open({str(pid_file)!r}, "w").write(children.stdout.split()[0])
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        with run_api_server():
+            doomed()
+    """)
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    server = int(pid_file.read_text())
+    deadline = time.time() + 10
+    while pid_alive(server) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(server), "the Prefect API server outlived the killed run"

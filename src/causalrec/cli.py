@@ -65,19 +65,25 @@ def simulate(out: Path = typer.Option(Path("data"), help="directory for the thre
 
 @app.command()
 def retrain(params: Path = PARAMS, version: bool = typer.Option(True, help="dvc add + push data/ first")) -> None:
-    """Run the Prefect retrain flow (ephemeral Prefect API unless PREFECT_API_URL is set)."""
+    """Run the Prefect retrain flow (on a Prefect API server started for the run, which dies with it,
+    unless PREFECT_API_URL is set)."""
+    from causalrec.flows.api import run_api_server
     from causalrec.flows.retrain import retrain_flow
 
-    result = retrain_flow(params_path=str(params), version=version)
+    with run_api_server():
+        result = retrain_flow(params_path=str(params), version=version)
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
 @app.command("monitor-flow")
 def monitor_flow(params: Path = PARAMS, retrain_on_drift: bool = True) -> None:
     """Run the Prefect monitor flow: drift report, retrain when drift is detected."""
+    from causalrec.flows.api import run_api_server
     from causalrec.flows.monitor import monitor_flow as flow
 
-    typer.echo(json.dumps(flow(params_path=str(params), retrain_on_drift=retrain_on_drift), indent=2, default=str))
+    with run_api_server():
+        result = flow(params_path=str(params), retrain_on_drift=retrain_on_drift)
+    typer.echo(json.dumps(result, indent=2, default=str))
 
 
 @app.command("export-feedback")

@@ -1,0 +1,73 @@
+"""A Prefect API server for one CLI run that dies with the run.
+
+Without PREFECT_API_URL, Prefect 3 starts a temporary API server (uvicorn) in a subprocess; if the
+run is killed with SIGKILL that server is orphaned and keeps running. `run_api_server` starts the same
+server itself, as a child that receives SIGKILL when the run dies (causalrec.io.run_child's
+parent-death signal), waits for it to answer (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+default 120 s: a busy 2-core machine needs more than Prefect's 20 s), and points the flow at it.
+With PREFECT_API_URL set (a `prefect server start` of your own) it does nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def run_api_server(log_dir: Path | None = None) -> Iterator[str | None]:
+    """Yield the API URL the flow reports to: PREFECT_API_URL when set, else a server started here."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"]
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    log = open(Path(log_dir or ".") / "prefect-api.log", "ab") if log_dir else subprocess.DEVNULL
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+           "--host", "127.0.0.1", "--port", str(port), "--log-level", "error"]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log, preexec_fn=_die_with_parent)
+    try:
+        deadline = time.time() + float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"))
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the Prefect API server exited ({proc.returncode}) before answering")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            if time.time() > deadline:
+                raise RuntimeError(f"the Prefect API server did not answer on {url} in time "
+                                   "(raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
+            time.sleep(0.5)
+        with temporary_settings({PREFECT_API_URL: url}):
+            yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if log is not subprocess.DEVNULL:
+            log.close()
