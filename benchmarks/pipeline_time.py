@@ -11,6 +11,7 @@ from the clone's own environment, so both figures come from one run.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -44,7 +45,16 @@ def main() -> None:
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(proc.stderr[-3000:])
+    stages = {}  # from the stages' own JSON log lines ("stage finished", seconds)
+    for line in proc.stderr.splitlines():
+        try:
+            record = json.loads(line[line.index("{"):])
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("message") == "stage finished":
+            stages[record["stage"]] = record["seconds"]
     write_result("pipeline", {"retrain_flow_seconds": round(seconds, 1), "setup_seconds": setup_seconds,
+                              "stage_seconds": stages, "outside_stages_seconds": round(seconds - sum(stages.values()), 1),
                               "budget_seconds": 600, "data": "simulator default (100k interactions, 2k users, 1k items)"},
                  args.out)
 

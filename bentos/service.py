@@ -5,6 +5,7 @@
 
 Environment: CAUSALREC_API_KEY (required for POST /feedback and /items), CAUSALREC_PSEUDONYM_KEY
 (keyed hash of user ids in logs), CAUSALREC_FEEDBACK_LOG (default from params.yaml serve.feedback_log),
+CAUSALREC_CATALOGUE (items added through POST /items, SQLite; default serve.catalogue),
 CAUSALREC_INT8_ENCODER=1 (dynamic int8 encoder on CPU), CAUSALREC_LOG_LEVEL (default INFO),
 CAUSALREC_MAX_REQUEST_BYTES (default 1 MiB; larger POST bodies get 413, non-JSON ones 415).
 """
@@ -29,6 +30,7 @@ from pydantic import Field  # noqa: E402
 
 from causalrec.data.rules import OUTCOME_BOUND, check_event  # noqa: E402
 from causalrec.logs import configure as configure_logging  # noqa: E402
+from causalrec.serving.catalogue import CatalogueStore  # noqa: E402
 from causalrec.serving.core import NotFound as UnknownId  # noqa: E402
 from causalrec.serving.core import RecommenderCore  # noqa: E402
 from causalrec.serving.feedback import FeedbackLog  # noqa: E402
@@ -78,7 +80,9 @@ class Recommender:
 
     def __init__(self) -> None:
         configure_logging()  # JSON lines at $CAUSALREC_LOG_LEVEL, like the CLI
-        self.core = RecommenderCore(self.bundle.path)
+        manifest = RecommenderCore.read_manifest(self.bundle.path)
+        catalogue = CatalogueStore(os.environ.get("CAUSALREC_CATALOGUE", manifest["serve"]["catalogue"]))
+        self.core = RecommenderCore(self.bundle.path, catalogue=catalogue)
         log_path = os.environ.get("CAUSALREC_FEEDBACK_LOG", self.core.config["feedback_log"])
         self.feedback_log = FeedbackLog(log_path)
         self.k_max = int(self.core.config["k_max"])

@@ -149,6 +149,7 @@ def start_server(tag: str, workdir: Path, feedback_log: Path):
     port = _free_port()
     log = open(workdir / f"serve-{port}.log", "w")
     env = {**os.environ, "CAUSALREC_API_KEY": API_KEY, "CAUSALREC_FEEDBACK_LOG": str(feedback_log),
+           "CAUSALREC_CATALOGUE": str(feedback_log.parent / "catalogue.sqlite"),
            "CAUSALREC_PSEUDONYM_KEY": "test-pseudonym-key"}
     proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=workdir)

@@ -206,3 +206,41 @@ def test_accepted_feedback_always_exports_and_validates(tmp_path):
     assert report["success"]
     inter = pd.read_parquet(tmp_path / "data" / "interactions.parquet")
     assert (inter.loc[inter["event_id"] == "e1", "propensity"] > 0).all()
+
+
+def test_items_added_at_serving_time_are_shared_durable_and_become_data(bundle, tmp_path):
+    """Two workers on one catalogue store: an item one adds, the other serves; a restarted worker has it;
+    the same id cannot be added twice; export puts the item (with its texts) and a new user into the data,
+    and feedback on both validates (cold-start ids are data, not referential errors)."""
+    from datetime import datetime
+
+    from causalrec.data.rules import check_event
+    from causalrec.data.simulate import SimulationConfig, simulate
+    from causalrec.serving.catalogue import CatalogueStore
+    from causalrec.serving.core import RecommenderCore
+    from causalrec.validation import validate_data
+
+    path, _ = bundle
+    store = tmp_path / "catalogue.sqlite"
+    a, b = RecommenderCore(path, catalogue=CatalogueStore(store)), RecommenderCore(path, catalogue=CatalogueStore(store))
+    vector = np.ones_like(a.embeddings[0]) / np.sqrt(a.embeddings.shape[1])
+    a.add_item("Summit tent", "a tent for the summit", vector, item_id="tent-1")
+    assert b.explain("u000001", "tent-1")["title"] == "Summit tent"  # worker b never saw the request
+    assert "tent-1" in [it["item_id"] for it in b.recommend("u000001", b.catalogue_size)["items"]]
+    with pytest.raises(ValueError, match="already exists"):
+        b.add_item("Other", "another", vector, item_id="tent-1")
+    restarted = RecommenderCore(path, catalogue=CatalogueStore(store))
+    assert restarted.catalogue_size == a.catalogue_size == b.catalogue_size
+
+    simulate(SimulationConfig(n_users=20, n_items=10, n_interactions=200, n_topics=3, n_test_pairs_per_user=2),
+             tmp_path / "data", tmp_path / "truth", progress=False)
+    log = FeedbackLog(tmp_path / "fb.jsonl")
+    log.append({"event_id": "e1", "user_id": "someone-new", "item_id": "tent-1", "outcome": 1.0, "propensity": 0.3,
+                "timestamp": check_event(datetime(2026, 3, 1, 10), 0.3, 1.0), "position": 1, "policy": "softmax"})
+    out = export_feedback(tmp_path / "fb.jsonl", tmp_path / "data", store)
+    assert (out["exported"], out["new_items"], out["new_users"]) == (1, 1, 1)
+    items = pd.read_parquet(tmp_path / "data" / "items.parquet")
+    assert items.set_index("item_id").loc["tent-1", "description"] == "a tent for the summit"
+    assert validate_data(tmp_path / "data", tmp_path / "validation")["success"]
+    again = export_feedback(tmp_path / "fb.jsonl", tmp_path / "data", store)
+    assert (again["exported"], again["new_items"], again["new_users"]) == (0, 0, 0)

@@ -88,8 +88,11 @@ def monitor_flow(params: Path = PARAMS, retrain_on_drift: bool = True) -> None:
 
 @app.command("export-feedback")
 def export_feedback_cmd(log: Path = typer.Option(..., help="feedback log (JSON lines) written by the Recommender service"),
+                        catalogue: Path = typer.Option(None, help="the service's item store (serve.catalogue): items "
+                                                                  "added through POST /items join data/items.parquet"),
                         params: Path = PARAMS) -> None:
-    """Append served feedback (with its logged propensities) to data/interactions.parquet for the next retrain."""
+    """Append served feedback (with its logged propensities) to data/interactions.parquet for the next retrain;
+    items added at serving time and users first seen in feedback join the items and users tables."""
     from causalrec.config import ConfigError, load_params
     from causalrec.data.schema import DataError
     from causalrec.serving.feedback import export_feedback
@@ -98,7 +101,9 @@ def export_feedback_cmd(log: Path = typer.Option(..., help="feedback log (JSON l
         p = load_params(params)
         if not log.is_file():
             raise DataError(f"feedback log {log} not found")
-        result = export_feedback(log, p.paths.data_dir)
+        if catalogue is not None and not catalogue.is_file():
+            raise DataError(f"catalogue store {catalogue} not found")
+        result = export_feedback(log, p.paths.data_dir, catalogue)
     except (ConfigError, DataError, KeyError, ValueError) as exc:
         typer.secho(f"causalrec export-feedback: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None

@@ -146,6 +146,7 @@ class Serve(_Section):
     k_max: int = Field(ge=1, le=10_000)
     int8_encoder: bool
     feedback_log: Path
+    catalogue: Path  # items added at serving time (SQLite, shared by every worker)
 
 
 class Monitor(_Section):

@@ -21,6 +21,7 @@ import pandas as pd
 
 from causalrec.persistence import load_model
 from causalrec.policy import ExplorationPolicy
+from causalrec.serving.catalogue import CatalogueStore
 from causalrec.serving.privacy import pseudonym_key, pseudonymize
 from causalrec.serving.scoring import CatalogueScorer
 
@@ -31,11 +32,12 @@ class NotFound(KeyError):
 
 
 class RecommenderCore:
-    def __init__(self, bundle_dir: str | Path, serve: dict | None = None, seed: int | None = None):
+    def __init__(self, bundle_dir: str | Path, serve: dict | None = None, seed: int | None = None,
+                 catalogue: "CatalogueStore | None" = None):
+        """catalogue: the shared store of items added at serving time (none: added items live in this
+        process only)."""
         bundle_dir = Path(bundle_dir)
-        self.manifest = json.loads((bundle_dir / "manifest.json").read_text())
-        if "serve" not in self.manifest:
-            raise ValueError(f"{bundle_dir / 'manifest.json'}: no 'serve' settings; rebuild the bundle with `causalrec package`")
+        self.manifest = self.read_manifest(bundle_dir)
         self.config = {**self.manifest["serve"], **(serve or {})}
         self.policy = ExplorationPolicy(self.config["policy"], self.config["epsilon"], self.config["temperature"])
         items = pd.read_parquet(bundle_dir / "items.parquet")
@@ -56,9 +58,32 @@ class RecommenderCore:
         self._lock = threading.Lock()  # catalogue growth (POST /items) vs concurrent reads
         self._rng = np.random.default_rng(seed)
         self._pseudonym_key = pseudonym_key()
+        self.catalogue, self._synced = catalogue, 0
+        self.sync()
+
+    @staticmethod
+    def read_manifest(bundle_dir: str | Path) -> dict:
+        manifest = json.loads((Path(bundle_dir) / "manifest.json").read_text())
+        if "catalogue" not in manifest.get("serve", {}):
+            raise ValueError(f"{Path(bundle_dir) / 'manifest.json'}: no 'serve' settings (or from an older release); "
+                             "rebuild the bundle with `causalrec package`")
+        return manifest
+
+    def sync(self) -> int:
+        """Apply the items other workers (or earlier runs) added to the shared catalogue; returns how many."""
+        if self.catalogue is None:
+            return 0
+        new = self.catalogue.since(self._synced)
+        with self._lock:
+            for row in new:
+                if row["item_id"] not in self._pos:  # a retrained bundle already has it
+                    self._append(row["item_id"], row["title"], row["embedding"])
+                self._synced = max(self._synced, row["seq"])
+        return len(new)
 
     # ------------------------------------------------------------------------------ recommend
     def recommend(self, user_id: str, k: int, exclude: list[str] | None = None) -> dict:
+        self.sync()
         by_uplift = self.config["rank_by"] == "uplift"
         ranker, other = (self.uplift, self.relevance) if by_uplift else (self.relevance, self.uplift)
         with self._lock:
@@ -85,6 +110,7 @@ class RecommenderCore:
 
     # -------------------------------------------------------------------------------- explain
     def explain(self, user_id: str, item_id: str, n_similar: int = 3) -> dict:
+        self.sync()
         pos = self._pos.get(item_id)
         if pos is None:
             raise NotFound(f"unknown item_id {item_id!r}")
@@ -114,24 +140,35 @@ class RecommenderCore:
 
     # ---------------------------------------------------------------------------------- items
     def add_item(self, title: str, description: str, embedding: np.ndarray | None, item_id: str | None = None) -> dict:
-        """A new item, recommendable at once: scored from its text embedding through the item towers."""
-        with self._lock:
-            item_id = item_id or f"new-{uuid.uuid4().hex[:12]}"
-            if item_id in self._pos:
-                raise ValueError(f"item_id {item_id!r} already exists")
-            if self.embeddings is not None and embedding is not None and embedding.shape[-1] != self.embeddings.shape[1]:
-                raise ValueError(f"embedding has dimension {embedding.shape[-1]}, the catalogue {self.embeddings.shape[1]}")
-            self.relevance.add_item(embedding)
-            if self.uplift is not None:
-                self.uplift.add_item(embedding)
-            self._pos[item_id] = len(self.item_ids)
-            self.item_ids.append(item_id)
-            self.titles.append(title)
-            if self.embeddings is not None and embedding is not None:
-                self.embeddings = np.vstack([self.embeddings, embedding[None].astype(np.float32)])
-            scorers = [self.relevance] + ([self.uplift] if self.uplift is not None else [])
-            text_scored = any(part.net.item_tower is not None for sc in scorers for part in sc.parts)
-            return {"item_id": item_id, "catalogue_size": len(self.item_ids), "text_scored": text_scored}
+        """A new item, recommendable at once: scored from its text embedding through the item towers;
+        stored in the shared catalogue first, so every worker (and the next retrain) has it."""
+        self.sync()
+        item_id = item_id or f"new-{uuid.uuid4().hex[:12]}"
+        if item_id in self._pos:
+            raise ValueError(f"item_id {item_id!r} already exists")
+        if self.embeddings is not None and embedding is not None and embedding.shape[-1] != self.embeddings.shape[1]:
+            raise ValueError(f"embedding has dimension {embedding.shape[-1]}, the catalogue {self.embeddings.shape[1]}")
+        if self.catalogue is not None:
+            self.catalogue.add(item_id, title, description, embedding)  # raises if another worker took the id
+            self.sync()
+        else:
+            with self._lock:
+                self._append(item_id, title, embedding)
+        scorers = [self.relevance] + ([self.uplift] if self.uplift is not None else [])
+        text_scored = any(part.net.item_tower is not None for sc in scorers for part in sc.parts)
+        return {"item_id": item_id, "catalogue_size": len(self.item_ids), "text_scored": text_scored}
+
+    def _append(self, item_id: str, title: str, embedding: np.ndarray | None) -> None:
+        """Add one item to the in-memory catalogue (caller holds the lock)."""
+        self.relevance.add_item(embedding)
+        if self.uplift is not None:
+            self.uplift.add_item(embedding)
+        self._pos[item_id] = len(self.item_ids)
+        self.item_ids.append(item_id)
+        self.titles.append(title)
+        if self.embeddings is not None:
+            row = embedding if embedding is not None else np.zeros(self.embeddings.shape[1], np.float32)
+            self.embeddings = np.vstack([self.embeddings, np.asarray(row, np.float32)[None]])
 
     @property
     def catalogue_size(self) -> int:

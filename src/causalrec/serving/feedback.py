@@ -78,20 +78,48 @@ def read_events(path: str | Path) -> list[dict]:
     return events
 
 
-def export_feedback(log_path: str | Path, data_dir: str | Path) -> dict:
-    """Append logged feedback to data/interactions.parquet (skipping events already exported):
-    exposed = treatment = 1, outcome, the served propensity and position, policy 'serving:<name>'."""
+def _append_rows(data_dir: Path, spec, rows: "pd.DataFrame") -> int:
+    """Append `rows` whose key the table lacks (written atomically); returns how many were new."""
+    import io
+
     import pandas as pd
 
-    from causalrec.data.schema import INTERACTIONS, read_table
+    from causalrec.data.schema import read_table
     from causalrec.io import atomic_write_bytes
 
+    read_table(data_dir, spec)  # the contract's checks (exists, readable, required columns)
+    table = pd.read_parquet(data_dir / spec.file)  # every column, including those the contract does not name
+    rows = rows[~rows[spec.key].astype(str).isin(table[spec.key].astype(str))].drop_duplicates(spec.key)
+    if len(rows):
+        buf = io.BytesIO()
+        pd.concat([table, rows], ignore_index=True).to_parquet(buf, index=False)
+        atomic_write_bytes(data_dir / spec.file, buf.getvalue())
+    return len(rows)
+
+
+def export_feedback(log_path: str | Path, data_dir: str | Path, catalogue: str | Path | None = None) -> dict:
+    """Append logged feedback to data/interactions.parquet (skipping events already exported):
+    exposed = treatment = 1, outcome, the served propensity and position, policy 'serving:<name>'.
+    Items added at serving time (the `catalogue` store) join data/items.parquet with their texts, and
+    users first seen in feedback join data/users.parquet: cold-start ids are data, not referential errors."""
+    import pandas as pd
+
+    from causalrec.data.schema import INTERACTIONS, ITEMS, USERS, read_table
+    from causalrec.io import atomic_write_bytes
+    from causalrec.serving.catalogue import read_items
+
+    data_dir = Path(data_dir)
+    added = read_items(catalogue) if catalogue is not None else []
+    new_items = _append_rows(data_dir, ITEMS, pd.DataFrame(
+        {"item_id": [r["item_id"] for r in added], "title": [r["title"] for r in added],
+         "description": [r["description"] for r in added]}, dtype=object))
     events = read_events(log_path)
+    new_users = _append_rows(data_dir, USERS, pd.DataFrame({"user_id": [e["user_id"] for e in events]}, dtype=object))
     inter = read_table(data_dir, INTERACTIONS)
     done = set(inter["event_id"].dropna()) if "event_id" in inter else set()
     new = [e for e in events if e["event_id"] not in done]
     if not new:
-        return {"events": len(events), "exported": 0}
+        return {"events": len(events), "exported": 0, "new_items": new_items, "new_users": new_users}
     rows = pd.DataFrame({
         "user_id": [e["user_id"] for e in new], "item_id": [e["item_id"] for e in new],
         "timestamp": pd.to_datetime([e["timestamp"] for e in new], utc=True).tz_localize(None),
@@ -109,5 +137,6 @@ def export_feedback(log_path: str | Path, data_dir: str | Path) -> dict:
 
     buf = io.BytesIO()
     merged.to_parquet(buf, index=False)
-    atomic_write_bytes(Path(data_dir) / INTERACTIONS.file, buf.getvalue())
-    return {"events": len(events), "exported": len(new), "interactions": len(merged)}
+    atomic_write_bytes(data_dir / INTERACTIONS.file, buf.getvalue())
+    return {"events": len(events), "exported": len(new), "interactions": len(merged), "new_items": new_items,
+            "new_users": new_users}
