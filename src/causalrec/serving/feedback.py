@@ -78,7 +78,7 @@ def read_events(path: str | Path) -> list[dict]:
     return events
 
 
-def _append_rows(data_dir: Path, spec, rows: "pd.DataFrame") -> int:
+def _append_rows(data_dir: Path, spec, rows) -> int:
     """Append `rows` whose key the table lacks (written atomically); returns how many were new."""
     import io
 
