@@ -84,7 +84,7 @@ class Recommender:
         catalogue = CatalogueStore(os.environ.get("CAUSALREC_CATALOGUE", manifest["serve"]["catalogue"]))
         self.core = RecommenderCore(self.bundle.path, catalogue=catalogue)
         log_path = os.environ.get("CAUSALREC_FEEDBACK_LOG", self.core.config["feedback_log"])
-        self.feedback_log = FeedbackLog(log_path)
+        self.feedback_log = FeedbackLog(log_path, max_bytes=int(self.core.config["feedback_max_bytes"]))
         self.k_max = int(self.core.config["k_max"])
 
     @bentoml.api(route="/recommend")

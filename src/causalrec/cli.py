@@ -110,6 +110,19 @@ def export_feedback_cmd(log: Path = typer.Option(..., help="feedback log (JSON l
     typer.echo(json.dumps(result, indent=2))
 
 
+@app.command("rotate-feedback")
+def rotate_feedback(log: Path = typer.Option(..., help="the Recommender's feedback log")) -> None:
+    """Close the live feedback log now (e.g. from cron, daily): it becomes <log>.<UTC time>; running
+    services reopen on their next write; export and deduplication read every segment."""
+    from causalrec.serving.feedback import FeedbackLog
+
+    if not log.is_file():
+        typer.secho(f"causalrec rotate-feedback: feedback log {log} not found", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    segment = FeedbackLog(log).rotate()
+    typer.echo(json.dumps({"rotated_to": str(segment) if segment else None}))
+
+
 def main() -> None:
     """The console script: logging first (JSON lines on stderr), then the typer app."""
     from causalrec.logs import configure

@@ -146,6 +146,7 @@ class Serve(_Section):
     k_max: int = Field(ge=1, le=10_000)
     int8_encoder: bool
     feedback_log: Path
+    feedback_max_bytes: int = Field(ge=4096, le=2**40)  # rotate the feedback log past this size
     catalogue: Path  # items added at serving time (SQLite, shared by every worker)
 
 

@@ -1,80 +1,145 @@
 """Append-only feedback log: one JSON line per event, idempotent by event_id, fsynced before
-the caller acknowledges. Safe across threads and worker processes (an exclusive file lock guards
-check-then-append; each writer first reads what others appended). A torn last line (a crash
-mid-write) is ignored when reading and never acknowledged.
+the caller acknowledges. Safe across threads and worker processes: an exclusive lock on a sidecar
+file (`<log>.lock`) guards check-then-append, and each writer first reads what others appended. A
+torn last line (a crash mid-write) is ignored when reading and never acknowledged.
+
+Rotation is explicit: past `max_bytes` (serve.feedback_max_bytes), or when an operator calls
+`rotate()` (`causalrec rotate-feedback`), the log is renamed to `<log>.<UTC time>` and a fresh file
+begins. Writers notice the rename under the lock and reopen; deduplication spans every segment, and
+`read_events` / export read them all, in order.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 
 
+def segments(path: str | Path) -> list[Path]:
+    """The rotated segments of the log at `path`, oldest first (the live file not included)."""
+    path = Path(path)
+    found = [p for p in path.parent.glob(f"{path.name}.*") if p.name[len(path.name) + 1:].isdigit()]
+    return sorted(found)
+
+
+def _ids(data: bytes) -> set[str]:
+    out = set()
+    for line in data.splitlines():
+        try:
+            out.add(json.loads(line)["event_id"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn line from a crash, followed by a newline of a later write
+    return out
+
+
 class FeedbackLog:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, max_bytes: int | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._lockfile = open(self.path.with_name(self.path.name + ".lock"), "a+b")
         self._seen: set[str] = set()
-        self._offset = 0
+        with self._locked():
+            for segment in segments(self.path):
+                self._seen |= _ids(segment.read_bytes())
+            self._open()
+
+    def _open(self) -> None:
         fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_APPEND, 0o640)
         self._fh = os.fdopen(fd, "r+b", buffering=0)
+        self._offset = 0
+
+    @contextlib.contextmanager
+    def _locked(self):
+        fcntl.flock(self._lockfile.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lockfile.fileno(), fcntl.LOCK_UN)
 
     def _catch_up(self) -> None:
-        """Read lines appended since our last look (by us or another process)."""
+        """Read lines appended since our last look (by us or another process); follow a rotation."""
         self._fh.seek(self._offset)
         data = self._fh.read()
         end = data.rfind(b"\n") + 1  # only whole lines; a torn tail stays unread
-        for line in data[:end].splitlines():
-            try:
-                self._seen.add(json.loads(line)["event_id"])
-            except (ValueError, KeyError):
-                continue  # a torn line from a crash, followed by a newline of a later write
+        self._seen |= _ids(data[:end])
         self._offset += end
+        try:
+            rotated = os.stat(self.path).st_ino != os.fstat(self._fh.fileno()).st_ino
+        except FileNotFoundError:
+            rotated = True
+        if rotated:  # another writer rotated: what we just read was the old segment's tail
+            self._fh.close()
+            self._open()
+            self._catch_up()
 
     def append(self, event: dict) -> bool:
         """Durably append `event` unless its event_id is already logged. Returns True if written."""
         line = (json.dumps(event, separators=(",", ":"), sort_keys=True) + "\n").encode()
-        with self._lock:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX)
-            try:
-                self._catch_up()
-                if event["event_id"] in self._seen:
-                    return False
-                size = os.fstat(self._fh.fileno()).st_size
-                if size > self._offset:
-                    # A torn tail from a crash: start on a fresh line so this event parses.
-                    line = b"\n" + line
-                os.write(self._fh.fileno(), line)
-                os.fsync(self._fh.fileno())
-                self._offset = os.fstat(self._fh.fileno()).st_size
-                self._seen.add(event["event_id"])
-                return True
-            finally:
-                fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+        with self._lock, self._locked():
+            self._catch_up()
+            if event["event_id"] in self._seen:
+                return False
+            size = os.fstat(self._fh.fileno()).st_size
+            if size > self._offset:
+                # A torn tail from a crash: start on a fresh line so this event parses.
+                line = b"\n" + line
+            os.write(self._fh.fileno(), line)
+            os.fsync(self._fh.fileno())
+            self._offset = os.fstat(self._fh.fileno()).st_size
+            self._seen.add(event["event_id"])
+            if self.max_bytes is not None and self._offset >= self.max_bytes:
+                self._rotate()
+            return True
+
+    def rotate(self) -> Path | None:
+        """Close the live segment now (e.g. daily); returns its new name (None when it is empty)."""
+        with self._lock, self._locked():
+            self._catch_up()
+            return self._rotate()
+
+    def _rotate(self) -> Path | None:
+        if os.fstat(self._fh.fileno()).st_size == 0:
+            return None
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S%f")
+        target = self.path.with_name(f"{self.path.name}.{stamp}")
+        os.rename(self.path, target)
+        fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the rename is durable before anyone appends to the new file
+        finally:
+            os.close(fd)
+        self._fh.close()
+        self._open()
+        return target
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._lock, self._locked():
             self._catch_up()
             return len(self._seen)
 
 
 def read_events(path: str | Path) -> list[dict]:
-    """Every complete, parseable event in the log (first occurrence of each event_id)."""
+    """Every complete, parseable event in the log and its rotated segments, oldest first (first
+    occurrence of each event_id)."""
     events, seen = [], set()
     path = Path(path)
-    if not path.exists():
-        return events
-    for line in path.read_bytes().split(b"\n"):
-        try:
-            event = json.loads(line)
-        except ValueError:
+    for part in [*segments(path), path]:
+        if not part.exists():
             continue
-        if isinstance(event, dict) and event.get("event_id") not in seen:
-            seen.add(event.get("event_id"))
-            events.append(event)
+        for line in part.read_bytes().split(b"\n"):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("event_id") not in seen:
+                seen.add(event.get("event_id"))
+                events.append(event)
     return events
 
 
