@@ -145,6 +145,23 @@ def _free_port() -> int:
 API_KEY = "integration-test-key"
 
 
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [d for c in map(int, out) for d in (c, *_descendants(c))]
+
+
+def stop_server(proc, sig: int) -> None:
+    """Signal the server's process group and every worker it started (BentoML's workers leave the
+    group, so killpg alone leaves them running after the test)."""
+    workers = _descendants(proc.pid)
+    for pid in [-proc.pid, *workers]:  # -pid: the whole group
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=30)
+
+
 def start_server(tag: str, workdir: Path, feedback_log: Path):
     port = _free_port()
     log = open(workdir / f"serve-{port}.log", "w")
@@ -164,7 +181,7 @@ def start_server(tag: str, workdir: Path, feedback_log: Path):
         if proc.poll() is not None:
             break
         time.sleep(1)
-    os.killpg(proc.pid, 9)
+    stop_server(proc, 9)
     raise RuntimeError("bentoml serve did not become ready:\n" + (workdir / f"serve-{port}.log").read_text()[-3000:])
 
 
@@ -173,8 +190,7 @@ def server(trained):
     project, result = trained
     proc, url = start_server(result["package"]["bento_tag"], project, project / "feedback" / "fb.jsonl")
     yield url, project
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=30)
+    stop_server(proc, 15)
 
 
 def _post(url, path, body, key=None, **kw):
@@ -297,10 +313,9 @@ def test_feedback_survives_sigkill(trained, tmp_path):
     deadline = time.time() + 30
     while len(acked) < 150 and time.time() < deadline:
         time.sleep(0.05)
-    os.killpg(proc.pid, 9)  # SIGKILL: no clean shutdown, no flush
+    stop_server(proc, 9)  # SIGKILL: no clean shutdown, no flush
     stop.set()
     [t.join(timeout=15) for t in threads]
-    proc.wait(timeout=30)
     assert len(acked) >= 150
     from causalrec.serving.feedback import read_events
 
