@@ -58,19 +58,19 @@ def glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
-def run_child(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
-    """subprocess.run for the tools a stage drives (dvc, bentoml): on Linux the child gets SIGKILL when
-    its parent dies, so killing a run never leaves a build or a push running on its own."""
-    preexec = None
+def die_with_parent() -> None:
+    """preexec_fn for child processes: on Linux the child gets SIGKILL when its parent dies
+    (PR_SET_PDEATHSIG), so a killed run leaves no child running on its own; elsewhere a no-op."""
     if sys.platform.startswith("linux"):
         import ctypes
         import signal
 
-        libc = ctypes.CDLL(None, use_errno=True)
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
-        def preexec():  # PR_SET_PDEATHSIG = 1
-            libc.prctl(1, signal.SIGKILL)
-    return subprocess.run(cmd, preexec_fn=preexec, **kwargs)
+
+def run_child(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run for the tools a stage drives (dvc, bentoml): never outlives a killed run."""
+    return subprocess.run(cmd, preexec_fn=die_with_parent, **kwargs)
 
 
 def _fsync_dir(path: Path) -> None:

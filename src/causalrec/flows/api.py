@@ -19,19 +19,13 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+from causalrec.io import die_with_parent
+
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 @contextlib.contextmanager
@@ -47,7 +41,7 @@ def run_api_server(log_dir: Path | None = None) -> Iterator[str | None]:
     log = open(Path(log_dir or ".") / "prefect-api.log", "ab") if log_dir else subprocess.DEVNULL
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
            "--host", "127.0.0.1", "--port", str(port), "--log-level", "error"]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=log, preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log, preexec_fn=die_with_parent)
     try:
         deadline = time.time() + float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"))
         while True:
