@@ -64,13 +64,18 @@ def train_loop(step: Callable[[object], tuple[float, int]], batches: Callable[[]
     one row per epoch with train_loss, rows, seconds (and val_loss)."""
     from tqdm.auto import tqdm
 
-    history, best, best_state, bad = [], np.inf, None, 0
-    if validate is not None:  # the starting point counts: a warm start may already be the best state
+    def evaluate() -> float:
         for m in modules.values():
             m.eval()
         with torch.no_grad():
-            best = float(validate())
-        best_state = {k: {n: v.clone() for n, v in m.state_dict().items()} for k, m in modules.items()}
+            return float(validate())
+
+    def snapshot() -> dict:
+        return {k: {n: v.clone() for n, v in m.state_dict().items()} for k, m in modules.items()}
+
+    history, best, best_state, bad = [], np.inf, None, 0
+    if validate is not None:  # the starting point counts: a warm start may already be the best state
+        best, best_state = evaluate(), snapshot()
     for epoch in tqdm(range(epochs), desc=desc, disable=not progress):
         for m in modules.values():
             m.train()
@@ -83,13 +88,9 @@ def train_loop(step: Callable[[object], tuple[float, int]], batches: Callable[[]
         history.append(row)
         if validate is None:
             continue
-        for m in modules.values():
-            m.eval()
-        with torch.no_grad():
-            row["val_loss"] = float(validate())
+        row["val_loss"] = evaluate()
         if row["val_loss"] < best - 1e-5:
-            best, bad = row["val_loss"], 0
-            best_state = {k: {n: v.clone() for n, v in m.state_dict().items()} for k, m in modules.items()}
+            best, bad, best_state = row["val_loss"], 0, snapshot()
         else:
             bad += 1
             if bad >= patience:
