@@ -12,25 +12,17 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import requests
-
 from _common import REPO, write_result
 
+from causalrec.serving.launch import BentoServer
+
 BENCH = Path(__file__).resolve().parent
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_store(home: Path, n_items: int) -> None:
@@ -77,22 +69,9 @@ with bentoml.models.create('causalrec-encoder') as em:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
 
 
-def serve(target: str, home: Path, cwd: Path, log: Path):
-    port = _port()
-    env = {**os.environ, "BENTOML_HOME": str(home), "CAUSALREC_FEEDBACK_LOG": str(log.parent / "fb.jsonl"),
-           "BENTOML_DO_NOT_TRACK": "True"}
-    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=cwd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(180):
-        try:
-            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    os.killpg(proc.pid, 9)
-    raise RuntimeError(f"{target} did not start: {log.read_text()[-2000:]}")
+def serve(target: str, home: Path, cwd: Path, log: Path) -> BentoServer:
+    env = {"BENTOML_HOME": str(home), "CAUSALREC_FEEDBACK_LOG": str(log.parent / "fb.jsonl"), "BENTOML_DO_NOT_TRACK": "True"}
+    return BentoServer(target, cwd, log, env).start()
 
 
 def load(url: str, users: int, seconds: int, out: Path) -> dict:
@@ -123,15 +102,15 @@ def main() -> None:
     for name, target, cwd, users, seconds in (
             ("causalrec", "bentos.service:Recommender", REPO, args.users, args.seconds),
             ("naive_baseline", "naive_service:NaiveRecommender", BENCH, args.users, args.baseline_seconds)):
-        proc, url = serve(target, home, cwd, work / f"{name}.log")
+        server = serve(target, home, cwd, work / f"{name}.log")
+        url = server.url
         try:
             r = requests.post(f"{url}/recommend", json={"user_id": "u000001", "k": 10}, timeout=60)
             r.raise_for_status()
             (work / name).mkdir()
             results[name] = load(url, users, seconds, work / name)
         finally:
-            os.killpg(proc.pid, 15)
-            proc.wait(timeout=30)
+            server.stop()
         print(name, results[name], flush=True)
     ours, naive = results["causalrec"], results["naive_baseline"]
     write_result("serving", {"catalogue_items": args.items, **ours, "naive_baseline": naive,

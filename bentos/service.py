@@ -4,7 +4,7 @@
     bentoml serve bentos.service:Recommender            # from the source tree
 
 Environment: CAUSALREC_API_KEY (required for POST /feedback and /items), CAUSALREC_PSEUDONYM_KEY
-(keyed hash of user ids in logs), CAUSALREC_FEEDBACK_LOG (default from params.yaml serve.feedback_log),
+(keyed hash of user ids in logs and stored feedback; default: pseudonym.key beside the feedback log), CAUSALREC_FEEDBACK_LOG (default from params.yaml serve.feedback_log),
 CAUSALREC_CATALOGUE (items added through POST /items, SQLite; default serve.catalogue),
 CAUSALREC_INT8_ENCODER=1 (dynamic int8 encoder on CPU), CAUSALREC_LOG_LEVEL (default INFO),
 CAUSALREC_MAX_REQUEST_BYTES (default 1 MiB; larger POST bodies get 413, non-JSON ones 415).
@@ -16,7 +16,7 @@ import sys
 from datetime import datetime
 from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 # The bento ships the library sources under src/ (see bentofile.yaml `include`).
 _SRC = Path(__file__).resolve().parents[1] / "src"
@@ -30,19 +30,32 @@ from pydantic import Field  # noqa: E402
 
 from causalrec.data.rules import OUTCOME_BOUND, check_event  # noqa: E402
 from causalrec.logs import configure as configure_logging  # noqa: E402
-from causalrec.serving.catalogue import CatalogueStore  # noqa: E402
+from causalrec.logs import one_line_client_errors  # noqa: E402
+from causalrec.serving.catalogue import CatalogueStore, Conflict  # noqa: E402
 from causalrec.serving.core import NotFound as UnknownId  # noqa: E402
 from causalrec.serving.core import RecommenderCore  # noqa: E402
 from causalrec.serving.feedback import FeedbackLog  # noqa: E402
-from causalrec.serving.limits import RequestLimits  # noqa: E402
-from causalrec.serving.privacy import api_key_matches  # noqa: E402
+from causalrec.serving.limits import ErrorContract, RequestLimits  # noqa: E402
+from causalrec.serving.privacy import api_key_matches, pseudonym_key  # noqa: E402
 
 Id = Annotated[str, Field(min_length=1, max_length=256)]
 Text = Annotated[str, Field(min_length=1, max_length=10_000)]
 
 
+# OpenAPI 3.0 has no numeric exclusiveMinimum: the same rule, written the 3.0 way in the schema.
+# Numbers are strict: "0.5" or 1.5 for an integer is a 400, as the schema says, not silently coerced.
+Propensity = Annotated[float, Field(gt=0, le=1, strict=True, json_schema_extra={"minimum": 0, "exclusiveMinimum": True})]
+Outcome = Annotated[float, Field(ge=-OUTCOME_BOUND, le=OUTCOME_BOUND, strict=True)]
+Timestamp = Annotated[datetime, Field(description="ISO 8601; between 1990-01-01 and now + 1 day (UTC); "
+                                                  "no zone means UTC")]
+
+
 class Unauthorized(BentoMLException):
     error_code = HTTPStatus.UNAUTHORIZED
+
+
+class AlreadyExists(BentoMLException):
+    error_code = HTTPStatus.CONFLICT
 
 
 def _require_key(ctx: bentoml.Context) -> None:
@@ -80,19 +93,20 @@ class Recommender:
 
     def __init__(self) -> None:
         configure_logging()  # JSON lines at $CAUSALREC_LOG_LEVEL, like the CLI
+        one_line_client_errors()  # a 4xx is one line, never a traceback with the request in it
         manifest = RecommenderCore.read_manifest(self.bundle.path)
         catalogue = CatalogueStore(os.environ.get("CAUSALREC_CATALOGUE", manifest["serve"]["catalogue"]))
-        self.core = RecommenderCore(self.bundle.path, catalogue=catalogue)
-        log_path = os.environ.get("CAUSALREC_FEEDBACK_LOG", self.core.config["feedback_log"])
+        log_path = os.environ.get("CAUSALREC_FEEDBACK_LOG", manifest["serve"]["feedback_log"])
+        # Feedback stores pseudonyms; the key sits beside the log, shared with every worker and the exporter.
+        self.core = RecommenderCore(self.bundle.path, catalogue=catalogue, pseudonym_key=pseudonym_key(Path(log_path).parent))
         self.feedback_log = FeedbackLog(log_path, max_bytes=int(self.core.config["feedback_max_bytes"]))
         self.k_max = int(self.core.config["k_max"])
 
     @bentoml.api(route="/recommend")
-    async def recommend(self, user_id: Id, k: Annotated[int, Field(ge=1, le=10_000)] = 10,
-                  exclude: Annotated[list[Id], Field(max_length=1000)] = []) -> dict:  # noqa: B006
-        if k > self.k_max:
-            raise InvalidArgument(f"k={k} is above this service's k_max={self.k_max}")
-        return self.core.recommend(user_id, k, exclude)
+    async def recommend(self, user_id: Id,
+                        k: Annotated[int, Field(ge=1, le=10_000, strict=True, description="at most serve.k_max items are returned")] = 10,
+                        exclude: Annotated[list[Id], Field(max_length=1000)] = []) -> dict:  # noqa: B006
+        return self.core.recommend(user_id, min(k, self.k_max), exclude)
 
     @bentoml.api(route="/explain")
     def explain(self, user_id: Id, item_id: Id) -> dict:
@@ -102,27 +116,30 @@ class Recommender:
             raise NotFound(str(exc)) from None
 
     @bentoml.api(route="/feedback")
-    def feedback(self, event_id: Id, user_id: Id, item_id: Id, outcome: Annotated[float, Field(ge=-OUTCOME_BOUND, le=OUTCOME_BOUND)],
-                 propensity: Annotated[float, Field(gt=0, le=1)], timestamp: datetime, ctx: bentoml.Context,
-                 position: Annotated[Optional[int], Field(ge=0, le=10_000)] = None,
-                 policy: Annotated[Optional[str], Field(max_length=64)] = None) -> dict:
+    def feedback(self, event_id: Id, user_id: Id, item_id: Id, outcome: Outcome,
+                 propensity: Propensity, timestamp: Timestamp, ctx: bentoml.Context,
+                 position: Annotated[int, Field(ge=0, le=10_000, strict=True)] = 0,
+                 policy: Annotated[str, Field(max_length=64)] = "") -> dict:
         _require_key(ctx)
         try:  # the pipeline's own rules: nothing acknowledged here can fail export or validation later
             when = check_event(timestamp, propensity, outcome)
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
-        event = {"event_id": event_id, "user_id": user_id, "item_id": item_id, "outcome": outcome,
+        event = {"event_id": event_id, "user_id": self.core.pseudonym(user_id), "item_id": item_id, "outcome": outcome,
                  "propensity": propensity, "timestamp": when, "position": position,
                  "policy": policy or self.core.policy.kind}
         written = self.feedback_log.append(event)  # fsynced before we answer
         return {"event_id": event_id, "status": "logged" if written else "duplicate"}
 
     @bentoml.api(route="/items")
-    async def items(self, title: Text, description: Text, ctx: bentoml.Context, item_id: Optional[Id] = None) -> dict:
+    async def items(self, title: Text, description: Text, ctx: bentoml.Context,
+                    item_id: Annotated[str, Field(max_length=256)] = "") -> dict:
         _require_key(ctx)
         vector = np.asarray(await self.encoder.to_async.embed([f"{title}. {description}"]))[0]
         try:
-            return self.core.add_item(title, description, vector, item_id)
+            return self.core.add_item(title, description, vector, item_id or None)
+        except Conflict as exc:
+            raise AlreadyExists(str(exc)) from None
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
 
@@ -132,5 +149,8 @@ class Recommender:
 
 
 # The public API: size and content type are checked before BentoML parses a body (413 / 415, never
-# a 5xx). The Encoder is an internal dependency, called by BentoML's own client in its own formats.
-Recommender.add_asgi_middleware(RequestLimits)
+# a 5xx); error bodies are one object, and the published document lists them. The Encoder is an
+# internal dependency, called by BentoML's own client in its own formats.
+ROUTES = frozenset({"/recommend", "/explain", "/feedback", "/items", "/model_info"})
+Recommender.add_asgi_middleware(RequestLimits, routes=ROUTES)
+Recommender.add_asgi_middleware(ErrorContract, routes=ROUTES, write_routes=frozenset({"/feedback", "/items"}))

@@ -1,10 +1,10 @@
-"""The request-limits middleware answers 413/415 before the service parses anything."""
+"""The HTTP edge: 413/415 before the service parses anything; one error object, documented."""
 import asyncio
 import json
 
 import pytest
 
-from causalrec.serving.limits import RequestLimits
+from causalrec.serving.limits import ErrorContract, RequestLimits
 
 
 async def _app(scope, receive, send):  # echoes the body length
@@ -18,7 +18,7 @@ async def _app(scope, receive, send):  # echoes the body length
     await send({"type": "http.response.body", "body": str(len(body)).encode()})
 
 
-def _call(headers, chunks, method="POST", max_bytes=100):
+def _call(headers, chunks, method="POST", max_bytes=100, path="/recommend"):
     sent, queue = [], [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
 
     async def receive():
@@ -27,8 +27,9 @@ def _call(headers, chunks, method="POST", max_bytes=100):
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "method": method, "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
-    asyncio.run(RequestLimits(_app, max_bytes)(scope, receive, send))
+    scope = {"type": "http", "method": method, "path": path,
+             "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
+    asyncio.run(RequestLimits(_app, frozenset({"/recommend"}), max_bytes)(scope, receive, send))
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return sent[0]["status"], body
 
@@ -49,3 +50,48 @@ def test_declared_and_streamed_bodies_over_the_limit_get_413():
 
 def test_get_passes_untouched():
     assert _call({}, [b""], method="GET")[0] == 200
+
+
+def test_routes_other_than_the_api_are_left_to_the_framework():
+    assert _call({"content-type": "text/plain"}, [b"x"], path="/healthz")[0] == 200  # the app answers (405 there)
+
+
+def _respond(status, body):
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def _get(app, path, method="POST"):
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    mw = ErrorContract(app, frozenset({"/recommend", "/items"}), frozenset({"/items"}))
+    asyncio.run(mw({"type": "http", "method": method, "path": path, "headers": []}, receive, send))
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    length = dict(sent[0]["headers"])[b"content-length"]
+    assert int(length) == len(body)
+    return sent[0]["status"], json.loads(body)
+
+
+def test_error_bodies_are_one_object():
+    # BentoML 1.4 wraps a BentoMLException's message in a one-element list.
+    assert _get(_respond(400, b'[{"error": "k=0 is below 1"}]'), "/recommend") == (400, {"error": "k=0 is below 1"})
+    assert _get(_respond(200, b'[{"a": 1}]'), "/recommend") == (200, [{"a": 1}])  # success bodies untouched
+
+
+def test_published_document_lists_every_error_the_edge_gives():
+    spec = {"paths": {r: {"post": {"responses": {"200": {}, "404": {}}}} for r in ("/recommend", "/items")}}
+    _, doc = _get(_respond(200, json.dumps(spec).encode()), "/docs.json", method="GET")
+    items, recommend = doc["paths"]["/items"]["post"], doc["paths"]["/recommend"]["post"]
+    assert {"400", "401", "404", "409", "413", "415", "500"} <= set(items["responses"])
+    assert "401" not in recommend["responses"] and "security" not in recommend
+    assert items["security"] == [{"ApiKey": []}] and doc["components"]["schemas"]["Error"]["required"] == ["error"]

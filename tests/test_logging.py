@@ -33,3 +33,39 @@ def test_log_level_from_the_environment(tmp_path):
     bad = _run(tmp_path, "loud")
     assert bad.returncode == 2 and "CAUSALREC_LOG_LEVEL='LOUD' is not a logging level" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_client_errors_are_one_line_without_input_and_server_errors_keep_the_traceback():
+    import logging
+
+    from bentoml.exceptions import InvalidArgument
+    from pydantic import BaseModel
+
+    from causalrec.logs import ClientErrorsOnOneLine
+
+    class Body(BaseModel):
+        user_id: str
+        k: int
+
+    def record_for(exc):
+        try:
+            raise exc
+        except Exception:
+            import sys as _sys
+
+            rec = logging.LogRecord("bentoml._internal.server.http_app", logging.ERROR, __file__, 1,
+                                    "Exception on %s [%s]", ("/recommend", "POST"), _sys.exc_info())
+        assert ClientErrorsOnOneLine().filter(rec)
+        return rec
+
+    try:
+        Body(user_id="alice@example.com", k="many")
+    except Exception as exc:
+        invalid = record_for(exc)
+    line = logging.Formatter().format(invalid)
+    assert invalid.levelname == "WARNING" and "\n" not in line and "Traceback" not in line
+    assert "-> 400" in line and "k: Input should be a valid integer" in line and "alice" not in line
+    named = record_for(InvalidArgument("k=0 is below 1"))
+    assert "-> 400 InvalidArgument: k=0 is below 1" in named.getMessage() and named.exc_info is None
+    crash = record_for(RuntimeError("boom"))
+    assert crash.levelname == "ERROR" and "Traceback" in logging.Formatter().format(crash)

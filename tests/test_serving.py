@@ -246,6 +246,38 @@ def test_items_added_at_serving_time_are_shared_durable_and_become_data(bundle, 
     assert (again["exported"], again["new_items"], again["new_users"]) == (0, 0, 0)
 
 
+def test_feedback_stores_pseudonyms_that_export_maps_back(bundle, tmp_path, monkeypatch):
+    """The service stores pseudonyms only (key file beside the log, shared by every worker); export maps
+    a known user back to their id and brings a new one in under the pseudonym, which the service then
+    resolves for that person: no raw id of a new user is ever written."""
+    from datetime import datetime
+
+    from causalrec.data.rules import check_event
+    from causalrec.data.simulate import SimulationConfig, simulate
+    from causalrec.serving.core import RecommenderCore
+    from causalrec.serving.privacy import is_pseudonym, pseudonym_key
+
+    monkeypatch.delenv("CAUSALREC_PSEUDONYM_KEY", raising=False)
+    key = pseudonym_key(tmp_path / "feedback")
+    assert key == pseudonym_key(tmp_path / "feedback") and oct((tmp_path / "feedback" / "pseudonym.key").stat().st_mode)[-3:] == "600"
+    core = RecommenderCore(bundle[0], pseudonym_key=key)
+    simulate(SimulationConfig(n_users=20, n_items=10, n_interactions=200, n_topics=3, n_test_pairs_per_user=2),
+             tmp_path / "data", tmp_path / "truth", progress=False)
+    log = FeedbackLog(tmp_path / "feedback" / "fb.jsonl")
+    for i, who in enumerate(["u000001", "alice@example.com"]):
+        log.append({"event_id": f"e{i}", "user_id": core.pseudonym(who), "item_id": "i000002", "outcome": 1.0,
+                    "propensity": 0.3, "timestamp": check_event(datetime(2026, 3, 1, 10), 0.3, 1.0), "position": 1})
+    stored = (tmp_path / "feedback" / "fb.jsonl").read_text()
+    assert "alice" not in stored and "u000001" not in stored
+    out = export_feedback(tmp_path / "feedback" / "fb.jsonl", tmp_path / "data")
+    assert (out["exported"], out["new_users"]) == (2, 1)
+    inter = pd.read_parquet(tmp_path / "data" / "interactions.parquet").set_index("event_id")
+    assert inter.loc["e0", "user_id"] == "u000001" and is_pseudonym(inter.loc["e1", "user_id"])
+    assert inter.loc["e1", "user_id"] == core.pseudonym("alice@example.com")
+    core.known_users.add(core.pseudonym("alice@example.com"))  # as after a retrain on that data
+    assert core.recommend("alice@example.com", 2)["cold_start"] is False
+
+
 def test_feedback_log_rotates_and_dedups_across_segments_and_writers(tmp_path):
     """Two writers (workers) on one log with a small size limit, plus an operator's rotate: several
     segments, every event stored once across them, duplicates refused across segments, a restarted

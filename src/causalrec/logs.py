@@ -40,3 +40,33 @@ def configure(level: str | None = None) -> None:
         handler._causalrec = True
         root.addHandler(handler)
     root.propagate = False
+
+
+class ClientErrorsOnOneLine(logging.Filter):
+    """A request the client got wrong (pydantic validation, or an error with a 4xx code) is one
+    WARNING line naming the fields and the rule, with no traceback and no input values (a traceback
+    of a bad request repeats what was sent, e-mail addresses included). Server errors keep theirs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if isinstance(record.exc_info, tuple) else None
+        if exc is None:
+            return True
+        status = getattr(getattr(exc, "error_code", None), "value", None)
+        if hasattr(exc, "errors") and hasattr(exc, "error_count"):  # pydantic.ValidationError
+            fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+                               for e in exc.errors(include_input=False, include_context=False))
+            status, reason = 400, f"{exc.error_count()} validation error(s): {fields}"
+        elif isinstance(status, int) and status < 500:
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            return True
+        record.msg, record.args = f"{record.getMessage()} -> {status} {reason}", ()
+        record.levelno, record.levelname, record.exc_info, record.exc_text = logging.WARNING, "WARNING", None, None
+        return True
+
+
+def one_line_client_errors(logger: str = "bentoml._internal.server.http_app") -> None:
+    """Install ClientErrorsOnOneLine on BentoML's request-exception logger (once)."""
+    target = logging.getLogger(logger)
+    if not any(isinstance(f, ClientErrorsOnOneLine) for f in target.filters):
+        target.addFilter(ClientErrorsOnOneLine())

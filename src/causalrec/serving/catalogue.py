@@ -17,6 +17,10 @@ from pathlib import Path
 import numpy as np
 
 
+class Conflict(ValueError):
+    """A create that names an id which already exists (POST /items with a taken item_id)."""
+
+
 class CatalogueStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -30,7 +34,7 @@ class CatalogueStore:
                          "embedding BLOB, added_at TEXT NOT NULL)")
 
     def add(self, item_id: str, title: str, description: str, embedding: np.ndarray | None) -> int:
-        """Store a new item; returns its sequence number. ValueError if the id is taken (by any worker)."""
+        """Store a new item; returns its sequence number. Conflict if the id is taken (by any worker)."""
         blob = None if embedding is None else np.asarray(embedding, np.float32).tobytes()
         with self._lock:
             try:
@@ -38,7 +42,7 @@ class CatalogueStore:
                                        "VALUES (?, ?, ?, ?, ?)", (item_id, title, description, blob,
                                                                   datetime.now(timezone.utc).isoformat()))
             except sqlite3.IntegrityError:
-                raise ValueError(f"item_id {item_id!r} already exists") from None
+                raise Conflict(f"item_id {item_id!r} already exists") from None
             return int(cur.lastrowid)
 
     def since(self, seq: int) -> list[dict]:

@@ -21,8 +21,9 @@ import pandas as pd
 
 from causalrec.persistence import load_model
 from causalrec.policy import ExplorationPolicy
-from causalrec.serving.catalogue import CatalogueStore
-from causalrec.serving.privacy import pseudonym_key, pseudonymize
+from causalrec.serving.catalogue import CatalogueStore, Conflict
+from causalrec.serving.privacy import pseudonym_key as new_pseudonym_key
+from causalrec.serving.privacy import pseudonymize
 from causalrec.serving.scoring import CatalogueScorer
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,10 @@ class NotFound(KeyError):
 
 class RecommenderCore:
     def __init__(self, bundle_dir: str | Path, serve: dict | None = None, seed: int | None = None,
-                 catalogue: "CatalogueStore | None" = None):
+                 catalogue: "CatalogueStore | None" = None, pseudonym_key: bytes | None = None):
         """catalogue: the shared store of items added at serving time (none: added items live in this
-        process only)."""
+        process only). pseudonym_key: the key of stored feedback's pseudonyms (none: a per-process key,
+        see serving.privacy)."""
         bundle_dir = Path(bundle_dir)
         self.manifest = self.read_manifest(bundle_dir)
         self.config = {**self.manifest["serve"], **(serve or {})}
@@ -57,7 +59,7 @@ class RecommenderCore:
         self.history = (pd.read_parquet(hist).groupby("user_id")["item_id"].apply(list).to_dict() if hist.exists() else {})
         self._lock = threading.Lock()  # catalogue growth (POST /items) vs concurrent reads
         self._rng = np.random.default_rng(seed)
-        self._pseudonym_key = pseudonym_key()
+        self._pseudonym_key = pseudonym_key if pseudonym_key is not None else new_pseudonym_key()
         self.catalogue, self._synced = catalogue, 0
         self.sync()
 
@@ -81,9 +83,22 @@ class RecommenderCore:
                 self._synced = max(self._synced, row["seq"])
         return len(new)
 
+    def pseudonym(self, user_id: str) -> str:
+        """What logs and the feedback log hold instead of the user id."""
+        return pseudonymize(user_id, self._pseudonym_key)
+
+    def _resolve(self, user_id: str) -> str:
+        """The id the models know this person by: their own, or the pseudonym under which feedback
+        first brought them into the data (a cold-start user since retrained on)."""
+        if user_id in self.known_users:
+            return user_id
+        alias = self.pseudonym(user_id)
+        return alias if alias in self.known_users else user_id
+
     # ------------------------------------------------------------------------------ recommend
     def recommend(self, user_id: str, k: int, exclude: list[str] | None = None) -> dict:
         self.sync()
+        shown_to, user_id = self.pseudonym(user_id), self._resolve(user_id)
         by_uplift = self.config["rank_by"] == "uplift"
         ranker, other = (self.uplift, self.relevance) if by_uplift else (self.relevance, self.uplift)
         with self._lock:
@@ -101,7 +116,7 @@ class RecommenderCore:
         relevance, uplift = (secondary, rank[chosen]) if by_uplift else (rank[chosen], secondary)
         cold = user_id not in self.known_users
         request_id = uuid.uuid4().hex
-        log.info("recommend request=%s user=%s cold=%s k=%d", request_id, pseudonymize(user_id, self._pseudonym_key), cold, k)
+        log.info("recommend request=%s user=%s cold=%s k=%d", request_id, shown_to, cold, k)
         return {"request_id": request_id, "cold_start": cold, "policy": self.policy.kind, "rank_by": self.config["rank_by"],
                 "model": self.manifest.get("model"),
                 "items": [{"item_id": self.item_ids[i], "title": self.titles[i], "position": pos + 1,
@@ -114,6 +129,7 @@ class RecommenderCore:
         pos = self._pos.get(item_id)
         if pos is None:
             raise NotFound(f"unknown item_id {item_id!r}")
+        asked_as, user_id = user_id, self._resolve(user_id)
         with self._lock:
             relevance = float(self.relevance.scores(user_id)[pos])
             uplift = members = None
@@ -121,7 +137,7 @@ class RecommenderCore:
                 uplift = float(self.uplift.scores(user_id)[pos])
                 draws = self.uplift.member_scores(user_id)
                 members = None if draws is None else draws[:, pos]
-        out = {"user_id": user_id, "item_id": item_id, "title": self.titles[pos], "cold_start": user_id not in self.known_users,
+        out = {"user_id": asked_as, "item_id": item_id, "title": self.titles[pos], "cold_start": user_id not in self.known_users,
                "score": relevance, "uplift": uplift,
                "uplift_interval": (None if members is None else [float(np.quantile(members, 0.05)), float(np.quantile(members, 0.95))]),
                "reasons": []}
@@ -145,7 +161,7 @@ class RecommenderCore:
         self.sync()
         item_id = item_id or f"new-{uuid.uuid4().hex[:12]}"
         if item_id in self._pos:
-            raise ValueError(f"item_id {item_id!r} already exists")
+            raise Conflict(f"item_id {item_id!r} already exists")
         if self.embeddings is not None and embedding is not None and embedding.shape[-1] != self.embeddings.shape[1]:
             raise ValueError(f"embedding has dimension {embedding.shape[-1]}, the catalogue {self.embeddings.shape[1]}")
         if self.catalogue is not None:

@@ -162,11 +162,23 @@ def _append_rows(data_dir: Path, spec, rows) -> int:
     return len(rows)
 
 
-def export_feedback(log_path: str | Path, data_dir: str | Path, catalogue: str | Path | None = None) -> dict:
+def _known_users(log_path: Path, data_dir: Path, key: bytes | None) -> dict[str, str]:
+    """pseudonym -> user id for the users in the data (the service stores only pseudonyms)."""
+    from causalrec.data.schema import USERS, read_table
+    from causalrec.serving.privacy import pseudonym_key, pseudonymize
+
+    key = key if key is not None else pseudonym_key(log_path.parent)
+    return {pseudonymize(u, key): u for u in read_table(data_dir, USERS)["user_id"].astype(str)}
+
+
+def export_feedback(log_path: str | Path, data_dir: str | Path, catalogue: str | Path | None = None,
+                    key: bytes | None = None) -> dict:
     """Append logged feedback to data/interactions.parquet (skipping events already exported):
     exposed = treatment = 1, outcome, the served propensity and position, policy 'serving:<name>'.
-    Items added at serving time (the `catalogue` store) join data/items.parquet with their texts, and
-    users first seen in feedback join data/users.parquet: cold-start ids are data, not referential errors."""
+    Items added at serving time (the `catalogue` store) join data/items.parquet with their texts.
+    The log holds pseudonyms (serving.privacy): each maps back to a known user through the key beside
+    the log (or `key`); a user first seen at serving time joins data/users.parquet under the pseudonym.
+    Cold-start ids are data, not referential errors."""
     import pandas as pd
 
     from causalrec.data.schema import INTERACTIONS, ITEMS, USERS, read_table
@@ -178,7 +190,8 @@ def export_feedback(log_path: str | Path, data_dir: str | Path, catalogue: str |
     new_items = _append_rows(data_dir, ITEMS, pd.DataFrame(
         {"item_id": [r["item_id"] for r in added], "title": [r["title"] for r in added],
          "description": [r["description"] for r in added]}, dtype=object))
-    events = read_events(log_path)
+    users = _known_users(Path(log_path), data_dir, key)
+    events = [{**e, "user_id": users.get(e["user_id"], e["user_id"])} for e in read_events(log_path)]
     new_users = _append_rows(data_dir, USERS, pd.DataFrame({"user_id": [e["user_id"] for e in events]}, dtype=object))
     inter = read_table(data_dir, INTERACTIONS)
     done = set(inter["event_id"].dropna()) if "event_id" in inter else set()

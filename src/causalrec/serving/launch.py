@@ -1,0 +1,69 @@
+"""Start and stop a real `bentoml serve` from Python (tests, benchmarks): a free port, readiness by
+/readyz, and a stop that reaches every worker (BentoML's workers leave the process group)."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [d for c in map(int, out) for d in (c, *_descendants(c))]
+
+
+class BentoServer:
+    """`bentoml serve <target>` on 127.0.0.1 with `env` added; output to `log`."""
+
+    def __init__(self, target: str, cwd: str | Path, log: str | Path, env: dict[str, str] | None = None,
+                 ready_timeout: float = 180):
+        self.target, self.cwd, self.log, self.env, self.ready_timeout = target, Path(cwd), Path(log), env or {}, ready_timeout
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self) -> "BentoServer":
+        import requests
+
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        with open(self.log, "a") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", self.target, "--host", "127.0.0.1",
+                                          "--port", str(port)], cwd=self.cwd, env={**os.environ, **self.env},
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + self.ready_timeout
+        while time.time() < deadline and self.proc.poll() is None:
+            try:
+                if requests.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        self.stop(9)
+        raise RuntimeError(f"bentoml serve {self.target} did not become ready:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self, sig: int = 15) -> None:
+        """Signal the server's group and every worker (9 = SIGKILL: no clean shutdown, no flush)."""
+        if self.proc is None:
+            return
+        for pid in [-self.proc.pid, *_descendants(self.proc.pid)]:  # -pid: the whole group
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(timeout=30)
+        self.proc = None
+
+    def __enter__(self) -> "BentoServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
