@@ -1,0 +1,81 @@
+"""Causal analysis against known truth: the promotion funnel (causalrec.data.funnel), replicated.
+
+    python benchmarks/causal_effects.py [--replications 200] [--impressions 8000] [--items 400]
+
+Each replication draws a fresh sample (seed = replication) from the same world and runs the whole
+analysis (causalrec.causal.analysis.analyze on graphs/funnel.yaml, clustered by item): total, natural
+direct, natural indirect and per-segment effects with 95% intervals, from the headline estimator
+(declared in causal/analysis.py before any data: doubly robust) and the linear SEM as a reference;
+then the refuters. Also the deliberately wrong graph (popularity -> promoted left out: popularity is
+no longer a confounder) is checked against each sample. Writes results/causal_effects.json with
+bias, RMSE, coverage and bias/SE per effect, the placebo refuter's false alarm rate (the true
+effect is non-zero, the placebo's is zero) and the wrong graph's detection rate.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from _common import REPO, write_result
+from causalrec.causal.analysis import HEADLINE, analyze
+from causalrec.causal.graph import CausalGraph
+from causalrec.data.funnel import FunnelConfig, draw_funnel, true_effects
+
+
+def summarise(rows: list[tuple[float, float, float, float]]) -> dict:
+    """rows of (estimate, se, ci_low, ci_high) - truth already subtracted from estimate and interval."""
+    a = np.array(rows, float)
+    err, se = a[:, 0], a[:, 1]
+    return {"bias": float(err.mean()), "rmse": float(np.sqrt((err ** 2).mean())),
+            "coverage": float(np.mean((a[:, 2] <= 0) & (0 <= a[:, 3]))), "mean_se": float(se.mean()),
+            "sd_of_estimates": float(err.std(ddof=1)), "bias_over_se": float(err.mean() / se.mean()),
+            "bias_mc_error": float(err.std(ddof=1) / np.sqrt(len(err)))}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--replications", type=int, default=200)
+    ap.add_argument("--impressions", type=int, default=8000)
+    ap.add_argument("--items", type=int, default=400)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    graph = CausalGraph.load(REPO / "graphs" / "funnel.yaml")
+    wrong = graph.without_edge("popularity", "promoted")
+    world = FunnelConfig(n_items=args.items, n_impressions=args.impressions)
+    truth = true_effects(world)
+    per = {est: {k: [] for k in truth} for est in (HEADLINE, "regression")}
+    placebo_alarms, wrong_detected, right_rejected, passed = [], [], [], {}
+    for rep in tqdm(range(args.replications), desc="replications"):
+        data = draw_funnel(FunnelConfig(**{**world.__dict__, "seed": rep}))
+        report = analyze(data, graph, cluster="item_id", seed=rep)
+        for est, effects in report["estimate"]["effects"].items():
+            for key, e in effects.items():
+                t = truth[key]
+                per[est][key].append((e["value"] - t, e["se"], e["ci95"][0] - t, e["ci95"][1] - t))
+        for r in report["refute"]:
+            passed.setdefault(r["refuter"], []).append(r["passed"])
+        placebo_alarms.append(not report["refute"][0]["passed"])
+        right_rejected.append(not report["model"]["graph_consistent_with_data"])
+        wrong_detected.append(not all(c["holds"] for c in wrong.check(data)))
+    figures = {
+        "replications": args.replications, "world": world.__dict__, "truth": truth, "headline": HEADLINE,
+        "effects": {k: summarise(v) for k, v in per[HEADLINE].items()},
+        "reference_linear_sem": {k: summarise(v) for k, v in per["regression"].items() if v},
+        "refuters": {"placebo_false_alarm_rate": float(np.mean(placebo_alarms)),
+                     "wrong_graph_detection_rate": float(np.mean(wrong_detected)),
+                     "correct_graph_rejection_rate": float(np.mean(right_rejected)),
+                     "pass_rate": {k: float(np.mean(v)) for k, v in passed.items()}},
+        "goals": {"coverage": [0.90, 0.98], "abs_bias_over_se": 0.1, "placebo_false_alarm_rate": 0.05,
+                  "wrong_graph_detection_rate": 0.9},
+        "dowhy_econml": "not run: DoWhy 0.14 needs scipy 1.15.3, this project pins scipy 1.17.1 (constraints.txt)",
+    }
+    write_result("causal_effects", figures, args.out)
+    return figures
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(main(), indent=2)[:4000])
