@@ -74,7 +74,7 @@ def make_project(root: Path, tiny_encoder: Path | None = None, git: bool = True,
     root.mkdir(parents=True, exist_ok=True)
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy2(REPO / name, root / name)
-    for name in ("bentos", "src"):
+    for name in ("bentos", "src", "graphs"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     if tiny_encoder is not None:
         sections.setdefault("embed", {})["model_path"] = str(tiny_encoder)

@@ -8,6 +8,9 @@ def test_default_params_load_and_anchor_paths():
     params = load_params(REPO / "params.yaml", environ={})
     assert params.simulate.n_interactions == 100_000
     assert params.paths.data_dir == REPO / "data"
+    # the service's log and catalogue are the project's, whatever directory `bentoml serve` runs in
+    assert params.serve.feedback_log == REPO / "feedback" / "feedback.jsonl"
+    assert params.serve.catalogue == REPO / "feedback" / "catalogue.sqlite"
     assert params.validate_.max_examples >= 1
 
 
@@ -22,6 +25,7 @@ def test_default_params_load_and_anchor_paths():
     ("uplift:\n  exposure_weight: often\n", "uplift.exposure_weight"),
     ("paths:\n  artifacts_dir: ../elsewhere\n", "paths.artifacts_dir = ../elsewhere resolves to"),
     ("paths:\n  data_dir: /tmp/causalrec-data\n", "outside the project"),
+    ("serve:\n  feedback_log: /etc/passwd\n", "serve.feedback_log = /etc/passwd resolves to"),
 ])
 def test_malformed_params_name_the_key(tmp_path, text, fragment):
     import yaml

@@ -173,18 +173,24 @@ def graph(spec: Path = typer.Option(..., help="graph spec (YAML): nodes with rol
 
 
 @app.command()
-def analyze(spec: Path = typer.Option(..., help="graph spec (YAML) naming treatment, outcome, mediator, segments"),
-            data: Path = typer.Option(..., help="parquet/CSV with the graph's observed nodes as columns"),
+def analyze(params: Path = PARAMS,
+            spec: Path = typer.Option(None, help="graph spec (YAML); given: analyse --data with it instead of params.analyze"),
+            data: Path = typer.Option(None, help="parquet/CSV with the graph's observed nodes as columns (with --spec)"),
             cluster: str = typer.Option(None, help="column of the unit rows share (e.g. item_id): cluster-robust intervals"),
-            out: Path = typer.Option(Path("artifacts/analysis"), help="report directory (replaced whole)")) -> None:
-    """Model -> identify -> estimate (total, direct, indirect, per segment; 95% intervals) -> refute;
-    writes report.json, report.html, graph.png, forest.png/csv."""
+            out: Path = typer.Option(Path("artifacts/analysis"), help="report directory with --spec (replaced whole)")) -> None:
+    """Causal analysis: model -> identify -> estimate (total, direct, indirect, per segment; 95% intervals)
+    -> refute; writes report.json, report.html, graph.png, forest.png/csv. Without --spec: the pipeline
+    stage on params.analyze (what dvc.yaml and the Prefect flow run)."""
+    if spec is None:
+        return _run("analyze", params)
     from causalrec.causal.analysis import analyze as run_analysis
     from causalrec.causal.graph import CausalGraph, GraphError
     from causalrec.causal.report import write_report
     from causalrec.data.schema import DataError
 
     try:
+        if data is None:
+            raise DataError("--spec needs --data")
         g = CausalGraph.load(spec)
         rows = _read_rows(data)
         if cluster is not None and cluster not in rows.columns:

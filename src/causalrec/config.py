@@ -156,6 +156,15 @@ class Monitor(_Section):
     key_columns: list[Literal[MONITORED_COLUMNS]]  # the columns the drift report compares
 
 
+class Analyze(_Section):
+    enabled: bool
+    graph: Path                    # graph spec (YAML), relative to the project
+    data: Path | None              # parquet/CSV with the graph's columns; None: the simulated promotion funnel
+    treatment: str                 # must be the graph's treatment node
+    outcome: str                   # must be the graph's outcome node
+    cluster: str | None            # unit shared by rows (cluster-robust intervals); None: rows independent
+
+
 class Params(_Section):
     seed: int = Field(ge=0, le=2**32 - 1)
     paths: Paths
@@ -170,6 +179,7 @@ class Params(_Section):
     package: Package
     serve: Serve
     monitor: Monitor
+    analyze: Analyze
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
     _root: Path | None = PrivateAttr(default=None)
@@ -186,7 +196,20 @@ class Params(_Section):
                                       f"outside the project {Path(root).resolve()}; set paths.allow_outside_project: "
                                       "true to write there")
         paths = Paths(**dirs, allow_outside_project=self.paths.allow_outside_project)
-        resolved = self.model_copy(update={"paths": paths})
+        # The service's durable state (feedback log, catalogue store) is anchored at the project too, so
+        # every bento version and worker shares one log whatever directory `bentoml serve` runs in.
+        stores = {k: (v if Path(v).is_absolute() else root / v) for k, v in
+                  (("feedback_log", self.serve.feedback_log), ("catalogue", self.serve.catalogue))}
+        if not self.paths.allow_outside_project:
+            for key, path in stores.items():
+                if not Path(path).resolve().is_relative_to(Path(root).resolve()):
+                    raise ConfigError(f"serve.{key} = {getattr(self.serve, key)} resolves to {Path(path).resolve()}, "
+                                      f"outside the project {Path(root).resolve()}; set paths.allow_outside_project: "
+                                      "true, or CAUSALREC_FEEDBACK_LOG / CAUSALREC_CATALOGUE at serving time")
+        inputs = {k: (v if v is None or Path(v).is_absolute() else root / v) for k, v in
+                  (("graph", self.analyze.graph), ("data", self.analyze.data))}
+        resolved = self.model_copy(update={"paths": paths, "serve": self.serve.model_copy(update=stores),
+                                           "analyze": self.analyze.model_copy(update=inputs)})
         resolved._root = root
         return resolved
 

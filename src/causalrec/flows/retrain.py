@@ -32,6 +32,9 @@ def _summary_markdown(result: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in row.values()) + " |")
     lines += ["", f"chosen (validation): **{result['metrics']['chosen']['model']}**; promoted: **{result['package']['promoted']}**; "
               f"bento: `{result['package'].get('bento_tag')}`", f"drift detected: **{result['monitor']['drift_detected']}**",
+              *([f"causal analysis: total effect **{result['analyze']['total_effect']}** (95% "
+                 f"{result['analyze']['total_ci95']}), refutations passed {result['analyze']['refutations_passed']}"]
+                if result["analyze"].get("report") else []),
               "", "## artifacts", *[f"- {k}: `{v}`" for k, v in result["artifacts"].items()]]
     return "\n".join(lines)
 
@@ -47,7 +50,7 @@ def retrain_flow(params_path: str = "params.yaml", version: bool = True) -> dict
         logger.info("data versioned: md5 %s", result.get("data_md5"))
     # validate raises on bad data: the flow fails here and nothing downstream runs.
     result["validate"] = TASKS["validate"](params)
-    for name in ("embed", "propensity", "train", "evaluate", "package", "monitor"):
+    for name in ("embed", "propensity", "train", "evaluate", "package", "monitor", "analyze"):
         result[name] = TASKS[name](params)
     result["metrics"] = result.pop("evaluate")
     a = params.paths.artifacts_dir
@@ -57,6 +60,7 @@ def retrain_flow(params_path: str = "params.yaml", version: bool = True) -> dict
         "propensity diagnostics": a / "propensity/diagnostics.json", "models": a / "models",
         "training curves": a / "models/training_curves.png", "bento": a / "package/bento.json",
         "drift report": a / "monitor/drift_report.html",
+        **({"causal analysis": a / "analysis/report.html"} if params.analyze.enabled else {}),
     }
     logger.info("drift detected: %s (share %.2f)", result["monitor"]["drift_detected"], result["monitor"]["drifted_share"])
     create_markdown_artifact(key="causalrec-retrain", markdown=_summary_markdown(result), description="retrain summary")

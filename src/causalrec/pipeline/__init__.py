@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from causalrec.config import Params
+from causalrec.pipeline.analyze import analyze
 from causalrec.pipeline.embed import embed, item_texts, text_features
 from causalrec.pipeline.evaluate import evaluate
 from causalrec.pipeline.ingest import ingest, validate
@@ -48,4 +49,4 @@ def _logged(name: str, fn):
 
 STAGES = {name: _logged(name, fn) for name, fn in {
     "ingest": ingest, "validate": validate, "embed": embed, "propensity": propensity, "train": train,
-    "evaluate": evaluate, "package": package, "monitor": monitor}.items()}
+    "evaluate": evaluate, "package": package, "monitor": monitor, "analyze": analyze}.items()}

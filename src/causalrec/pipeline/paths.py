@@ -16,7 +16,8 @@ def stage_paths(params: Params) -> dict[str, Path]:
     return {"data": params.paths.data_dir, "truth": a / "ground_truth", "validation": a / "validation",
             "embeddings": a / "embeddings", "propensity": a / "propensity", "models": a / "models",
             "metrics": a / "metrics.json", "plots": a / "plots", "package": a / "package",
-            "monitor": a / "monitor", "registry": a / "production.json", "store_tags": a / "bentoml_tags.json",
+            "monitor": a / "monitor", "analysis": a / "analysis", "analysis_truth": a / "analysis_truth",
+            "registry": a / "production.json", "store_tags": a / "bentoml_tags.json",
             "cache": params.paths.cache_dir}
 
 
