@@ -98,7 +98,7 @@ def sigkill_rounds(server: BentoServer, log_path: Path, rounds: int, events: int
         threads = [threading.Thread(target=stream, args=(w,)) for w in range(2)]
         [t.start() for t in threads]
         deadline = time.time() + 120
-        while len([a for a in acked if a.startswith(f"r{r}-")]) < events and time.time() < deadline:
+        while len({a for a in acked if a.startswith(f"r{r}-")}) < events and time.time() < deadline:  # distinct events
             time.sleep(0.02)
         server.stop(9)  # no clean shutdown, no flush
         stop.set()
