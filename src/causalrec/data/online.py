@@ -1,0 +1,113 @@
+"""The simulated world as an online environment: it answers served slates with outcomes drawn from
+its true potential outcomes, round after round (issue 12's closed loop stands on this).
+
+    env = OnlineWorld(World.load(truth_dir / "world"), seed=0, drift_from_round=6)
+    outcomes = env.respond(round=1, user_ids=[...], item_ids=[...], propensities=[...], policy="v3")
+
+* A served (user, item) pair was recommended, so its outcome is Y(1) ~ Bern(p1) of the world at that
+  round; the service's logged inclusion probabilities are checked ((0, 1]) and passed through, never used
+  to draw (the environment does not care how the slate was chosen).
+* Online rounds continue where the log ended (the world's interests at t = 1). With
+  `drift_from_round=k`, every user's interests move to a fresh draw (its own random stream), linearly
+  over `drift_rounds` rounds from round k on.
+* Deterministic: the outcome of a pair depends only on (seed, round, user, item, its place among that
+  round's repeats of the pair), not on which other slates were served.
+* `respond` returns outcomes only. The true values (`expected`, `oracle`) exist for benchmarks that
+  score policies against the truth; nothing in the service or the pipeline calls them.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from causalrec.data.simulate import World
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijective scramble of 64-bit integers (wrapping arithmetic)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _uniform(seed: int, round: int, keys: np.ndarray, repeat: np.ndarray) -> np.ndarray:
+    """A uniform in [0, 1) per (seed, round, pair, repeat), computed in bulk."""
+    with np.errstate(over="ignore"):
+        x = _mix(keys.astype(np.uint64) + _mix(np.array([seed * 1_000_003 + round], dtype=np.uint64)))
+        x = _mix(x + repeat * np.uint64(0x9E3779B97F4A7C15))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+class OnlineWorld:
+    def __init__(self, world: World, seed: int = 0, drift_from_round: int | None = None, drift_rounds: int = 1):
+        if not (isinstance(seed, int) and 0 <= seed < 2**40):
+            raise ValueError(f"seed must be an integer in [0, 2**40), got {seed!r}")
+        if drift_from_round is not None and drift_from_round < 1:
+            raise ValueError(f"drift_from_round must be a round number >= 1, got {drift_from_round}")
+        if drift_rounds < 1:
+            raise ValueError(f"drift_rounds must be >= 1, got {drift_rounds}")
+        self.seed, self.drift_from_round, self.drift_rounds = seed, drift_from_round, drift_rounds
+        users = np.arange(len(world.user_bias))
+        now = world.theta(users, 1.0)
+        later = np.random.default_rng(np.random.SeedSequence([seed, 12])).dirichlet(np.full(now.shape[1], 0.3), len(users))
+        # theta(t) = (1 - t) now + t later: t is the drift's progress, 0 before drift_from_round.
+        self._world = dataclasses.replace(world, theta_early=now, theta_late=later,
+                                          config=dataclasses.replace(world.config, drift=1.0))
+        self.n_users, self.n_items = len(users), len(world.quality)
+
+    def progress(self, round: int) -> float:
+        if self.drift_from_round is None or round < self.drift_from_round:
+            return 0.0
+        return min(1.0, (round - self.drift_from_round + 1) / self.drift_rounds)
+
+    def _index(self, ids, prefix: str, n: int, what: str) -> np.ndarray:
+        out = np.empty(len(ids), dtype=np.int64)
+        for j, key in enumerate(ids):
+            key = str(key)
+            if not (key.startswith(prefix) and key[1:].isdigit() and int(key[1:]) < n):
+                raise ValueError(f"{what} {key!r} is not in this world ({prefix}000000..{prefix}{n - 1:06d}); "
+                                 "items added at serving time have no potential outcomes here")
+            out[j] = int(key[1:])
+        return out
+
+    def respond(self, round: int, user_ids, item_ids, propensities, policy: str) -> np.ndarray:
+        """Outcomes (0/1) of served pairs at `round`. Raises ValueError naming a bad input."""
+        if not (isinstance(round, int) and round >= 1):
+            raise ValueError(f"round must be an integer >= 1, got {round!r}")
+        if not policy:
+            raise ValueError("policy (the serving model's version) is required")
+        propensities = np.asarray(propensities, dtype=np.float64)
+        if not len(user_ids) == len(item_ids) == len(propensities):
+            raise ValueError(f"user_ids, item_ids and propensities differ in length: {len(user_ids)}, {len(item_ids)}, "
+                             f"{len(propensities)}")
+        bad = ~((propensities > 0) & (propensities <= 1))
+        if bad.any():
+            raise ValueError(f"propensity must be in (0, 1]; {int(bad.sum())} are not (first: {propensities[bad][0]!r})")
+        users = self._index(user_ids, "u", self.n_users, "user_id")
+        items = self._index(item_ids, "i", self.n_items, "item_id")
+        p1, _ = self._world.potential_outcome_probs(users, items, self.progress(round))
+        # One uniform per (pair, repeat) from a hash-seeded stream: independent of the other slates.
+        keys = users.astype(np.uint64) * np.uint64(self.n_items) + items.astype(np.uint64)
+        order = np.argsort(keys, kind="stable")
+        repeat = np.empty(len(keys), dtype=np.int64)
+        sorted_keys = keys[order]
+        starts = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]
+        run = np.cumsum(starts) - 1
+        first = np.flatnonzero(starts)
+        repeat[order] = np.arange(len(keys)) - first[run]
+        return (_uniform(self.seed, round, keys, repeat.astype(np.uint64)) < p1).astype(np.int8)
+
+    # ------------------------------------------------------------- truth, for benchmarks only
+    def expected(self, round: int, user_ids, item_ids, kind: str = "outcome") -> np.ndarray:
+        """True E[Y(1)] ("outcome") or uplift E[Y(1) - Y(0)] ("uplift") of each pair at `round`."""
+        users = self._index(user_ids, "u", self.n_users, "user_id")
+        items = self._index(item_ids, "i", self.n_items, "item_id")
+        p1, p0 = self._world.potential_outcome_probs(users, items, self.progress(round))
+        return p1 if kind == "outcome" else p1 - p0
+
+    def oracle(self, round: int, user_id: str, k: int, kind: str = "outcome") -> list[str]:
+        """The k items with the highest true value for this user at `round` (the oracle greedy slate)."""
+        items = [f"i{i:06d}" for i in range(self.n_items)]
+        value = self.expected(round, [user_id] * self.n_items, items, kind)
+        return [items[i] for i in np.argsort(-value, kind="stable")[:k]]

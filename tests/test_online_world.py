@@ -1,0 +1,54 @@
+"""The simulator as an online environment: outcomes from the true Y(1), deterministic, drift on cue,
+bad input named."""
+import numpy as np
+import pytest
+
+from causalrec.data.online import OnlineWorld
+from causalrec.data.simulate import SimulationConfig, make_world
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_world(SimulationConfig(n_users=200, n_items=60, n_interactions=1000, n_topics=4))
+
+
+def _slates(n=20_000, seed=0):
+    rng = np.random.default_rng(seed)
+    return ([f"u{u:06d}" for u in rng.integers(0, 200, n)], [f"i{i:06d}" for i in rng.integers(0, 60, n)],
+            np.full(n, 0.1))
+
+
+def test_outcomes_follow_the_true_y1_and_are_deterministic(world):
+    env = OnlineWorld(world, seed=3)
+    users, items, props = _slates()
+    y = env.respond(1, users, items, props, policy="v1")
+    assert np.array_equal(y, OnlineWorld(world, seed=3).respond(1, users, items, props, policy="v1"))
+    assert not np.array_equal(y, OnlineWorld(world, seed=4).respond(1, users, items, props, policy="v1"))
+    p1 = env.expected(1, users, items)
+    assert abs(y.mean() - p1.mean()) < 4 * np.sqrt(p1.mean() * (1 - p1.mean()) / len(y))
+    high, low = p1 > np.quantile(p1, 0.8), p1 < np.quantile(p1, 0.2)
+    assert y[high].mean() > y[low].mean() + 0.2
+    # a pair's outcome does not depend on what else was served that round
+    assert env.respond(1, users[:50], items[:50], props[:50], policy="v2").tolist() == y[:50].tolist()
+
+
+def test_interest_drift_starts_at_the_configured_round(world):
+    env = OnlineWorld(world, seed=0, drift_from_round=6, drift_rounds=2)
+    assert [env.progress(r) for r in (1, 5, 6, 7, 9)] == [0.0, 0.0, 0.5, 1.0, 1.0]
+    before, after = env.oracle(5, "u000001", 10), env.oracle(7, "u000001", 10)
+    assert before == env.oracle(1, "u000001", 10) and len(set(before) & set(after)) < 10
+    still = OnlineWorld(world, seed=0)
+    assert still.oracle(9, "u000001", 10) == before
+
+
+@pytest.mark.parametrize("args, fragment", [
+    ((0, ["u000001"], ["i000001"], [0.5], "v1"), "round must be an integer >= 1"),
+    ((1, ["u000001"], ["i000001"], [0.0], "v1"), "propensity must be in (0, 1]"),
+    ((1, ["u000001"], ["new-1"], [0.5], "v1"), "item_id 'new-1' is not in this world"),
+    ((1, ["u999999"], ["i000001"], [0.5], "v1"), "user_id 'u999999' is not in this world"),
+    ((1, ["u000001"], ["i000001", "i000002"], [0.5], "v1"), "differ in length"),
+    ((1, ["u000001"], ["i000001"], [0.5], ""), "policy"),
+])
+def test_bad_input_is_named(world, args, fragment):
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace("]", r"\]")):
+        OnlineWorld(world).respond(*args)
