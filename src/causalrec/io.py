@@ -68,6 +68,15 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a child server we start)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_child(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     """subprocess.run for the tools a stage drives (dvc, bentoml): never outlives a killed run."""
     return subprocess.run(cmd, preexec_fn=die_with_parent, **kwargs)

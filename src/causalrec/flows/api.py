@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,13 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
-from causalrec.io import die_with_parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from causalrec.io import die_with_parent, free_port
 
 
 @contextlib.contextmanager
@@ -36,7 +29,7 @@ def run_api_server(log_dir: Path | None = None) -> Iterator[str | None]:
         return
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     log = open(Path(log_dir or ".") / "prefect-api.log", "ab") if log_dir else subprocess.DEVNULL
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
