@@ -139,32 +139,20 @@ if __name__ == "__main__":  # pragma: no cover
     main()
 
 
-def _read_rows(path: Path):
-    import pandas as pd
-
-    from causalrec.data.schema import DataError
-
-    if not path.is_file():
-        raise DataError(f"data file {path} not found")
-    try:
-        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    except Exception as exc:  # a damaged file: name it, not the reader's internals
-        raise DataError(f"{path}: cannot be read as {'parquet' if path.suffix == '.parquet' else 'CSV'} ({exc})") from None
-
-
 @app.command()
 def graph(spec: Path = typer.Option(..., help="graph spec (YAML): nodes with roles, edges as [cause, effect]"),
           data: Path = typer.Option(None, help="parquet/CSV whose columns are the graph's observed nodes"),
           out: Path = typer.Option(Path("artifacts/analysis/graph.png"), help="picture (.png or .svg)")) -> None:
     """Draw a causal graph and, given data, test the conditional independences it implies."""
     from causalrec.causal.graph import CausalGraph, GraphError
+    from causalrec.causal.report import read_rows
     from causalrec.data.schema import DataError
 
     try:
         g = CausalGraph.load(spec)
         result = {"picture": str(g.draw(out)), "identification": g.identify().__dict__}
         if data is not None:
-            checks = g.check(_read_rows(data))
+            checks = g.check(read_rows(data))
             result.update(implied_independences=checks, consistent_with_data=all(c["holds"] for c in checks))
     except (GraphError, DataError) as exc:
         typer.secho(f"causalrec graph: {exc}", fg=typer.colors.RED, err=True)
@@ -183,20 +171,14 @@ def analyze(params: Path = PARAMS,
     stage on params.analyze (what dvc.yaml and the Prefect flow run)."""
     if spec is None:
         return _run("analyze", params)
-    from causalrec.causal.analysis import analyze as run_analysis
     from causalrec.causal.graph import CausalGraph, GraphError
-    from causalrec.causal.report import write_report
+    from causalrec.causal.report import analyze_to, read_rows
     from causalrec.data.schema import DataError
 
     try:
         if data is None:
             raise DataError("--spec needs --data")
-        g = CausalGraph.load(spec)
-        rows = _read_rows(data)
-        if cluster is not None and cluster not in rows.columns:
-            raise DataError(f"{data}: no column {cluster!r} to cluster on")
-        report = run_analysis(rows, g, cluster=cluster)
-        page = write_report(report, g, out)
+        report, page = analyze_to(read_rows(data), CausalGraph.load(spec), out, cluster)
     except (GraphError, DataError) as exc:
         typer.secho(f"causalrec analyze: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None

@@ -1,6 +1,7 @@
 """Write an analysis (causal.analysis.analyze) as files a person looks at, into one directory at once:
 report.json, graph.png, forest.png (segment and total effects with 95% intervals), forest.csv
-(for `dvc plots`) and report.html (graph, effects, mediation split, refutations, independences)."""
+(for `dvc plots`) and report.html (graph, effects, mediation split, refutations, independences).
+`read_rows` + `analyze_to` are what the CLI and the pipeline stage both call."""
 from __future__ import annotations
 
 import html
@@ -9,8 +10,32 @@ from pathlib import Path
 
 import pandas as pd
 
-from causalrec.causal.graph import CausalGraph
+from causalrec.causal.graph import CausalGraph, GraphError
 from causalrec.io import atomic_dir
+
+
+def read_rows(path: str | Path) -> pd.DataFrame:
+    """The analysis table: parquet by suffix, else CSV; a missing or damaged file is named."""
+    from causalrec.data.schema import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {path} not found")
+    try:
+        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except Exception as exc:  # a damaged file: name it, not the reader's internals
+        raise DataError(f"{path}: cannot be read as {'parquet' if path.suffix == '.parquet' else 'CSV'} ({exc})") from None
+
+
+def analyze_to(rows: pd.DataFrame, graph: CausalGraph, out_dir: str | Path, cluster: str | None = None,
+               seed: int = 0) -> tuple[dict, Path]:
+    """Run the four steps on `rows` and write the report directory; returns (report, report.html)."""
+    from causalrec.causal.analysis import analyze
+
+    if cluster is not None and cluster not in rows.columns:
+        raise GraphError(f"no column {cluster!r} to cluster on in the data")
+    report = analyze(rows, graph, cluster=cluster, seed=seed)
+    return report, write_report(report, graph, out_dir)
 
 
 def _forest(effects: dict, path: Path) -> None:

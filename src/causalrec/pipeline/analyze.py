@@ -9,9 +9,8 @@ from causalrec.pipeline.paths import StageError, require, stage_paths
 
 
 def analyze(params: Params) -> dict:
-    from causalrec.causal.analysis import analyze as run_analysis
     from causalrec.causal.graph import CausalGraph
-    from causalrec.causal.report import write_report
+    from causalrec.causal.report import analyze_to, read_rows
 
     cfg, d = params.analyze, stage_paths(params)
     if not cfg.enabled:
@@ -27,14 +26,8 @@ def analyze(params: Params) -> dict:
         simulate_funnel(world, d["analysis_truth"], d["analysis_truth"])  # truth (and its sample) kept apart
         rows = draw_funnel(world)
     else:
-        import pandas as pd
-
-        path = require(cfg.data, "analyze")
-        rows = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    if cfg.cluster is not None and cfg.cluster not in rows.columns:
-        raise StageError(f"analyze: analyze.cluster {cfg.cluster!r} is not a column of the data")
-    report = run_analysis(rows, graph, cluster=cfg.cluster, seed=params.seed)
-    page = write_report(report, graph, d["analysis"])
+        rows = read_rows(require(cfg.data, "analyze"))
+    report, page = analyze_to(rows, graph, d["analysis"], cfg.cluster, params.seed)
     total = report["estimate"]["effects"][report["estimate"]["headline"]]["total"]
     return {"report": str(page), "total_effect": round(total["value"], 4),
             "total_ci95": [round(x, 4) for x in total["ci95"]],
