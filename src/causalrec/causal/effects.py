@@ -47,7 +47,8 @@ def _se(influence: np.ndarray, clusters: np.ndarray | None) -> float:
 
 def _design(df: pd.DataFrame, cols: list[str], t: np.ndarray | None = None, modifiers: list[str] = (),
             m: np.ndarray | None = None) -> np.ndarray:
-    parts = [np.ones(len(df))] + [df[c].to_numpy(float) for c in cols]
+    """Covariates [, T, T x modifiers] [, M] as columns (the logistic model adds the intercept)."""
+    parts = [df[c].to_numpy(float) for c in cols]
     if t is not None:
         parts += [t] + [t * df[c].to_numpy(float) for c in modifiers]
     if m is not None:
@@ -58,8 +59,7 @@ def _design(df: pd.DataFrame, cols: list[str], t: np.ndarray | None = None, modi
 def _logit(x: np.ndarray, y: np.ndarray):
     from sklearn.linear_model import LogisticRegression
 
-    model = LogisticRegression(C=1e6, max_iter=1000)  # ~unpenalised maximum likelihood
-    return model.fit(x[:, 1:], y)
+    return LogisticRegression(C=1e6, max_iter=1000).fit(x, y)  # ~unpenalised maximum likelihood
 
 
 class DoublyRobust:
@@ -72,32 +72,33 @@ class DoublyRobust:
 
     def fit(self, df: pd.DataFrame) -> DoublyRobust:
         t, y = df[self.t].to_numpy(float), df[self.y].to_numpy(float)
-        z_cols = self.z + [c for c in self.modifiers if c not in self.z]
-        e = _logit(_design(df, z_cols), t).predict_proba(_design(df, z_cols)[:, 1:])[:, 1]
-        self.propensity_ = np.clip(e, self.clip, 1 - self.clip)
+        n, z_cols = len(df), self.z + [c for c in self.modifiers if c not in self.z]
+        covariates = _design(df, z_cols)
+        self.propensity_ = np.clip(_logit(covariates, t).predict_proba(covariates)[:, 1], self.clip, 1 - self.clip)
         self.clusters_ = df[self.cluster].to_numpy() if self.cluster else None
         p_t = {1: self.propensity_, 0: 1 - self.propensity_}
+
+        def predict(model, a, mm=None):  # P(1 | T = a [, M = mm], Z) for every row
+            x = _design(df, z_cols, np.full(n, a), self.modifiers, None if mm is None else np.full(n, mm))
+            return model.predict_proba(x)[:, 1]
+
         # total effect: AIPW with an outcome model of Y on T + Z (mediator marginalised)
         out = _logit(_design(df, z_cols, t, self.modifiers), y)
-        mu = {a: out.predict_proba(_design(df, z_cols, np.full(len(df), a), self.modifiers)[:, 1:])[:, 1] for a in (0, 1)}
         self.psi_if_ = {}
         for a in (0, 1):
-            self.psi_if_[(a, a, "total")] = (t == a) / p_t[a] * (y - mu[a]) + mu[a]
+            mu = predict(out, a)
+            self.psi_if_[(a, a, "total")] = (t == a) / p_t[a] * (y - mu) + mu
         if self.m is not None:
             m = df[self.m].to_numpy(float)
             med = _logit(_design(df, z_cols, t, self.modifiers), m)
-            f1 = {a: med.predict_proba(_design(df, z_cols, np.full(len(df), a), self.modifiers)[:, 1:])[:, 1] for a in (0, 1)}
+            f1 = {a: predict(med, a) for a in (0, 1)}                      # P(M = 1 | a, Z)
             f_obs = {a: np.where(m == 1, f1[a], 1 - f1[a]) for a in (0, 1)}  # f(M_i | a, Z_i)
             yout = _logit(_design(df, z_cols, t, self.modifiers, m), y)
-
-            def mu_y(a, mm):
-                return yout.predict_proba(_design(df, z_cols, np.full(len(df), a), self.modifiers,
-                                                  np.full(len(df), mm))[:, 1:])[:, 1]
-
             for a in (0, 1):
+                mu1, mu0 = predict(yout, a, 1), predict(yout, a, 0)  # E[Y | a, M = 1 / 0, Z]
+                mu_obs = np.where(m == 1, mu1, mu0)
                 for b in (0, 1):  # psi(a, b) = E[Y(a, M(b))]
-                    eta = f1[b] * mu_y(a, 1) + (1 - f1[b]) * mu_y(a, 0)
-                    mu_obs = np.where(m == 1, mu_y(a, 1), mu_y(a, 0))
+                    eta = f1[b] * mu1 + (1 - f1[b]) * mu0
                     self.psi_if_[(a, b, "mediation")] = ((t == a) / p_t[a] * f_obs[b] / f_obs[a] * (y - mu_obs)
                                                          + (t == b) / p_t[b] * (mu_obs - eta) + eta)
         return self
