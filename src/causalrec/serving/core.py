@@ -87,18 +87,17 @@ class RecommenderCore:
         """What logs and the feedback log hold instead of the user id."""
         return pseudonymize(user_id, self._pseudonym_key)
 
-    def _resolve(self, user_id: str) -> str:
-        """The id the models know this person by: their own, or the pseudonym under which feedback
-        first brought them into the data (a cold-start user since retrained on)."""
-        if user_id in self.known_users:
-            return user_id
+    def _resolve(self, user_id: str) -> tuple[str, str]:
+        """(the id the models know this person by, their pseudonym): the id is their own, or the
+        pseudonym under which feedback first brought them into the data (a cold-start user since
+        retrained on). One keyed hash per request."""
         alias = self.pseudonym(user_id)
-        return alias if alias in self.known_users else user_id
+        return (user_id if user_id in self.known_users or alias not in self.known_users else alias), alias
 
     # ------------------------------------------------------------------------------ recommend
     def recommend(self, user_id: str, k: int, exclude: list[str] | None = None) -> dict:
         self.sync()
-        shown_to, user_id = self.pseudonym(user_id), self._resolve(user_id)
+        user_id, shown_to = self._resolve(user_id)
         by_uplift = self.config["rank_by"] == "uplift"
         ranker, other = (self.uplift, self.relevance) if by_uplift else (self.relevance, self.uplift)
         with self._lock:
@@ -129,7 +128,7 @@ class RecommenderCore:
         pos = self._pos.get(item_id)
         if pos is None:
             raise NotFound(f"unknown item_id {item_id!r}")
-        asked_as, user_id = user_id, self._resolve(user_id)
+        asked_as, (user_id, _) = user_id, self._resolve(user_id)
         with self._lock:
             relevance = float(self.relevance.scores(user_id)[pos])
             uplift = members = None
