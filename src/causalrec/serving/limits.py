@@ -131,41 +131,46 @@ class ErrorContract:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         if scope["path"] == self.docs_path and scope["method"] == "GET":
-            return await self.app(scope, receive, _rewrite(send, lambda status, body: json.dumps(
-                document_errors(body, self.routes, self.write_routes)) if status == 200 else None))
+            return await self.app(scope, receive, _rewrite(send, lambda status: status == 200, lambda body: json.dumps(
+                document_errors(body, self.routes, self.write_routes))))
         if scope["path"] in self.routes:
-            return await self.app(scope, receive, _rewrite(send, _one_error_object))
+            return await self.app(scope, receive, _rewrite(send, lambda status: status >= 400, _one_error_object))
         return await self.app(scope, receive, send)
 
 
-def _one_error_object(status: int, body):
-    if status >= 400 and isinstance(body, list) and len(body) == 1 and isinstance(body[0], dict):
+def _one_error_object(body):
+    if isinstance(body, list) and len(body) == 1 and isinstance(body[0], dict):
         return json.dumps(body[0])
     return None
 
 
-def _rewrite(send, change):
-    """Buffer a JSON response; `change(status, parsed)` returns a new body, or None to keep it."""
+def _rewrite(send, applies, change):
+    """For responses whose status `applies`, buffer the JSON body and send `change(parsed)` instead
+    (None: keep it); every other response streams through untouched (no cost on the success path)."""
     start, chunks = {}, []
 
     async def wrapped(message):
         if message["type"] == "http.response.start":
             start.update(message)
+            if not applies(message["status"]):
+                start["passthrough"] = True
+                return await send(message)
             return None
-        if message["type"] != "http.response.body":
+        if message["type"] != "http.response.body" or start.get("passthrough"):
             return await send(message)
         chunks.append(message.get("body", b""))
         if message.get("more_body", False):
             return None
         body = b"".join(chunks)
         try:
-            new = change(start["status"], json.loads(body)) if body else None
+            new = change(json.loads(body)) if body else None
         except ValueError:
             new = None
         if new is not None:
             body = new.encode()
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-        await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.start", "status": start["status"],
+                    "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
     return wrapped
