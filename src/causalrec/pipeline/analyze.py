@@ -20,11 +20,11 @@ def analyze(params: Params) -> dict:
         raise StageError(f"analyze: params name treatment {cfg.treatment!r} and outcome {cfg.outcome!r}, the graph "
                          f"{cfg.graph} has {graph.treatment!r} and {graph.outcome!r}")
     if cfg.data is None:
-        from causalrec.data.funnel import FunnelConfig, draw_funnel, simulate_funnel
+        from causalrec.data.funnel import FunnelConfig, simulate_funnel
 
-        world = FunnelConfig(seed=params.seed)
-        simulate_funnel(world, d["analysis_truth"], d["analysis_truth"])  # truth (and its sample) kept apart
-        rows = draw_funnel(world)
+        # the sample and its truth are written apart from data/; the analysis reads the sample only
+        simulate_funnel(FunnelConfig(seed=params.seed), d["analysis_truth"], d["analysis_truth"])
+        rows = read_rows(d["analysis_truth"] / "funnel.parquet")
     else:
         rows = read_rows(require(cfg.data, "analyze"))
     report, page = analyze_to(rows, graph, d["analysis"], cfg.cluster, params.seed)
