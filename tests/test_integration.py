@@ -93,6 +93,7 @@ def test_flow_publishes_markdown_artifact(trained):
 
     artifacts = asyncio.run(read())
     assert artifacts and "chosen (validation):" in artifacts[0].data and "data version" in artifacts[0].data
+    assert "causal analysis: total effect" in artifacts[0].data and "analysis/report.html" in artifacts[0].data
 
 
 def test_rerun_embeds_nothing_and_keeps_production(trained):
