@@ -48,7 +48,7 @@ def test_effects_cover_the_truth_and_refuters_pass_on_the_right_graph():
     hits, errors, placebo_passed, consistent = {k: 0 for k in keys}, {k: [] for k in keys}, 0, 0
     for seed in range(12):
         report = analyze(draw_funnel(FunnelConfig(seed=100 + seed, n_impressions=4000)), CausalGraph.load(FUNNEL),
-                         cluster="item_id", seed=seed)
+                         cluster="item_id", seed=seed, placebo_simulations=19)
         effects = report["estimate"]["effects"]["doubly_robust"]
         for key in keys:
             lo, hi = effects[key]["ci95"]
@@ -64,6 +64,23 @@ def test_effects_cover_the_truth_and_refuters_pass_on_the_right_graph():
     assert np.mean(errors["segment=1"]) + truth["segment=1"] > np.mean(errors["segment=0"]) + truth["segment=0"]
 
 
+def test_placebo_refuter_fails_an_effect_a_random_treatment_would_give_as_well():
+    """DoWhy's design: the estimate against the estimates from permuted treatments. In a world where
+    the promotion does nothing, the estimate is one of the crowd (the refuter fails); with the real
+    effect it lies outside all of them (p = 1/(1 + simulations))."""
+    null_world = FunnelConfig(seed=5, n_impressions=3000, click=(-1.0, 0.0, 0.5, 0.3, 0.0),
+                              purchase=(-2.0, 0.0, 1.5, 0.6, 0.2, 0.0))
+    assert true_effects(null_world)["total"] == 0
+    graph = CausalGraph.load(FUNNEL)
+    null = analyze(draw_funnel(null_world), graph, cluster="item_id", placebo_simulations=39)["refute"][0]
+    real = analyze(draw_funnel(FunnelConfig(seed=5, n_impressions=3000)), graph, cluster="item_id",
+                   placebo_simulations=39)["refute"][0]
+    assert null["refuter"] == "placebo treatment" and null["simulations"] == 39
+    assert not null["passed"] and null["p_value"] > 0.05
+    assert real["passed"] and real["p_value"] == 1 / 40
+    assert abs(real["new_effect"]) < 3 * real["placebo_sd"] / 39 ** 0.5 + 1e-3  # the placebos centre on 0
+
+
 def test_a_graph_without_the_confounding_edge_is_flagged_by_its_implications():
     data = draw_funnel(FunnelConfig(seed=3))
     wrong = CausalGraph.load(FUNNEL).without_edge("popularity", "promoted")
@@ -76,7 +93,7 @@ def test_cli_analyze_writes_the_report_and_names_bad_input(tmp_path):
     draw_funnel(FunnelConfig(seed=1, n_impressions=3000)).to_parquet(data)
     runner = CliRunner()
     res = runner.invoke(app, ["analyze", "--spec", str(FUNNEL), "--data", str(data), "--cluster", "item_id",
-                              "--out", str(tmp_path / "analysis")])
+                              "--out", str(tmp_path / "analysis"), "--placebo-simulations", "19"])
     assert res.exit_code == 0, res.output
     page = (tmp_path / "analysis" / "report.html").read_text()
     for section in ("1. Model", "2. Identify", "3. Estimate", "4. Refute", "mediated", "forest.png", "graph.png"):
@@ -95,9 +112,10 @@ def test_causal_effects_benchmark_tiny(tmp_path):
     import sys
 
     proc = subprocess.run([sys.executable, "causal_effects.py", "--replications", "3", "--impressions", "2000",
-                           "--out", str(tmp_path)], cwd=REPO / "benchmarks", capture_output=True, text=True, timeout=300)
+                           "--placebo-simulations", "19", "--out", str(tmp_path)], cwd=REPO / "benchmarks", capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "causal_effects.json").read_text())
-    assert result["replications"] == 3 and {"total", "direct", "indirect", "segment=0", "segment=1"} <= set(result["effects"])
+    assert result["replications"] == 3 and {"total", "direct", "indirect", "segment=0", "segment=1",
+                                            "segment=1 direct", "segment=1 indirect"} <= set(result["effects"])
     assert {"bias", "rmse", "coverage", "bias_over_se"} <= set(result["effects"]["total"])
     assert result["refuters"]["wrong_graph_detection_rate"] == 1.0

@@ -201,6 +201,9 @@ def test_serve_explain_items_feedback_and_metrics(server):
     item = _post(url, "/recommend", {"user_id": "u000001", "k": 1}).json()["items"][0]["item_id"]
     r = _post(url, "/explain", {"user_id": "u000001", "item_id": item})
     assert r.status_code == 200 and r.json()["reasons"] and r.json()["uplift_interval"] is not None
+    # the bundle carries the analysis: the split for a returning user's segment, and the score's parts
+    assert r.json()["mediation"]["segment_label"].startswith("segment=1") and r.json()["mediation"]["indirect"]["ci95"]
+    assert set(r.json()["score_drivers"]["parts"]) >= {"user bias", "match: user x item features"}
     assert _post(url, "/explain", {"user_id": "u000001", "item_id": "nope"}).status_code == 404
     new = {"title": "Waterproof trail boots", "description": "durable boots for summit trails"}
     assert _post(url, "/items", new).status_code == 401

@@ -104,7 +104,7 @@ def bundle(tmp_path_factory, tiny_encoder):
     root = make_project(tmp_path_factory.mktemp("bundle") / "p", tiny_encoder, git=False,
                         train={"models": ["popularity", "tt_naive"], "epochs": 4, "dim": 8}, uplift={"n_bootstrap": 2})
     params = load_params(root / "params.yaml")
-    for stage in ("ingest", "embed", "propensity", "train", "evaluate"):
+    for stage in ("ingest", "embed", "propensity", "train", "evaluate", "analyze"):
         pipeline.STAGES[stage](params)
     out = root / "bundle"
     out.mkdir()
@@ -302,3 +302,74 @@ def test_feedback_log_rotates_and_dedups_across_segments_and_writers(tmp_path):
     assert not restarted.append(_event(3)) and restarted.append(_event(500))
     ids = [e["event_id"] for e in read_events(path)]
     assert ids == [_event(i)["event_id"] for i in [*range(120), 500]]
+
+
+def test_explanation_agrees_with_the_model(bundle):
+    """The score's parts are the model's own: they sum to its logit, and removing a part from the
+    model (the item's text features, or what its id learned) moves the model's score by that part."""
+    import torch
+
+    from causalrec.persistence import load_model
+    from causalrec.serving.core import RecommenderCore
+
+    path, _ = bundle
+    core = RecommenderCore(path, seed=0)
+    user, model = "u000001", load_model(path / "model.pt")
+    u = torch.as_tensor(model.users_.encode([user]))
+    checked = 0
+    for item in core.recommend(user, 5)["items"]:
+        exp = core.explain(user, item["item_id"])
+        parts = exp["score_drivers"]["parts"]
+        logit = sum(parts.values())
+        assert exp["score_drivers"]["link"] == "sigmoid"
+        assert 1 / (1 + np.exp(-logit)) == pytest.approx(exp["score"], abs=1e-5)
+        i = torch.as_tensor(model.items_.encode([item["item_id"]]))
+        if not model.trained_items_[i[0]]:
+            continue
+        net = model.net_
+        with torch.no_grad():
+            full = float(net(u, i)[0])
+            assert full == pytest.approx(logit, abs=1e-4)
+            saved = net.item_z[i].clone()
+            net.item_z[i] = 0  # the item without its text / attribute features
+            without_features = float(net(u, i)[0])
+            net.item_z[i] = saved
+            saved = net.item.weight[i].clone(), net.item_bias.weight[i].clone()
+            net.item.weight[i], net.item_bias.weight[i] = 0, 0  # the item as if its id had learned nothing
+            without_id = float(net(u, i)[0])
+            net.item.weight[i], net.item_bias.weight[i] = saved
+        assert full - without_features == pytest.approx(parts["item bias (features)"] + parts["match: user x item features"], abs=1e-4)
+        assert full - without_id == pytest.approx(parts["item bias (id)"] + parts["match: user x item id"], abs=1e-4)
+        assert abs(parts["match: user x item features"]) > 0  # the two-tower model does use the text
+        checked += 1
+    assert checked
+
+
+def test_explanation_quotes_the_mediation_split_of_the_users_segment(bundle, tmp_path):
+    from typer.testing import CliRunner
+
+    from causalrec.cli import app
+    from causalrec.pipeline import stage_paths
+    from causalrec.serving.core import RecommenderCore
+
+    path, params = bundle
+    report = json.loads((stage_paths(params)["analysis"] / "report.json").read_text())["estimate"]["mediation_by_segment"]
+    core = RecommenderCore(path, seed=0)
+    returning, new = core.explain("u000001", "i000000")["mediation"], core.explain("never-seen", "i000000")["mediation"]
+    # funnel.yaml: segment at serving = known_user (1: the model knows the user, 0: cold start)
+    assert returning["segment_label"].startswith("segment=1") and new["segment_label"].startswith("segment=0")
+    for got, want in ((returning, report["segment=1"]), (new, report["segment=0"])):
+        assert {k: got[k] for k in ("total", "direct", "indirect")} == {k: want[k] for k in ("total", "direct", "indirect")}
+        assert got["share_mediated"] == pytest.approx(want["indirect"]["value"] / want["total"]["value"])
+        assert got["mediator"] == "clicked" and got["treatment"] == "promoted"
+    assert any("goes through clicked" in r for r in core.explain("u000001", "i000000")["reasons"])
+
+    out = tmp_path / "explain"
+    run = CliRunner().invoke(app, ["explain", "--bundle", str(path), "--user", "u000001", "--item", "i000000", "--out", str(out)])
+    assert run.exit_code == 0, run.output
+    page = (out / "explanation.html").read_text()
+    assert "graph.png" in page and "drivers.png" in page and "segment=1" in page
+    assert (out / "graph.png").stat().st_size > 1000 and (out / "drivers.png").stat().st_size > 1000
+    assert json.loads((out / "explanation.json").read_text())["mediation"] == returning
+    bad = CliRunner().invoke(app, ["explain", "--bundle", str(path), "--user", "u000001", "--item", "nope", "--out", str(out)])
+    assert bad.exit_code == 2 and "unknown item_id 'nope'" in bad.output

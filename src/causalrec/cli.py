@@ -165,7 +165,9 @@ def analyze(params: Path = PARAMS,
             spec: Path = typer.Option(None, help="graph spec (YAML); given: analyse --data with it instead of params.analyze"),
             data: Path = typer.Option(None, help="parquet/CSV with the graph's observed nodes as columns (with --spec)"),
             cluster: str = typer.Option(None, help="column of the unit rows share (e.g. item_id): cluster-robust intervals"),
-            out: Path = typer.Option(Path("artifacts/analysis"), help="report directory with --spec (replaced whole)")) -> None:
+            out: Path = typer.Option(Path("artifacts/analysis"), help="report directory with --spec (replaced whole)"),
+            placebo_simulations: int = typer.Option(None, min=19, help="with --spec: permuted treatments for the placebo "
+                                                    "refuter (default: the library's, 99)")) -> None:
     """Causal analysis: model -> identify -> estimate (total, direct, indirect, per segment; 95% intervals)
     -> refute; writes report.json, report.html, graph.png, forest.png/csv. Without --spec: the pipeline
     stage on params.analyze (what dvc.yaml and the Prefect flow run)."""
@@ -178,13 +180,38 @@ def analyze(params: Path = PARAMS,
     try:
         if data is None:
             raise DataError("--spec needs --data")
-        report, page = analyze_to(read_rows(data), CausalGraph.load(spec), out, cluster)
+        options = {} if placebo_simulations is None else {"placebo_simulations": placebo_simulations}
+        report, page = analyze_to(read_rows(data), CausalGraph.load(spec), out, cluster, **options)
     except (GraphError, DataError) as exc:
         typer.secho(f"causalrec analyze: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     headline = report["estimate"]["effects"][report["estimate"]["headline"]]
     typer.echo(json.dumps({"report": str(page), "effects": headline, "refutations_passed":
                            f"{report['refutations_passed']}/{len(report['refute'])}"}, indent=2))
+
+
+@app.command()
+def explain(user: str = typer.Option(..., help="user id"), item: str = typer.Option(..., help="item id"),
+            params: Path = PARAMS,
+            bundle: Path = typer.Option(None, help="bundle directory (default: production's, from the BentoML store)"),
+            out: Path = typer.Option(Path("artifacts/explain"), help="directory for explanation.html/json (replaced whole)")) -> None:
+    """Explain one recommendation as a page (what /explain answers, with the causal graph)."""
+    from causalrec.config import ConfigError, load_params
+    from causalrec.pipeline import StageError
+    from causalrec.pipeline.package import production_bundle
+    from causalrec.serving.core import NotFound, RecommenderCore
+    from causalrec.serving.explain_page import write_explanation
+
+    try:
+        bundle = bundle if bundle is not None else production_bundle(load_params(params))
+        core = RecommenderCore(bundle)
+        explanation = core.explain(user, item)
+    except (ConfigError, StageError, NotFound, FileNotFoundError, ValueError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # no repr quotes
+        typer.secho(f"causalrec explain: {message}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    page = write_explanation(explanation, out, core.causal_graph)
+    typer.echo(json.dumps({"page": str(page), **explanation}, indent=2))
 
 
 @app.command("simulate-funnel")

@@ -163,6 +163,7 @@ class Analyze(_Section):
     treatment: str                 # must be the graph's treatment node
     outcome: str                   # must be the graph's outcome node
     cluster: str | None            # unit shared by rows (cluster-robust intervals); None: rows independent
+    placebo_simulations: int = Field(ge=19, le=10_000)  # permuted treatments the placebo refuter compares with
 
 
 class Params(_Section):

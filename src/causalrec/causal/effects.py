@@ -114,11 +114,11 @@ class DoublyRobust:
     def total(self, mask: np.ndarray | None = None) -> Estimate:
         return self._contrast((1, 1, "total"), (0, 0, "total"), mask)
 
-    def direct(self) -> Estimate:
-        return self._contrast((1, 0, "mediation"), (0, 0, "mediation"))
+    def direct(self, mask: np.ndarray | None = None) -> Estimate:
+        return self._contrast((1, 0, "mediation"), (0, 0, "mediation"), mask)
 
-    def indirect(self) -> Estimate:
-        return self._contrast((1, 1, "mediation"), (1, 0, "mediation"))
+    def indirect(self, mask: np.ndarray | None = None) -> Estimate:
+        return self._contrast((1, 1, "mediation"), (1, 0, "mediation"), mask)
 
 
 def regression(df: pd.DataFrame, treatment: str, outcome: str, adjustment: list[str], mediator: str | None = None,

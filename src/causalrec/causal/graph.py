@@ -8,12 +8,17 @@
       purchased: {role: outcome}
       segment: {role: effect_modifier}
       taste: {role: confounder, observed: false}    # a latent node: in the graph, not in the data
+      segment: {role: effect_modifier, at_serving: known_user}  # how /explain finds a user's level
     edges: [[popularity, promoted], [promoted, clicked], ...]
 
 `CausalGraph` checks the spec (known roles, one treatment and one outcome, edges between declared
 nodes, acyclic), identifies the effect (backdoor, else frontdoor, else a clear NotIdentifiable),
 lists the conditional independences the graph implies (local Markov property) and tests them on
 the data, and draws itself.
+
+`at_serving` (effect modifiers only) says how the Recommender service reads a user's level of the
+modifier, so /explain can quote the effect split for that user's segment: `known_user` = 1 for a
+user the model was trained on (a returning user), 0 for a cold-start (new) user.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import pandas as pd
 import yaml
 
 ROLES = {"treatment", "outcome", "mediator", "confounder", "covariate", "effect_modifier", "instrument"}
+AT_SERVING = {"known_user"}  # how serving reads an effect modifier's level (see the module doc)
 
 
 class GraphError(ValueError):
@@ -52,6 +58,10 @@ class CausalGraph:
             found = self.with_role(role)
             if len(found) != 1:
                 raise GraphError(f"{name}: exactly one node must have role {role!r}, found {found}")
+        bad = {n: spec["at_serving"] for n, spec in nodes.items()
+               if "at_serving" in spec and (spec["at_serving"] not in AT_SERVING or spec["role"] != "effect_modifier")}
+        if bad:
+            raise GraphError(f"{name}: at_serving {bad}: only effect modifiers take it, with a value in {sorted(AT_SERVING)}")
         unknown = sorted({n for e in edges for n in e} - set(nodes))
         if unknown:
             raise GraphError(f"{name}: edges name undeclared node(s) {unknown}")

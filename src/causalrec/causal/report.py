@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from causalrec.causal.analysis import share_mediated
 from causalrec.causal.graph import CausalGraph, GraphError
 from causalrec.io import atomic_dir
 
@@ -28,13 +29,14 @@ def read_rows(path: str | Path) -> pd.DataFrame:
 
 
 def analyze_to(rows: pd.DataFrame, graph: CausalGraph, out_dir: str | Path, cluster: str | None = None,
-               seed: int = 0) -> tuple[dict, Path]:
-    """Run the four steps on `rows` and write the report directory; returns (report, report.html)."""
+               seed: int = 0, **options) -> tuple[dict, Path]:
+    """Run the four steps on `rows` and write the report directory; returns (report, report.html).
+    options: causal.analysis.analyze's (e.g. placebo_simulations)."""
     from causalrec.causal.analysis import analyze
 
     if cluster is not None and cluster not in rows.columns:
         raise GraphError(f"no column {cluster!r} to cluster on in the data")
-    report = analyze(rows, graph, cluster=cluster, seed=seed)
+    report = analyze(rows, graph, cluster=cluster, seed=seed, **options)
     return report, write_report(report, graph, out_dir)
 
 
@@ -62,6 +64,10 @@ def _table(rows: list[dict]) -> str:
     return pd.DataFrame(rows).to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0)
 
 
+def _with_ci(e: dict) -> str:
+    return f"{e['value']:+.4f} [{e['ci95'][0]:+.4f}, {e['ci95'][1]:+.4f}]"
+
+
 def write_report(report: dict, graph: CausalGraph, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     headline = report["estimate"]["effects"][report["estimate"]["headline"]]
@@ -75,10 +81,16 @@ def write_report(report: dict, graph: CausalGraph, out_dir: str | Path) -> Path:
                         "ci95 high": v["ci95"][1]} for est, eff in report["estimate"]["effects"].items() for k, v in eff.items()]
         split = ""
         if "indirect" in headline:
-            share = headline["indirect"]["value"] / headline["total"]["value"] if headline["total"]["value"] else float("nan")
+            share = share_mediated(headline)
             split = (f"<p>Of the total effect {headline['total']['value']:.4f}, {headline['direct']['value']:.4f} is direct "
                      f"and {headline['indirect']['value']:.4f} goes through <b>{html.escape(report['identify']['mediator'])}"
-                     f"</b> ({share:.0%} mediated).</p>")
+                     f"</b> ({'n/a' if share is None else f'{share:.0%}'} mediated).</p>")
+        by_segment = report["estimate"].get("mediation_by_segment") or {}
+        if by_segment:
+            split += "<p>The split within each segment:</p>" + _table(
+                [{"segment": seg, **{f"{k} (95% CI)": _with_ci(row[k]) for k in ("total", "direct", "indirect")},
+                  "share mediated": row["share_mediated"]}
+                 for seg, row in by_segment.items()])
         ident = report["identify"]
         page = f"""<!doctype html><html><head><meta charset="utf-8"><title>causal analysis: {html.escape(report['model']['graph'])}</title>
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}} table{{border-collapse:collapse}} td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}</style></head><body>

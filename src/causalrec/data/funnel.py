@@ -15,7 +15,8 @@ integrating over pop and s (not from the sample):
     direct   = E[Y(1, M(0))] - E[Y(0, M(0))]     (natural direct effect)
     indirect = E[Y(1, M(1))] - E[Y(1, M(0))]     (natural indirect effect, through the click)
 
-and the total effect within each segment (keys `segment=0`, `segment=1`). `simulate_funnel` writes the rows to one directory and
+and the total effect within each segment (keys `segment=0`, `segment=1`), with its split
+(`segment=0 direct`, `segment=0 indirect`, ...). `simulate_funnel` writes the rows to one directory and
 the truth to another; nothing in the rows reveals the truth.
 """
 from __future__ import annotations
@@ -73,7 +74,9 @@ def true_effects(cfg: FunnelConfig) -> dict:
 
     out = contrasts([0, 1])
     for s in SEGMENTS:
-        out[f"segment={s}"] = contrasts([s])["total"]
+        within = contrasts([s])
+        out[f"segment={s}"] = within["total"]
+        out.update({f"segment={s} {k}": within[k] for k in ("direct", "indirect")})
     return out
 
 

@@ -50,7 +50,7 @@ def retrain_flow(params_path: str = "params.yaml", version: bool = True) -> dict
         logger.info("data versioned: md5 %s", result.get("data_md5"))
     # validate raises on bad data: the flow fails here and nothing downstream runs.
     result["validate"] = TASKS["validate"](params)
-    for name in ("embed", "propensity", "train", "evaluate", "package", "monitor", "analyze"):
+    for name in [n for n in pipeline.STAGES if n not in ("ingest", "validate")]:
         result[name] = TASKS[name](params)
     result["metrics"] = result.pop("evaluate")
     a = params.paths.artifacts_dir

@@ -47,6 +47,7 @@ def _logged(name: str, fn):
     return run
 
 
+# In dvc.yaml's order: analyze comes before package, whose bundle carries the mediation split (/explain).
 STAGES = {name: _logged(name, fn) for name, fn in {
     "ingest": ingest, "validate": validate, "embed": embed, "propensity": propensity, "train": train,
-    "evaluate": evaluate, "package": package, "monitor": monitor, "analyze": analyze}.items()}
+    "evaluate": evaluate, "analyze": analyze, "package": package, "monitor": monitor}.items()}

@@ -27,7 +27,8 @@ def analyze(params: Params) -> dict:
         rows = read_rows(d["analysis_truth"] / "funnel.parquet")
     else:
         rows = read_rows(require(cfg.data, "analyze"))
-    report, page = analyze_to(rows, graph, d["analysis"], cfg.cluster, params.seed)
+    report, page = analyze_to(rows, graph, d["analysis"], cfg.cluster, params.seed,
+                              placebo_simulations=cfg.placebo_simulations)
     total = report["estimate"]["effects"][report["estimate"]["headline"]]["total"]
     return {"report": str(page), "total_effect": round(total["value"], 4),
             "total_ci95": [round(x, 4) for x in total["ci95"]],

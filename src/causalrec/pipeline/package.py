@@ -40,12 +40,40 @@ def write_bundle(params: Params, model_name: str, out: Path) -> dict:
         np.save(out / "item_embeddings.npy", vectors[order])
     inter = read_table(d["data"], INTERACTIONS, columns=["user_id", "item_id", "outcome"])
     inter.loc[inter["outcome"] > 0, ["user_id", "item_id"]].drop_duplicates().to_parquet(out / "history.parquet", index=False)
+    causal = write_causal_summary(params, out)
     emb_manifest = d["embeddings"] / "manifest.json"
     manifest = {"model": model_name, "metrics": metrics["models"][model_name], "primary_metric": metrics["primary_metric"],
                 "uplift": metrics.get("uplift"), "serve": params.serve.model_dump(),
-                "data_md5": data_hash(params), "encoder": json.loads(emb_manifest.read_text()) if emb_manifest.exists() else None}
+                "data_md5": data_hash(params), "encoder": json.loads(emb_manifest.read_text()) if emb_manifest.exists() else None,
+                "causal_analysis": None if causal is None else causal["graph"]}
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def write_causal_summary(params: Params, out: Path) -> dict | None:
+    """causal.json + causal_graph.png in the bundle: the analysis' mediation split (overall and per
+    segment) and how serving reads a user's segment, for /explain. None when analyze is off."""
+    if not params.analyze.enabled:
+        return None
+    from causalrec.causal.analysis import share_mediated
+    from causalrec.causal.graph import CausalGraph
+
+    analysis = stage_paths(params)["analysis"]
+    report = json.loads(require(analysis / "report.json", "package").read_text())
+    graph = CausalGraph.load(params.analyze.graph)
+    headline = report["estimate"]["effects"][report["estimate"]["headline"]]
+    ident = report["identify"]
+    overall = {k: headline[k] for k in ("total", "direct", "indirect") if k in headline}
+    segment = next(({"node": n, "at_serving": graph.nodes[n]["at_serving"]} for n in ident["segments"]
+                    if "at_serving" in graph.nodes[n]), None)
+    summary = {"graph": report["model"]["graph"], "treatment": ident["treatment"], "mediator": ident["mediator"],
+               "outcome": ident["outcome"], "estimator": report["estimate"]["headline"], "segment": segment,
+               "overall": {**overall, "share_mediated": share_mediated(overall) if "indirect" in overall else None},
+               "by_segment": report["estimate"].get("mediation_by_segment") or {},
+               "refutations_passed": f"{report['refutations_passed']}/{len(report['refute'])}"}
+    atomic_write_json(out / "causal.json", summary)
+    shutil.copy2(analysis / "graph.png", out / "causal_graph.png")
+    return summary
 
 
 def write_encoder_bundle(params: Params, out: Path) -> dict:
@@ -101,6 +129,22 @@ def package(params: Params) -> dict:
     with atomic_dir(d["package"]) as tmp:
         atomic_write_json(tmp / "bento.json", result)
     return result
+
+
+def production_bundle(params: Params) -> Path:
+    """The directory of the bundle production serves (the model tag in the registry file)."""
+    registry = stage_paths(params)["registry"]
+    if not registry.exists():
+        raise StageError(f"no production model yet ({registry} does not exist); run the pipeline (make run) first")
+    _bentoml_env(params)
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    tag = json.loads(registry.read_text())["model_tag"]
+    try:
+        return Path(bentoml.models.get(tag).path)
+    except NotFound:
+        raise StageError(f"production model {tag} is not in the BentoML store {os.environ['BENTOML_HOME']}") from None
 
 
 def _record_created(path: Path, tag: str) -> None:

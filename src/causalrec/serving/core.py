@@ -55,6 +55,9 @@ class RecommenderCore:
         if self.uplift is None and self.config["rank_by"] == "uplift":
             self.config["rank_by"] = "relevance"
         self.known_users = set(getattr(getattr(model, "users_", None), "ids", np.array([])).tolist())
+        causal = bundle_dir / "causal.json"  # the causal analysis' mediation split (package stage), if run
+        self.causal = json.loads(causal.read_text()) if causal.exists() else None
+        self.causal_graph = bundle_dir / "causal_graph.png" if (bundle_dir / "causal_graph.png").exists() else None
         hist = bundle_dir / "history.parquet"
         self.history = (pd.read_parquet(hist).groupby("user_id")["item_id"].apply(list).to_dict() if hist.exists() else {})
         self._lock = threading.Lock()  # catalogue growth (POST /items) vs concurrent reads
@@ -131,6 +134,7 @@ class RecommenderCore:
         asked_as, (user_id, _) = user_id, self._resolve(user_id)
         with self._lock:
             relevance = float(self.relevance.scores(user_id)[pos])
+            drivers = self.relevance.contributions(user_id, pos)
             uplift = members = None
             if self.uplift is not None:
                 uplift = float(self.uplift.scores(user_id)[pos])
@@ -139,7 +143,8 @@ class RecommenderCore:
         out = {"user_id": asked_as, "item_id": item_id, "title": self.titles[pos], "cold_start": user_id not in self.known_users,
                "score": relevance, "uplift": uplift,
                "uplift_interval": (None if members is None else [float(np.quantile(members, 0.05)), float(np.quantile(members, 0.95))]),
-               "reasons": []}
+               "uplift_members": None if members is None else len(members),
+               "score_drivers": drivers, "mediation": self._mediation(user_id), "reasons": []}
         history = [h for h in self.history.get(user_id, []) if h in self._pos and h != item_id]
         if self.embeddings is not None and history:
             e = self.embeddings
@@ -151,7 +156,32 @@ class RecommenderCore:
         if uplift is not None:
             out["reasons"].append(f"recommending it is estimated to change the outcome probability by {uplift:+.3f}")
         out["reasons"].append(f"estimated probability you like it if shown: {relevance:.3f}")
+        if drivers is not None:
+            name, value = max(drivers["parts"].items(), key=lambda kv: abs(kv[1]) if kv[0] != "base rate" else -1)
+            out["reasons"].append(f"the largest part of the score: {name} ({value:+.2f} on the {drivers['scale']} scale)")
+        m = out["mediation"]
+        if m is not None and m["indirect"] is not None:
+            out["reasons"].append(f"{m['segment_label']}: of the effect of {m['treatment']} on {m['outcome']} "
+                                  f"({m['total']['value']:+.3f}), {m['indirect']['value']:+.3f} goes through {m['mediator']} "
+                                  f"and {m['direct']['value']:+.3f} is direct")
         return out
+
+    def _mediation(self, user_id: str) -> dict | None:
+        """The analysis' split of the effect into direct and through-the-mediator parts, for this user's
+        segment when the graph says how serving reads it (else the population's)."""
+        c = self.causal
+        if c is None:
+            return None
+        split, label = c["overall"], "all users"
+        if c["segment"] is not None and c["segment"]["at_serving"] == "known_user":
+            level = int(user_id in self.known_users)
+            key = f"{c['segment']['node']}={level}"
+            if key in c["by_segment"]:
+                split, label = c["by_segment"][key], f"{c['segment']['node']}={level} ({'returning' if level else 'new'} user)"
+        return {"graph": c["graph"], "treatment": c["treatment"], "mediator": c["mediator"], "outcome": c["outcome"],
+                "estimator": c["estimator"], "segment_label": label, "total": split["total"],
+                "direct": split.get("direct"), "indirect": split.get("indirect"),
+                "share_mediated": split.get("share_mediated"), "refutations_passed": c["refutations_passed"]}
 
     # ---------------------------------------------------------------------------------- items
     def add_item(self, title: str, description: str, embedding: np.ndarray | None, item_id: str | None = None) -> dict:
