@@ -12,7 +12,7 @@ export BENTOML_DO_NOT_TRACK := True
 export HF_HUB_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test test-fast setup repro serve monitor lint-workflows audit clean
+.PHONY: run test test-fast setup repro serve monitor lint-workflows audit clean dowhy-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,14 @@ test: $(STAMP)
 	# pytest exits 5 when it collected no test: that fails CI too.
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
+# DoWhy 0.14 + EconML beside the project, for benchmarks/causal_effects_dowhy.py only: DoWhy needs
+# scipy 1.15.3, the project's lock has 1.17.1, so they get their own environment (never the package's).
+dowhy-venv:
+	$(PYTHON) -m venv .venv-dowhy
+	.venv-dowhy/bin/pip install -q dowhy==0.14 econml==0.17.0 scipy==1.15.3 numpy==2.4.6 pandas==2.3.3 \
+		scikit-learn==1.9.1 statsmodels==0.15.0 pyarrow==26.0.1 networkx pyyaml matplotlib tqdm
+	.venv-dowhy/bin/pip install -q --no-deps -e .
+
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
@@ -43,7 +51,7 @@ repro: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
 
 serve: $(STAMP)
-	$(BIN)/bentoml serve causalrec:latest --host 127.0.0.1 --port 3000
+	$(BIN)/causalrec serve --host 127.0.0.1 --port 3000   # the registry's champion bento
 
 monitor: $(STAMP)
 	$(BIN)/causalrec monitor-flow --params params.yaml

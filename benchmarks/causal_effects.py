@@ -9,9 +9,10 @@ split, what /explain quotes) with 95% intervals, from the headline estimator
 (declared in causal/analysis.py before any data: doubly robust) and the linear SEM as a reference;
 then the refuters. Also the deliberately wrong graph (popularity -> promoted left out: popularity is
 no longer a confounder) is checked against each sample. Writes results/causal_effects.json with
-bias, RMSE, coverage and bias/SE per effect, the placebo refuter's false alarm rate (it fails
-although the true effect is non-zero and the estimate right), the rate at which a single placebo's
-interval misses 0 (the standard error's calibration), and the wrong graph's detection rate.
+bias, RMSE, coverage and bias/SE per effect, the false alarm rates of the placebo refuter (its
+placebo effects do not centre on 0) and of the randomization test (the real, non-zero effect looks
+like a placebo's), the rate at which a single placebo's interval misses 0 (the standard error's
+calibration), and the wrong graph's detection rate.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def main(argv=None) -> dict:
     world = FunnelConfig(n_items=args.items, n_impressions=args.impressions)
     truth = true_effects(world)
     per = {est: {k: [] for k in truth} for est in (HEADLINE, "regression")}
-    placebo_alarms, placebo_interval_misses, wrong_detected, right_rejected, passed = [], [], [], [], {}
+    placebo_alarms, randomization_alarms, placebo_interval_misses, wrong_detected, right_rejected, passed = [], [], [], [], [], {}
     for rep in tqdm(range(args.replications), desc="replications"):
         data = draw_funnel(FunnelConfig(**{**world.__dict__, "seed": rep}))
         options = {} if args.placebo_simulations is None else {"placebo_simulations": args.placebo_simulations}
@@ -65,8 +66,10 @@ def main(argv=None) -> dict:
                 per[est][key].append((e["value"] - t, e["se"], e["ci95"][0] - t, e["ci95"][1] - t))
         for r in report["refute"]:
             passed.setdefault(r["refuter"], []).append(r["passed"])
-        placebo_alarms.append(not report["refute"][0]["passed"])
-        placebo_interval_misses.append(not report["refute"][0]["first_placebo_interval_covers_0"])
+        rows = {r["refuter"]: r for r in report["refute"]}
+        placebo_alarms.append(not rows["placebo treatment"]["passed"])
+        randomization_alarms.append(not rows["randomization test"]["passed"])
+        placebo_interval_misses.append(not rows["placebo treatment"]["first_placebo_interval_covers_0"])
         right_rejected.append(not report["model"]["graph_consistent_with_data"])
         wrong_detected.append(not all(c["holds"] for c in wrong.check(data)))
     figures = {
@@ -76,6 +79,7 @@ def main(argv=None) -> dict:
         "refuters": {"placebo_false_alarm_rate": float(np.mean(placebo_alarms)),
                      "placebo_false_alarm_mc_error": float(np.sqrt(np.mean(placebo_alarms) * (1 - np.mean(placebo_alarms))
                                                                    / len(placebo_alarms))),
+                     "randomization_test_false_alarm_rate": float(np.mean(randomization_alarms)),
                      # a single placebo's 95% interval missing 0: the size of a nominal 5% test (SE calibration)
                      "placebo_interval_miss_rate": float(np.mean(placebo_interval_misses)),
                      "wrong_graph_detection_rate": float(np.mean(wrong_detected)),

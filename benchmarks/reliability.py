@@ -32,6 +32,7 @@ from pathlib import Path
 import requests
 
 from _common import REPO, write_result
+from causalrec.registry import Registry
 from causalrec.serving.feedback import read_events
 from causalrec.serving.launch import BentoServer
 
@@ -131,8 +132,8 @@ def pytest_probes(work: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--project", default=str(REPO), help="a project after `make run` (its production bento is served)")
-    ap.add_argument("--bento", default=None, help="bento tag (default: artifacts/production.json of --project)")
+    ap.add_argument("--project", default=str(REPO), help="a project after `make run` (its champion bento is served)")
+    ap.add_argument("--bento", default=None, help="bento tag (default: the champion's in --project's registry.json)")
     ap.add_argument("--examples", type=int, default=300, help="schemathesis examples per operation and phase")
     ap.add_argument("--rounds", type=int, default=4, help="SIGKILL rounds")
     ap.add_argument("--events", type=int, default=400, help="acknowledged events per round before the kill")
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     project = Path(args.project).resolve()
-    tag = args.bento or json.loads((project / "artifacts" / "production.json").read_text())["bento_tag"]
+    tag = args.bento or Registry(project / "registry.json").champion["bento_tag"]
     work = Path(tempfile.mkdtemp(prefix="reliability-"))
     feedback = work / "feedback" / "fb.jsonl"
     env = {"CAUSALREC_API_KEY": KEY, "CAUSALREC_FEEDBACK_LOG": str(feedback),

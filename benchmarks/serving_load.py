@@ -71,7 +71,9 @@ with bentoml.models.create('causalrec-encoder') as em:
 
 def serve(target: str, home: Path, cwd: Path, log: Path) -> BentoServer:
     env = {"BENTOML_HOME": str(home), "CAUSALREC_FEEDBACK_LOG": str(log.parent / "fb.jsonl"), "BENTOML_DO_NOT_TRACK": "True"}
-    return BentoServer(target, cwd, log, env).start()
+    # the temporary store holds one model of each: the source-tree service is pinned to them
+    pins = {"recommender": "causalrec-recommender:latest", "encoder": "causalrec-encoder:latest"}
+    return BentoServer(target, cwd, log, env, args=pins if target.startswith("bentos.") else None).start()
 
 
 def load(url: str, users: int, seconds: int, out: Path) -> dict:

@@ -1,7 +1,12 @@
 """BentoML services: a thin shell over causalrec.serving (all logic lives in the library).
 
-    bentoml serve causalrec:latest                      # the built bento (both services)
-    bentoml serve bentos.service:Recommender            # from the source tree
+    bentoml serve causalrec:<tag>                       # a built bento: the registry's champion (make serve)
+    bentoml serve bentos.service:Recommender --arg recommender=causalrec-recommender:<tag> \
+        --arg encoder=causalrec-encoder:<tag>           # from the source tree
+
+Which models a bento serves is fixed when it is built: `causalrec package` passes the candidate's
+model tags as bento arguments (`bentoml build --arg`), which BentoML stores in the bento and restores
+when it serves it; nothing resolves `:latest`.
 
 Environment: CAUSALREC_API_KEY (required for POST /feedback and /items), CAUSALREC_PSEUDONYM_KEY
 (keyed hash of user ids in logs and stored feedback; default: pseudonym.key beside the feedback log), CAUSALREC_FEEDBACK_LOG (default from params.yaml serve.feedback_log),
@@ -26,7 +31,7 @@ if _SRC.is_dir() and str(_SRC) not in sys.path:
 import bentoml  # noqa: E402
 import numpy as np  # noqa: E402
 from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound  # noqa: E402
-from pydantic import Field  # noqa: E402
+from pydantic import BaseModel, Field  # noqa: E402
 
 from causalrec.data.rules import OUTCOME_BOUND, check_event  # noqa: E402
 from causalrec.logs import configure as configure_logging  # noqa: E402
@@ -38,6 +43,13 @@ from causalrec.serving.feedback import FeedbackLog  # noqa: E402
 from causalrec.serving.limits import ErrorContract, RequestLimits  # noqa: E402
 from causalrec.serving.privacy import api_key_matches, pseudonym_key  # noqa: E402
 
+class Pins(BaseModel):
+    """The bento arguments: the model store tags this bento serves (set by `causalrec package`)."""
+    recommender: str = Field(pattern=r"^causalrec-recommender:[A-Za-z0-9_.-]+$")
+    encoder: str = Field(pattern=r"^causalrec-encoder:[A-Za-z0-9_.-]+$")
+
+
+PINS = bentoml.use_arguments(Pins)
 Id = Annotated[str, Field(min_length=1, max_length=256)]
 Text = Annotated[str, Field(min_length=1, max_length=10_000)]
 
@@ -67,7 +79,7 @@ def _require_key(ctx: bentoml.Context) -> None:
 class Encoder:
     """Text -> L2-normalised embedding with the pipeline's own encoder; requests are batched adaptively."""
 
-    weights = bentoml.models.BentoModel("causalrec-encoder:latest")
+    weights = bentoml.models.BentoModel(PINS.encoder)
 
     def __init__(self) -> None:
         import json
@@ -88,7 +100,7 @@ class Encoder:
 @bentoml.service(name="causalrec-recommender", traffic={"timeout": 30},
                  workers=int(os.environ.get("CAUSALREC_RECOMMENDER_WORKERS", "1")))
 class Recommender:
-    bundle = bentoml.models.BentoModel("causalrec-recommender:latest")
+    bundle = bentoml.models.BentoModel(PINS.recommender)
     encoder = bentoml.depends(Encoder)
 
     def __init__(self) -> None:
@@ -98,7 +110,8 @@ class Recommender:
         catalogue = CatalogueStore(os.environ.get("CAUSALREC_CATALOGUE", manifest["serve"]["catalogue"]))
         log_path = os.environ.get("CAUSALREC_FEEDBACK_LOG", manifest["serve"]["feedback_log"])
         # Feedback stores pseudonyms; the key sits beside the log, shared with every worker and the exporter.
-        self.core = RecommenderCore(self.bundle.path, catalogue=catalogue, pseudonym_key=pseudonym_key(Path(log_path).parent))
+        self.core = RecommenderCore(self.bundle.path, catalogue=catalogue, pseudonym_key=pseudonym_key(Path(log_path).parent),
+                                    version=PINS.recommender)
         self.feedback_log = FeedbackLog(log_path, max_bytes=int(self.core.config["feedback_max_bytes"]))
         self.k_max = int(self.core.config["k_max"])
 
@@ -119,7 +132,12 @@ class Recommender:
     def feedback(self, event_id: Id, user_id: Id, item_id: Id, outcome: Outcome,
                  propensity: Propensity, timestamp: Timestamp, ctx: bentoml.Context,
                  position: Annotated[int, Field(ge=0, le=10_000, strict=True)] = 0,
-                 policy: Annotated[str, Field(max_length=64)] = "") -> dict:
+                 policy: Annotated[str, Field(max_length=64)] = "",
+                 request_id: Annotated[str, Field(max_length=64, description="the /recommend answer's")] = "",
+                 slate_size: Annotated[int, Field(ge=0, le=10_000, strict=True,
+                                                  description="items in the served slate (0: unknown)")] = 0,
+                 model_version: Annotated[str, Field(max_length=256, description="the /recommend answer's; "
+                                                     "default: the version this server serves")] = "") -> dict:
         _require_key(ctx)
         try:  # the pipeline's own rules: nothing acknowledged here can fail export or validation later
             when = check_event(timestamp, propensity, outcome)
@@ -127,7 +145,9 @@ class Recommender:
             raise InvalidArgument(str(exc)) from None
         event = {"event_id": event_id, "user_id": self.core.pseudonym(user_id), "item_id": item_id, "outcome": outcome,
                  "propensity": propensity, "timestamp": when, "position": position,
-                 "policy": policy or self.core.policy.kind}
+                 "policy": policy or self.core.policy.kind, "model_version": model_version or self.core.version,
+                 # the slate's identity and size: what the promotion gate needs to replay the policies
+                 "request_id": request_id, "slate_size": slate_size}
         written = self.feedback_log.append(event)  # fsynced before we answer
         return {"event_id": event_id, "status": "logged" if written else "duplicate"}
 

@@ -84,9 +84,32 @@ def make_project(root: Path, tiny_encoder: Path | None = None, git: bool = True,
         subprocess.run(["git", "init", "-q"], cwd=root, check=True)
         subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
         shutil.copy2(REPO / ".dvc" / "config", root / ".dvc" / "config")
+        # a clone has a commit: the registry records the code version (git sha) of each model
+        subprocess.run(["git", "-c", "user.name=causalrec-tests", "-c", "user.email=tests@causalrec.invalid", "add", "-A"],
+                       cwd=root, check=True)
+        subprocess.run(["git", "-c", "user.name=causalrec-tests", "-c", "user.email=tests@causalrec.invalid", "commit",
+                        "-qm", "a fresh clone"], cwd=root, check=True)
     return root
 
 
 @pytest.fixture
 def project(tmp_path, tiny_encoder) -> Path:
     return make_project(tmp_path / "project", tiny_encoder)
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory, tiny_encoder):
+    """A real serving bundle from the pipeline stages (no Prefect/BentoML needed), and its params.
+    Shared: copy it before changing it."""
+    from causalrec import pipeline
+    from causalrec.config import load_params
+
+    root = make_project(tmp_path_factory.mktemp("bundle") / "p", tiny_encoder, git=False,
+                        train={"models": ["popularity", "tt_naive"], "epochs": 4, "dim": 8}, uplift={"n_bootstrap": 2})
+    params = load_params(root / "params.yaml")
+    for stage in ("ingest", "embed", "propensity", "train", "evaluate", "analyze"):
+        pipeline.STAGES[stage](params)
+    out = root / "bundle"
+    out.mkdir()
+    pipeline.write_bundle(params, "tt_naive", out)
+    return out, params

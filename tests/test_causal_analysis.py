@@ -64,21 +64,27 @@ def test_effects_cover_the_truth_and_refuters_pass_on_the_right_graph():
     assert np.mean(errors["segment=1"]) + truth["segment=1"] > np.mean(errors["segment=0"]) + truth["segment=0"]
 
 
-def test_placebo_refuter_fails_an_effect_a_random_treatment_would_give_as_well():
-    """DoWhy's design: the estimate against the estimates from permuted treatments. In a world where
-    the promotion does nothing, the estimate is one of the crowd (the refuter fails); with the real
-    effect it lies outside all of them (p = 1/(1 + simulations))."""
+def test_placebo_and_randomization_refuters_tell_a_null_effect_from_a_real_one():
+    """The same permuted treatments serve two checks. In a world where the promotion does nothing, the
+    placebo effects centre on 0 (DoWhy's placebo refuter passes: the estimator finds nothing where
+    there is nothing) and the estimate is one of the crowd (the randomization test fails); with the
+    real effect the estimate lies outside all 39 placebos (p = 1/40)."""
     null_world = FunnelConfig(seed=5, n_impressions=3000, click=(-1.0, 0.0, 0.5, 0.3, 0.0),
                               purchase=(-2.0, 0.0, 1.5, 0.6, 0.2, 0.0))
     assert true_effects(null_world)["total"] == 0
     graph = CausalGraph.load(FUNNEL)
-    null = analyze(draw_funnel(null_world), graph, cluster="item_id", placebo_simulations=39)["refute"][0]
-    real = analyze(draw_funnel(FunnelConfig(seed=5, n_impressions=3000)), graph, cluster="item_id",
-                   placebo_simulations=39)["refute"][0]
-    assert null["refuter"] == "placebo treatment" and null["simulations"] == 39
-    assert not null["passed"] and null["p_value"] > 0.05
-    assert real["passed"] and real["p_value"] == 1 / 40
-    assert abs(real["new_effect"]) < 3 * real["placebo_sd"] / 39 ** 0.5 + 1e-3  # the placebos centre on 0
+
+    def refuters(cfg):
+        rows = analyze(draw_funnel(cfg), graph, cluster="item_id", placebo_simulations=39)["refute"]
+        return {r["refuter"]: r for r in rows}
+
+    null, real = refuters(null_world), refuters(FunnelConfig(seed=5, n_impressions=3000))
+    assert null["placebo treatment"]["simulations"] == 39 and null["placebo treatment"]["passed"]
+    assert not null["randomization test"]["passed"] and null["randomization test"]["p_value"] > 0.05
+    assert real["placebo treatment"]["passed"] and real["randomization test"]["passed"]
+    assert real["randomization test"]["p_value"] == 1 / 40
+    placebo = real["placebo treatment"]
+    assert abs(placebo["new_effect"]) < 3 * placebo["placebo_sd"] / 39 ** 0.5 + 1e-3  # the placebos centre on 0
 
 
 def test_a_graph_without_the_confounding_edge_is_flagged_by_its_implications():

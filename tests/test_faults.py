@@ -87,8 +87,8 @@ def test_children_of_a_killed_run_do_not_outlive_it(tmp_path):
 
 
 def test_package_prunes_what_it_created_and_no_longer_serves(tmp_path):
-    """Store entries this project created that neither production nor the previous production uses are
-    deleted; entries it did not create (a shared store) are not."""
+    """Store entries this project created that the registry no longer needs (not a champion, past or
+    present, nor the challenger) are deleted; entries it did not create (a shared store) are not."""
     code = textwrap.dedent(f"""
         import json
         from pathlib import Path
@@ -103,7 +103,7 @@ def test_package_prunes_what_it_created_and_no_longer_serves(tmp_path):
             _record_created(log, tags[-1])
         with bentoml.models.create("someone-elses-model") as other:
             pass
-        removed = prune_store({{"model_tag": tags[2], "previous": {{"model_tag": tags[1]}}}}, log)
+        removed = prune_store({{tags[2], tags[1]}}, log)
         left = sorted(str(m.tag) for m in bentoml.models.list())
         print(json.dumps({{"tags": tags, "removed": removed, "left": left, "other": str(other.tag),
                           "log": json.loads(log.read_text())}}))

@@ -103,8 +103,15 @@ def test_rerun_embeds_nothing_and_keeps_production(trained):
     second = retrain_flow(params_path=str(project / "params.yaml"))
     assert second["embed"]["newly_embedded"] == 0
     assert second["data_md5"] == first["data_md5"]  # deterministic simulator: same data version
-    assert second["package"]["promoted"] is False  # equal metrics do not replace production
+    assert second["package"]["promoted"] is False  # equal metrics do not replace the champion
     assert second["package"]["bento_tag"] == first["package"]["bento_tag"]
+    assert "offline ndcg@10 on the same data version" in second["package"]["reason"]
+    from causalrec.registry import Registry
+
+    state = Registry(project / "registry.json").state()  # both candidates registered, one decision each
+    assert [m["status"] for m in state["models"].values()] == ["champion", "blocked"]
+    champion = state["models"][state["aliases"]["champion"]]
+    assert champion["data_md5"] == first["data_md5"] and champion["git_sha"] and len(champion["params_sha256"]) == 64
 
 
 def test_bad_data_stops_flow_and_keeps_last_good_model(trained, tmp_path):
@@ -119,7 +126,7 @@ def test_bad_data_stops_flow_and_keeps_last_good_model(trained, tmp_path):
     models = project / "artifacts" / "models"
     before = {p.name: p.stat().st_mtime_ns for p in models.iterdir()}
     metrics_before = (project / "artifacts" / "metrics.json").read_text()
-    production = (project / "artifacts" / "production.json").read_text()
+    registry = (project / "registry.json").read_text()
     params = project / "params_bad.yaml"
     shutil.copy2(project / "params.yaml", params)
     os.environ["CAUSALREC__INGEST__SOURCE"] = "parquet"
@@ -131,7 +138,7 @@ def test_bad_data_stops_flow_and_keeps_last_good_model(trained, tmp_path):
         del os.environ["CAUSALREC__INGEST__SOURCE"], os.environ["CAUSALREC__INGEST__SOURCE_PATH"]
     assert {p.name: p.stat().st_mtime_ns for p in models.iterdir()} == before
     assert (project / "artifacts" / "metrics.json").read_text() == metrics_before
-    assert (project / "artifacts" / "production.json").read_text() == production
+    assert (project / "registry.json").read_text() == registry
     report = json.loads((project / "artifacts" / "validation" / "report.json").read_text())
     assert report["success"] is False and report["failures"][0]["column"] == "propensity"
 

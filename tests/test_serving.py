@@ -42,7 +42,7 @@ def test_policy_errors():
 
 def _event(i, **kw):
     return {"event_id": f"e{i}", "user_id": "u1", "item_id": "i000001", "outcome": 1.0, "propensity": 0.5,
-            "timestamp": "2026-11-23T07:00:00+00:00", "position": 1, "policy": "softmax", **kw}
+            "timestamp": "2026-11-23T07:00:00+00:00", "position": 1, "policy": "softmax", "model_version": "m1", **kw}
 
 
 def test_feedback_log_idempotent_durable_and_torn_tail(tmp_path):
@@ -74,18 +74,33 @@ def test_feedback_log_two_writers_no_duplicates(tmp_path):
     assert len(lines) == 200 and len({json.loads(x)["event_id"] for x in lines}) == 200
 
 
-def test_export_feedback_appends_once(tmp_path):
+def test_export_writes_each_event_once_as_a_new_validated_partition(tmp_path):
+    """Export never touches data/: each run writes the events no partition holds yet as the next
+    partition (after the feedback suite), and ingest's merge appends them all to the base tables."""
+    from causalrec.data.feedback import merge_into, partitions
     from causalrec.data.simulate import SimulationConfig, simulate
+    from causalrec.validation import ValidationFailed
 
     simulate(SimulationConfig(n_users=20, n_items=10, n_interactions=200), tmp_path / "data", tmp_path / "truth", progress=False)
+    base = (tmp_path / "data" / "interactions.parquet").read_bytes()
     log = FeedbackLog(tmp_path / "fb.jsonl")
     for i in range(3):
         log.append(_event(i, user_id="u000001"))
-    first = export_feedback(tmp_path / "fb.jsonl", tmp_path / "data")
-    second = export_feedback(tmp_path / "fb.jsonl", tmp_path / "data")
-    assert first["exported"] == 3 and second["exported"] == 0
+    export = lambda **kw: export_feedback(tmp_path / "fb.jsonl", tmp_path / "data", tmp_path / "fbdata",  # noqa: E731
+                                          tmp_path / "validation", **kw)
+    first, second = export(), export()
+    assert first["exported"] == 3 and second["exported"] == 0 and second["partition"] is None
+    assert (tmp_path / "data" / "interactions.parquet").read_bytes() == base  # the serving side never writes data/
+    log.append(_event(3, user_id="u000002", model_version="m-unknown"))
+    with pytest.raises(ValidationFailed, match="model_version"):
+        export(known_versions={"m1"})  # a version the registry does not know: nothing is written
+    assert len(partitions(tmp_path / "fbdata")) == 1
+    third = export(known_versions={"m1", "m-unknown"})
+    assert third["exported"] == 1 and third["partition"].endswith("part-00002")
+    assert merge_into(tmp_path / "data", tmp_path / "fbdata")["interactions"] == 4
     inter = pd.read_parquet(tmp_path / "data" / "interactions.parquet")
-    assert len(inter) == 203 and (inter.dropna(subset=["event_id"])["policy"] == "serving:softmax").all()
+    assert len(inter) == 204 and (inter.dropna(subset=["event_id"])["policy"] == "serving:softmax").all()
+    assert sorted(inter["event_id"].dropna()) == ["e0", "e1", "e2", "e3"]
 
 
 def test_privacy_helpers():
@@ -93,23 +108,6 @@ def test_privacy_helpers():
     assert "alice" not in pseudonymize("alice", b"k1")
     assert api_key_matches("s3cret", "s3cret") and not api_key_matches("s3cre", "s3cret")
     assert not api_key_matches("anything", None) and not api_key_matches(None, "s3cret")
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory, tiny_encoder):
-    """A real bundle from the pipeline stages (no Prefect/BentoML needed)."""
-    from causalrec import pipeline
-    from causalrec.config import load_params
-
-    root = make_project(tmp_path_factory.mktemp("bundle") / "p", tiny_encoder, git=False,
-                        train={"models": ["popularity", "tt_naive"], "epochs": 4, "dim": 8}, uplift={"n_bootstrap": 2})
-    params = load_params(root / "params.yaml")
-    for stage in ("ingest", "embed", "propensity", "train", "evaluate", "analyze"):
-        pipeline.STAGES[stage](params)
-    out = root / "bundle"
-    out.mkdir()
-    pipeline.write_bundle(params, "tt_naive", out)
-    return out, params
 
 
 def test_core_recommend_explain_and_new_items(bundle):
@@ -163,6 +161,7 @@ def test_export_feedback_command(tmp_path):
     log.append(_event(1, user_id="u000003"))
     res = CliRunner().invoke(app, ["export-feedback", "--log", str(project / "fb.jsonl"), "--params", str(project / "params.yaml")])
     assert res.exit_code == 0 and '"exported": 1' in res.output
+    assert (project / "feedback_data" / "part-00001" / "interactions.parquet").exists()
     res = CliRunner().invoke(app, ["export-feedback", "--log", str(project / "missing.jsonl"), "--params", str(project / "params.yaml")])
     assert res.exit_code == 2 and "not found" in res.output
 
@@ -188,6 +187,7 @@ def test_accepted_feedback_always_exports_and_validates(tmp_path):
     exported and accepted by the validation suite (one rule book)."""
     from datetime import datetime
 
+    from causalrec.data.feedback import merge_into
     from causalrec.data.rules import check_event
     from causalrec.data.simulate import SimulationConfig, simulate
     from causalrec.serving.feedback import FeedbackLog, export_feedback
@@ -200,8 +200,9 @@ def test_accepted_feedback_always_exports_and_validates(tmp_path):
                                    ("2026-03-01T10:00:00Z", 0.9)]):
         ts = check_event(datetime.fromisoformat(when.replace("Z", "+00:00")), p, 1.0)
         log.append({"event_id": f"e{i}", "user_id": "u000001", "item_id": "i000002", "outcome": 1.0,
-                    "propensity": p, "timestamp": ts, "position": 1, "policy": "epsilon_greedy"})
-    assert export_feedback(tmp_path / "fb.jsonl", tmp_path / "data")["exported"] == 3
+                    "propensity": p, "timestamp": ts, "position": 1, "policy": "epsilon_greedy", "model_version": "m1"})
+    assert export_feedback(tmp_path / "fb.jsonl", tmp_path / "data", tmp_path / "fb", tmp_path / "v")["exported"] == 3
+    merge_into(tmp_path / "data", tmp_path / "fb")
     report = validate_data(tmp_path / "data", tmp_path / "validation")
     assert report["success"]
     inter = pd.read_parquet(tmp_path / "data" / "interactions.parquet")
@@ -236,13 +237,17 @@ def test_items_added_at_serving_time_are_shared_durable_and_become_data(bundle, 
              tmp_path / "data", tmp_path / "truth", progress=False)
     log = FeedbackLog(tmp_path / "fb.jsonl")
     log.append({"event_id": "e1", "user_id": "someone-new", "item_id": "tent-1", "outcome": 1.0, "propensity": 0.3,
-                "timestamp": check_event(datetime(2026, 3, 1, 10), 0.3, 1.0), "position": 1, "policy": "softmax"})
-    out = export_feedback(tmp_path / "fb.jsonl", tmp_path / "data", store)
+                "timestamp": check_event(datetime(2026, 3, 1, 10), 0.3, 1.0), "position": 1, "policy": "softmax",
+                "model_version": "m1"})
+    out = export_feedback(tmp_path / "fb.jsonl", tmp_path / "data", tmp_path / "fb", tmp_path / "v", store)
     assert (out["exported"], out["new_items"], out["new_users"]) == (1, 1, 1)
+    from causalrec.data.feedback import merge_into
+
+    merge_into(tmp_path / "data", tmp_path / "fb")
     items = pd.read_parquet(tmp_path / "data" / "items.parquet")
     assert items.set_index("item_id").loc["tent-1", "description"] == "a tent for the summit"
     assert validate_data(tmp_path / "data", tmp_path / "validation")["success"]
-    again = export_feedback(tmp_path / "fb.jsonl", tmp_path / "data", store)
+    again = export_feedback(tmp_path / "fb.jsonl", tmp_path / "data", tmp_path / "fb", tmp_path / "v", store)
     assert (again["exported"], again["new_items"], again["new_users"]) == (0, 0, 0)
 
 
@@ -266,11 +271,15 @@ def test_feedback_stores_pseudonyms_that_export_maps_back(bundle, tmp_path, monk
     log = FeedbackLog(tmp_path / "feedback" / "fb.jsonl")
     for i, who in enumerate(["u000001", "alice@example.com"]):
         log.append({"event_id": f"e{i}", "user_id": core.pseudonym(who), "item_id": "i000002", "outcome": 1.0,
-                    "propensity": 0.3, "timestamp": check_event(datetime(2026, 3, 1, 10), 0.3, 1.0), "position": 1})
+                    "propensity": 0.3, "timestamp": check_event(datetime(2026, 3, 1, 10), 0.3, 1.0), "position": 1,
+                    "model_version": "m1"})
     stored = (tmp_path / "feedback" / "fb.jsonl").read_text()
     assert "alice" not in stored and "u000001" not in stored
-    out = export_feedback(tmp_path / "feedback" / "fb.jsonl", tmp_path / "data")
+    out = export_feedback(tmp_path / "feedback" / "fb.jsonl", tmp_path / "data", tmp_path / "fb", tmp_path / "v")
     assert (out["exported"], out["new_users"]) == (2, 1)
+    from causalrec.data.feedback import merge_into
+
+    merge_into(tmp_path / "data", tmp_path / "fb")
     inter = pd.read_parquet(tmp_path / "data" / "interactions.parquet").set_index("event_id")
     assert inter.loc["e0", "user_id"] == "u000001" and is_pseudonym(inter.loc["e1", "user_id"])
     assert inter.loc["e1", "user_id"] == core.pseudonym("alice@example.com")

@@ -89,13 +89,16 @@ def monitor_flow(params: Path = PARAMS, retrain_on_drift: bool = True) -> None:
 @app.command("export-feedback")
 def export_feedback_cmd(log: Path = typer.Option(..., help="feedback log (JSON lines) written by the Recommender service"),
                         catalogue: Path = typer.Option(None, help="the service's item store (serve.catalogue): items "
-                                                                  "added through POST /items join data/items.parquet"),
+                                                                  "added through POST /items join the partition"),
                         params: Path = PARAMS) -> None:
-    """Append served feedback (with its logged propensities) to data/interactions.parquet for the next retrain;
-    items added at serving time and users first seen in feedback join the items and users tables."""
+    """Served feedback not exported yet becomes the next partition of paths.feedback_dir (checked by the
+    feedback suite first: unique new event ids, propensities in (0, 1], sane timestamps, model versions
+    the registry knows); the next ingest appends every partition to the data."""
     from causalrec.config import ConfigError, load_params
     from causalrec.data.schema import DataError
+    from causalrec.registry import Registry, RegistryError
     from causalrec.serving.feedback import export_feedback
+    from causalrec.validation import ValidationFailed
 
     try:
         p = load_params(params)
@@ -103,8 +106,11 @@ def export_feedback_cmd(log: Path = typer.Option(..., help="feedback log (JSON l
             raise DataError(f"feedback log {log} not found")
         if catalogue is not None and not catalogue.is_file():
             raise DataError(f"catalogue store {catalogue} not found")
-        result = export_feedback(log, p.paths.data_dir, catalogue)
-    except (ConfigError, DataError, KeyError, ValueError) as exc:
+        registry = Registry(p.paths.registry)
+        known = set(registry.state()["models"]) if registry.path.exists() else None
+        result = export_feedback(log, p.paths.data_dir, p.paths.feedback_dir,
+                                 p.paths.artifacts_dir / "validation_feedback", catalogue, known_versions=known)
+    except (ConfigError, DataError, RegistryError, ValidationFailed, KeyError, ValueError) as exc:
         typer.secho(f"causalrec export-feedback: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     typer.echo(json.dumps(result, indent=2))
@@ -193,17 +199,17 @@ def analyze(params: Path = PARAMS,
 @app.command()
 def explain(user: str = typer.Option(..., help="user id"), item: str = typer.Option(..., help="item id"),
             params: Path = PARAMS,
-            bundle: Path = typer.Option(None, help="bundle directory (default: production's, from the BentoML store)"),
+            bundle: Path = typer.Option(None, help="bundle directory (default: the champion's, from the BentoML store)"),
             out: Path = typer.Option(Path("artifacts/explain"), help="directory for explanation.html/json (replaced whole)")) -> None:
     """Explain one recommendation as a page (what /explain answers, with the causal graph)."""
     from causalrec.config import ConfigError, load_params
     from causalrec.pipeline import StageError
-    from causalrec.pipeline.package import production_bundle
+    from causalrec.pipeline.package import champion_bundle
     from causalrec.serving.core import NotFound, RecommenderCore
     from causalrec.serving.explain_page import write_explanation
 
     try:
-        bundle = bundle if bundle is not None else production_bundle(load_params(params))
+        bundle = bundle if bundle is not None else champion_bundle(load_params(params))
         core = RecommenderCore(bundle)
         explanation = core.explain(user, item)
     except (ConfigError, StageError, NotFound, FileNotFoundError, ValueError) as exc:
@@ -212,6 +218,110 @@ def explain(user: str = typer.Option(..., help="user id"), item: str = typer.Opt
         raise typer.Exit(2) from None
     page = write_explanation(explanation, out, core.causal_graph)
     typer.echo(json.dumps({"page": str(page), **explanation}, indent=2))
+
+
+registry_app = typer.Typer(help="The model registry (registry.json): list, show, promote, roll back.")
+app.add_typer(registry_app, name="registry")
+
+
+def _registry(params: Path):
+    from causalrec.config import ConfigError, load_params
+    from causalrec.registry import Registry
+
+    try:
+        p = load_params(params)
+    except ConfigError as exc:
+        typer.secho(f"causalrec registry: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    return p, Registry(p.paths.registry)
+
+
+def _registry_fails(exc: Exception) -> None:
+    typer.secho(f"causalrec registry: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2) from None
+
+
+@registry_app.command("list")
+def registry_list(params: Path = PARAMS) -> None:
+    """Every registered model, newest last: status, score, data version, aliases."""
+    from causalrec.registry import RegistryError
+
+    _, registry = _registry(params)
+    try:
+        state = registry.state()
+    except RegistryError as exc:
+        _registry_fails(exc)
+    aliases = {tag: name for name, tag in state["aliases"].items() if tag}
+    for tag, e in state["models"].items():
+        ope = (e.get("ope") or {}).get("candidate", {}).get("value")
+        typer.echo(f"{tag:<42} {e['status']:<12} {aliases.get(tag, ''):<10} {e['model']:<12} "
+                   f"{e['primary_metric']}={e['score']:.4f} ope={'-' if ope is None else f'{ope:.4f}'} "
+                   f"data={str(e.get('data_md5'))[:8]} git={str(e.get('git_sha'))[:8]} {e['registered_at']}")
+
+
+@registry_app.command("show")
+def registry_show(tag: str = typer.Argument("champion", help="a model tag, or an alias: champion, challenger"),
+                  params: Path = PARAMS) -> None:
+    """One model's record and every decision about it."""
+    from causalrec.registry import RegistryError
+
+    _, registry = _registry(params)
+    try:
+        state = registry.state()
+        tag = state["aliases"].get(tag) or tag
+        entry = registry.get(tag)
+    except RegistryError as exc:
+        _registry_fails(exc)
+    events = [e for e in state["events"] if tag in (e["tag"], e.get("rolled_back"))]
+    typer.echo(json.dumps({**entry, "events": events}, indent=2, default=str))
+
+
+@registry_app.command("promote")
+def registry_promote(tag: str = typer.Argument(..., help="the model tag to serve (causalrec registry list)"),
+                     reason: str = typer.Option("manual promotion", help="recorded with the decision"),
+                     params: Path = PARAMS) -> None:
+    """Make a registered model the champion, bypassing the gate (builds its bento if it has none)."""
+    from causalrec.pipeline import StageError
+    from causalrec.pipeline.package import promote_model
+    from causalrec.registry import RegistryError
+
+    p, registry = _registry(params)
+    try:
+        event = promote_model(p, tag, reason, by="manual")
+    except (RegistryError, StageError) as exc:
+        _registry_fails(exc)
+    typer.echo(json.dumps({**event, "bento_tag": registry.champion["bento_tag"]}, indent=2))
+
+
+@registry_app.command("rollback")
+def registry_rollback(reason: str = typer.Option("manual rollback", help="recorded with the decision"),
+                      params: Path = PARAMS) -> None:
+    """The previous champion serves again; the current one is marked rolled back."""
+    from causalrec.registry import RegistryError
+
+    _, registry = _registry(params)
+    try:
+        event = registry.rollback(reason, by="manual")
+    except RegistryError as exc:
+        _registry_fails(exc)
+    typer.echo(json.dumps({**event, "bento_tag": registry.champion["bento_tag"]}, indent=2))
+
+
+@app.command()
+def serve(params: Path = PARAMS, host: str = "127.0.0.1", port: int = 3000) -> None:
+    """Serve the registry's champion: `bentoml serve <its bento tag>` (never `:latest`)."""
+    import os
+    import sys
+
+    p, registry = _registry(params)
+    champion = registry.champion
+    if champion is None or champion.get("bento_tag") is None:
+        typer.secho(f"causalrec serve: no champion with a bento in {p.paths.registry}; run `make run` first",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    os.environ.setdefault("BENTOML_HOME", str(p.root / ".bentoml"))
+    os.execv(sys.executable, [sys.executable, "-m", "bentoml", "serve", champion["bento_tag"], "--host", host,
+                              "--port", str(port)])
 
 
 @app.command("simulate-funnel")

@@ -40,7 +40,9 @@ class Paths(_Section):
     data_dir: Path
     artifacts_dir: Path
     cache_dir: Path
-    allow_outside_project: bool  # the three directories above may resolve outside the project (written to!)
+    feedback_dir: Path           # served feedback as append-only partitions (DVC-tracked: feedback_data.dvc)
+    registry: Path               # the model registry file (committed beside dvc.lock)
+    allow_outside_project: bool  # the paths above may resolve outside the project (written to!)
 
 
 class Ingest(_Section):
@@ -156,6 +158,21 @@ class Monitor(_Section):
     key_columns: list[Literal[MONITORED_COLUMNS]]  # the columns the drift report compares
 
 
+class Promote(_Section):
+    # The gate: a candidate replaces the champion only when its off-policy value on the latest served
+    # traffic beats the champion's on the same rows, by the lower bound of the paired interval.
+    estimator: Literal["snipw", "ipw"]   # declared before any traffic is read (evaluation/ope.py names)
+    margin: float = Field(ge=0)          # the difference's lower bound must exceed this
+    alpha: float = Field(gt=0, lt=0.5)   # the interval is 1 - alpha (percentile bootstrap over slates)
+    n_bootstrap: int = Field(ge=100, le=100_000)
+    partitions: int = Field(ge=1)        # the latest n feedback partitions are "the latest served traffic"
+    min_slates: int = Field(ge=1)        # fewer served slates there: no off-policy decision is possible
+    # After a promotion: roll back when the new champion's live outcome rate is below the previous
+    # champion's by a one-sided Welch test at this level, once it has this many served events.
+    rollback_alpha: float = Field(gt=0, lt=0.5)
+    rollback_min_events: int = Field(ge=1)
+
+
 class Analyze(_Section):
     enabled: bool
     graph: Path                    # graph spec (YAML), relative to the project
@@ -178,6 +195,7 @@ class Params(_Section):
     uplift: Uplift
     evaluate: Evaluate
     package: Package
+    promote: Promote
     serve: Serve
     monitor: Monitor
     analyze: Analyze

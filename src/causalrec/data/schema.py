@@ -39,7 +39,9 @@ INTERACTIONS = TableSpec(
     "interactions",
     required={"user_id": "id", "item_id": "id", "timestamp": "time", "exposed": "binary", "outcome": "float"},
     optional={"propensity": "float", "position": "int", "policy": "text", "treatment": "binary", "event_id": "text",
-              "rating": "float"},
+              "rating": "float",
+              # served feedback (data.feedback): which model served the slate, the slate's id and size
+              "model_version": "text", "request_id": "text", "slate_size": "int"},
 )
 ITEMS = TableSpec(
     "items",

@@ -4,7 +4,9 @@ Open Bandit Pipeline style: each estimator is a small dataclass with `estimate_p
 `estimate_interval`, working on plain arrays:
     reward (n,), action (n,) int, position (n,) int (0 when the slate has one slot),
     pscore (n,) the logging policy's probability of the logged action,
-    action_dist (n, n_actions, n_positions) the evaluation policy's probabilities,
+    action_dist (n, n_actions, n_positions) the evaluation policy's probabilities, or (n,) its
+        probability of the logged action alone (all the IPW family needs; e.g. a slate policy's
+        inclusion probability of the item shown),
     estimated_rewards (n, n_actions, n_positions) a reward model q(x, a, k) for DM/DR.
 Each estimator's per-round contributions are averaged (or self-normalised), so the bootstrap
 resamples rounds.
@@ -33,6 +35,7 @@ def bootstrap_interval(samples_fn, n: int, alpha: float = 0.05, n_bootstrap: int
 @dataclass
 class _Estimator:
     estimator_name: str = "base"
+    needs_all_actions = True  # a class constant (not a field): DM/DR average over every action
 
     def _terms(self, reward, action, position, pscore, action_dist, estimated_rewards) -> tuple[np.ndarray, np.ndarray]:
         """Per-round (numerator, denominator); value = sum(num) / sum(den)."""
@@ -44,6 +47,11 @@ class _Estimator:
         position = np.zeros_like(action) if position is None else np.asarray(position, dtype=int)
         if action_dist is None:
             raise ValueError(f"{self.estimator_name}: action_dist is required")
+        action_dist = np.asarray(action_dist, dtype=float)
+        if action_dist.ndim == 1 and len(action_dist) == len(reward):
+            if self.needs_all_actions:
+                raise ValueError(f"{self.estimator_name}: needs action_dist over every action, (n, n_actions, n_positions)")
+            action_dist, action, position = action_dist[:, None, None], np.zeros_like(action), np.zeros_like(action)
         if action_dist.ndim != 3 or len(action_dist) != len(reward):
             raise ValueError(f"{self.estimator_name}: action_dist must have shape (n_rounds, n_actions, n_positions)")
         if pscore is not None and np.any(np.asarray(pscore) <= 0):
@@ -81,6 +89,7 @@ class InverseProbabilityWeighting(_Estimator):
     """IPS: mean of w * r with w = pi_e(a|x,k) / pi_b(a|x,k); unbiased when pi_b > 0 wherever pi_e > 0."""
 
     estimator_name: str = "ipw"
+    needs_all_actions = False
 
     def _weights(self, action, position, pscore, action_dist):
         return _at(action_dist, action, position) / pscore
@@ -106,6 +115,7 @@ class DoublyRobust(InverseProbabilityWeighting):
     """DR: DM + w (r - q(x,a)); unbiased if either the propensities or the reward model are right."""
 
     estimator_name: str = "dr"
+    needs_all_actions = True
 
     def _parts(self, reward, action, position, pscore, action_dist, estimated_rewards):
         if estimated_rewards is None:
@@ -150,3 +160,40 @@ class SwitchDoublyRobust(DoublyRobust):
     def _terms(self, reward, action, position, pscore, action_dist, estimated_rewards):
         dm, w, residual = self._parts(reward, action, position, pscore, action_dist, estimated_rewards)
         return dm + w * residual * (w <= self.lambda_), np.ones_like(w)
+
+
+def paired_interval(estimator: _Estimator, reward, pscore, pi_a, pi_b, groups=None, alpha: float = 0.05,
+                    n_bootstrap: int = 1000, random_state: int | None = None) -> dict:
+    """Policies a and b on the same logged rounds: each one's value, and a - b, with percentile
+    bootstrap intervals that resample the same rounds for both (whole groups when `groups` is given,
+    e.g. the rows of one served slate, which share a user and are not independent). pi_a, pi_b: (n,)
+    each policy's probability of the logged action (an IPW-family estimator)."""
+    reward = np.asarray(reward, float)
+    terms = [estimator._terms(*estimator._prepare(reward, np.zeros(len(reward), int), None, pscore, pi))
+             for pi in (pi_a, pi_b)]
+    if groups is None:
+        member = np.arange(len(reward))
+    else:
+        member = np.unique(np.asarray(groups), return_inverse=True)[1]
+    n_groups = member.max() + 1 if len(member) else 0
+    # per-group sums of numerator and denominator: a resample of groups is a weighted sum of them
+    sums = [(np.bincount(member, num, n_groups), np.bincount(member, den, n_groups)) for num, den in terms]
+    rng = np.random.default_rng(random_state)
+    boot = [np.empty(n_bootstrap), np.empty(n_bootstrap)]
+    for start in range(0, n_bootstrap, 100):  # 100 resamples at a time: memory stays O(100 x groups)
+        counts = np.stack([np.bincount(rng.integers(n_groups, size=n_groups), minlength=n_groups)
+                           for _ in range(start, min(start + 100, n_bootstrap))]).astype(float)
+        for b_, (num, den) in zip(boot, sums):
+            b_[start:start + len(counts)] = counts @ num / (counts @ den)
+    point = [num.sum() / den.sum() for num, den in sums]
+
+    def summary(value, draws):
+        lo, hi = np.quantile(draws, [alpha / 2, 1 - alpha / 2])
+        return {"value": float(value), "ci": [float(lo), float(hi)]}
+
+    return {"estimator": estimator.estimator_name, "rounds": len(reward), "groups": int(n_groups),
+            "a": summary(point[0], boot[0]), "b": summary(point[1], boot[1]),
+            "difference": summary(point[0] - point[1], boot[0] - boot[1])}
+
+
+ESTIMATORS = {e.estimator_name: e for e in (InverseProbabilityWeighting(), SelfNormalizedInverseProbabilityWeighting())}

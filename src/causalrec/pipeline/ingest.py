@@ -8,7 +8,8 @@ from causalrec.io import atomic_write_json
 from causalrec.pipeline.paths import StageError, stage_paths
 
 def ingest(params: Params) -> dict:
-    """Write the raw tables to data/ (simulator, Coat or a parquet directory); ground truth goes apart."""
+    """Write the raw tables to data/ (simulator, Coat or a parquet directory), then append every served
+    feedback partition (paths.feedback_dir); ground truth goes apart."""
     d = stage_paths(params)
     src = params.ingest
     if src.source == "simulator":
@@ -30,7 +31,10 @@ def ingest(params: Params) -> dict:
         summary = ingest_parquet(src.source_path, d["data"])
         if src.test_path is not None:
             summary["test_pairs"] = ingest_test_pairs(src.test_path, d["truth"])
-    summary = {"source": src.source, **summary}
+    # Served feedback is data: every partition is appended to the base tables (never the reverse).
+    from causalrec.data.feedback import merge_into
+
+    summary = {"source": src.source, **summary, "feedback": merge_into(d["data"], params.paths.feedback_dir)}
     d["truth"].mkdir(parents=True, exist_ok=True)
     atomic_write_json(d["truth"] / "ingest.json", summary)
     return summary

@@ -12,7 +12,8 @@ from causalrec.pipeline.paths import require, stage_paths
 
 def monitor(params: Params, interactions: pd.DataFrame | None = None) -> dict:
     """Evidently drift report on what was shown: the earliest vs latest window of the log, with
-    prediction drift and (given item embeddings) the similarity of shown items to each user's history."""
+    prediction drift and (given item embeddings) the similarity of shown items to each user's history;
+    then the champion's live outcome rate against the previous champion's (rollback on a drop)."""
     from causalrec.persistence import load_model
     from causalrec.monitoring.drift import drift_report, history_similarity, time_windows
 
@@ -31,4 +32,8 @@ def monitor(params: Params, interactions: pd.DataFrame | None = None) -> dict:
     if (d["embeddings"] / "items.npy").exists():
         index = pd.read_parquet(d["embeddings"] / "items_index.parquet")["item_id"]
         ref, cur = history_similarity(ref, cur, index, np.load(d["embeddings"] / "items.npy"))
-    return drift_report(ref, cur, d["monitor"], params.monitor.drift_share, tuple(params.monitor.key_columns))
+    report = drift_report(ref, cur, d["monitor"], params.monitor.drift_share, tuple(params.monitor.key_columns))
+    from causalrec.pipeline.promote import check_champion
+
+    # the champion on live traffic: a significant drop in its outcome rate rolls back (registry.json)
+    return {**report, "champion_check": check_champion(params)}

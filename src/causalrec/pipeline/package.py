@@ -94,57 +94,87 @@ def write_encoder_bundle(params: Params, out: Path) -> dict:
 
 
 def package(params: Params) -> dict:
-    """Save the best model to the BentoML store and build the bento, if it beats production."""
+    """Register the candidate chosen on validation (BentoML model store + registry), let the gate
+    (pipeline.promote) decide, and on promotion build the bento that pins its models."""
+    from causalrec.pipeline.promote import decide
+    from causalrec.pipeline.versioning import code_version, params_hash
+    from causalrec.registry import Registry
+
     d = stage_paths(params)
     metrics = json.loads(require(d["metrics"], "package").read_text())
     primary, best = metrics["primary_metric"], metrics["chosen"]["model"]
-    candidate = metrics["models"][best][primary]
-    current = json.loads(d["registry"].read_text()) if d["registry"].exists() else None
-    promote = current is None or current.get("primary_metric") != primary or candidate > current["score"]
-    result = {"candidate": {"model": best, primary: candidate}, "promoted": promote,
-              "production": current, "bento_tag": current.get("bento_tag") if current else None}
-    if promote and params.package.enabled:
+    registry = Registry(params.paths.registry)
+    result = {"candidate": {"model": best, primary: metrics["models"][best][primary]}, "promoted": False,
+              "champion": registry.champion}
+    if params.package.enabled:
         _bentoml_env(params)
         import bentoml
 
         with bentoml.models.create(MODEL_STORE_NAME, labels={"model": best},
-                                   metadata={"primary_metric": primary, "score": candidate}) as bento_model:
+                                   metadata={"primary_metric": primary, "score": metrics["models"][best][primary]}) as bento_model:
             manifest = write_bundle(params, best, Path(bento_model.path))
         model_tag = str(bento_model.tag)
         _record_created(d["store_tags"], model_tag)  # before anything can fail: a later run prunes it
         with bentoml.models.create(ENCODER_STORE_NAME, metadata={"fingerprint": (manifest["encoder"] or {}).get("fingerprint")}) as enc_model:
             write_encoder_bundle(params, Path(enc_model.path))
         _record_created(d["store_tags"], str(enc_model.tag))
-        bento_tag = None
-        if params.package.build_bento:
-            bento_tag = build_bento(params.root)
-            _record_created(d["store_tags"], bento_tag)
-        previous = {k: v for k, v in (current or {}).items() if k != "previous"} or None
-        current = {"model": best, "primary_metric": primary, "score": candidate, "model_tag": model_tag,
-                   "encoder_tag": str(enc_model.tag), "bento_tag": bento_tag, "data_md5": manifest["data_md5"],
-                   "previous": previous}
-        atomic_write_json(d["registry"], current)
-        result.update(production=current, bento_tag=bento_tag, model_tag=model_tag,
-                      pruned=prune_store(current, d["store_tags"]))
+        entry = {"model_tag": model_tag, "encoder_tag": str(enc_model.tag), "bento_tag": None, "model": best,
+                 "primary_metric": primary, "score": metrics["models"][best][primary], "metrics": metrics["models"][best],
+                 "data_md5": manifest["data_md5"], "params_sha256": params_hash(params), "git_sha": code_version(params.root)}
+        champion = registry.champion
+        registry.register(entry)
+        decision = decide(params, entry, Path(bento_model.path), champion,
+                          None if champion is None else _store_path(champion["model_tag"]))
+        if decision["ope"] is not None:
+            registry.update(model_tag, ope=decision["ope"])
+        if decision["promote"]:
+            promote_model(params, model_tag, decision["reason"], by="gate")
+        else:
+            registry.block(model_tag, decision["reason"])
+        result.update(promoted=decision["promote"], reason=decision["reason"], ope=decision["ope"], model_tag=model_tag,
+                      champion=registry.champion, pruned=prune_store(registry.keep(), d["store_tags"]))
+    result["bento_tag"] = (result["champion"] or {}).get("bento_tag")
     with atomic_dir(d["package"]) as tmp:
         atomic_write_json(tmp / "bento.json", result)
     return result
 
 
-def production_bundle(params: Params) -> Path:
-    """The directory of the bundle production serves (the model tag in the registry file)."""
-    registry = stage_paths(params)["registry"]
-    if not registry.exists():
-        raise StageError(f"no production model yet ({registry} does not exist); run the pipeline (make run) first")
-    _bentoml_env(params)
+def promote_model(params: Params, model_tag: str, reason: str, by: str) -> dict:
+    """Make a registered model the champion: build its bento first when there is none (the bento
+    pins the model and encoder tags as bento arguments), then move the alias."""
+    from causalrec.registry import Registry
+
+    registry = Registry(params.paths.registry)
+    entry = registry.get(model_tag)
+    if entry.get("bento_tag") is None and params.package.build_bento:
+        _bentoml_env(params)
+        for tag in (entry["model_tag"], entry["encoder_tag"]):
+            _store_path(tag)  # a clear error when the store no longer has it
+        bento_tag = build_bento(params.root, entry["model_tag"], entry["encoder_tag"])
+        _record_created(stage_paths(params)["store_tags"], bento_tag)
+        registry.update(model_tag, bento_tag=bento_tag)
+    return registry.promote(model_tag, reason, by)
+
+
+def _store_path(tag: str) -> Path:
     import bentoml
     from bentoml.exceptions import NotFound
 
-    tag = json.loads(registry.read_text())["model_tag"]
     try:
         return Path(bentoml.models.get(tag).path)
     except NotFound:
-        raise StageError(f"production model {tag} is not in the BentoML store {os.environ['BENTOML_HOME']}") from None
+        raise StageError(f"model {tag} is not in the BentoML store {os.environ.get('BENTOML_HOME')}") from None
+
+
+def champion_bundle(params: Params) -> Path:
+    """The bundle directory of the registry's champion (from the BentoML store)."""
+    from causalrec.registry import Registry
+
+    champion = Registry(params.paths.registry).champion
+    if champion is None:
+        raise StageError(f"no champion in {params.paths.registry} yet; run the pipeline (make run) first")
+    _bentoml_env(params)
+    return _store_path(champion["model_tag"])
 
 
 def _record_created(path: Path, tag: str) -> None:
@@ -152,15 +182,14 @@ def _record_created(path: Path, tag: str) -> None:
     atomic_write_json(path, [*created, tag])
 
 
-def prune_store(production: dict, created_path: Path) -> list[str]:
-    """Delete the store models and bentos this project created (listed in `created_path`) that neither
-    production nor the previous production (kept for rollback) uses: what failed or killed package
-    runs and old promotions left. Others' entries in a shared BentoML store are never touched."""
+def prune_store(keep: set[str], created_path: Path) -> list[str]:
+    """Delete the store models and bentos this project created (listed in `created_path`) that the
+    registry no longer needs (`keep`: every champion, past or present, for rollback, and the
+    challenger): what blocked candidates, failed or killed package runs left. Others' entries in a
+    shared BentoML store are never touched."""
     import bentoml
     from bentoml.exceptions import NotFound
 
-    keep = {entry.get(k) for entry in (production, production.get("previous") or {})
-            for k in ("model_tag", "encoder_tag", "bento_tag")}
     created = json.loads(created_path.read_text()) if created_path.exists() else []
     removed = []
     for tag in created:
@@ -175,9 +204,11 @@ def prune_store(production: dict, created_path: Path) -> list[str]:
     return removed
 
 
-def build_bento(root: Path) -> str:
-    """`bentoml build` of bentos/bentofile.yaml with the project root as build context."""
-    cmd = [sys.executable, "-m", "bentoml", "build", "-f", "bentos/bentofile.yaml", "--output", "tag", "."]
+def build_bento(root: Path, model_tag: str, encoder_tag: str) -> str:
+    """`bentoml build` of bentos/bentofile.yaml with the project root as build context, pinning the
+    models it serves as bento arguments (stored in the bento, restored when it is served)."""
+    cmd = [sys.executable, "-m", "bentoml", "build", "-f", "bentos/bentofile.yaml", "--output", "tag",
+           "--arg", f"recommender={model_tag}", "--arg", f"encoder={encoder_tag}", "."]
     proc = run_child(cmd, cwd=root, capture_output=True, text=True, env={**os.environ, "BENTOML_DO_NOT_TRACK": "True"})
     if proc.returncode != 0:
         raise StageError(f"bentoml build failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

@@ -17,7 +17,7 @@ def stage_paths(params: Params) -> dict[str, Path]:
             "embeddings": a / "embeddings", "propensity": a / "propensity", "models": a / "models",
             "metrics": a / "metrics.json", "plots": a / "plots", "package": a / "package",
             "monitor": a / "monitor", "analysis": a / "analysis", "analysis_truth": a / "analysis_truth",
-            "registry": a / "production.json", "store_tags": a / "bentoml_tags.json",
+            "store_tags": a / "bentoml_tags.json",
             "cache": params.paths.cache_dir}
 
 

@@ -28,13 +28,36 @@ def data_hash(params: Params) -> str | None:
 
 
 def version_data(params: Params, push: bool = True) -> dict:
-    """`dvc add data` (+ `dvc push` to the default remote): the data version the run trains on."""
+    """`dvc add data` and the feedback partitions (+ `dvc push` to the default remote): the data
+    version the run trains on, and the served feedback it came from."""
     root = params.root
     if not (root / ".dvc").is_dir():
         raise StageError(f"{root} is not a DVC repository (no .dvc/); run `dvc init` there first")
-    _dvc(root, "add", "--quiet", os.path.relpath(params.paths.data_dir, root))
+    tracked = [params.paths.data_dir] + ([params.paths.feedback_dir] if params.paths.feedback_dir.is_dir() else [])
+    _dvc(root, "add", "--quiet", *(os.path.relpath(p, root) for p in tracked))
     pushed = None
     if push:
         out = _dvc(root, "push", "--jobs", "2")
         pushed = out.strip().splitlines()[-1] if out.strip() else "up to date"
     return {"data_md5": data_hash(params), "pushed": pushed}
+
+
+def params_hash(params: Params) -> str:
+    """sha256 of the params that shaped a model (paths made project-relative: the same settings on
+    another machine hash the same)."""
+    import hashlib
+    import json
+
+    root = str(params.root)
+    text = json.dumps(params.model_dump(mode="json", exclude={"paths"}), sort_keys=True).replace(root, ".")
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def code_version(root: Path) -> str | None:
+    """The git commit the code was at (`+dirty` with uncommitted changes to tracked files); None
+    outside a git repository."""
+    head = run_child(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    if head.returncode != 0:
+        return None
+    dirty = run_child(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True)
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")

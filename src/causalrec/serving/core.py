@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from causalrec.persistence import load_model
-from causalrec.policy import ExplorationPolicy
+from causalrec.policy import ExplorationPolicy, inclusion_probabilities
 from causalrec.serving.catalogue import CatalogueStore, Conflict
 from causalrec.serving.privacy import pseudonym_key as new_pseudonym_key
 from causalrec.serving.privacy import pseudonymize
@@ -34,11 +34,14 @@ class NotFound(KeyError):
 
 class RecommenderCore:
     def __init__(self, bundle_dir: str | Path, serve: dict | None = None, seed: int | None = None,
-                 catalogue: "CatalogueStore | None" = None, pseudonym_key: bytes | None = None):
+                 catalogue: "CatalogueStore | None" = None, pseudonym_key: bytes | None = None,
+                 version: str | None = None):
         """catalogue: the shared store of items added at serving time (none: added items live in this
         process only). pseudonym_key: the key of stored feedback's pseudonyms (none: a per-process key,
-        see serving.privacy)."""
+        see serving.privacy). version: the model version every slate and feedback event carries (the
+        registry's tag; none: the bundle directory's name)."""
         bundle_dir = Path(bundle_dir)
+        self.version = version or bundle_dir.name
         self.manifest = self.read_manifest(bundle_dir)
         self.config = {**self.manifest["serve"], **(serve or {})}
         self.policy = ExplorationPolicy(self.config["policy"], self.config["epsilon"], self.config["temperature"])
@@ -97,12 +100,16 @@ class RecommenderCore:
         alias = self.pseudonym(user_id)
         return (user_id if user_id in self.known_users or alias not in self.known_users else alias), alias
 
+    def _rankers(self) -> tuple[CatalogueScorer, CatalogueScorer | None]:
+        """(the score the policy ranks by, the other one)."""
+        return (self.uplift, self.relevance) if self.config["rank_by"] == "uplift" else (self.relevance, self.uplift)
+
     # ------------------------------------------------------------------------------ recommend
     def recommend(self, user_id: str, k: int, exclude: list[str] | None = None) -> dict:
         self.sync()
         user_id, shown_to = self._resolve(user_id)
         by_uplift = self.config["rank_by"] == "uplift"
-        ranker, other = (self.uplift, self.relevance) if by_uplift else (self.relevance, self.uplift)
+        ranker, other = self._rankers()
         with self._lock:
             rank = ranker.scores(user_id)
             n = len(rank)
@@ -120,10 +127,22 @@ class RecommenderCore:
         request_id = uuid.uuid4().hex
         log.info("recommend request=%s user=%s cold=%s k=%d", request_id, shown_to, cold, k)
         return {"request_id": request_id, "cold_start": cold, "policy": self.policy.kind, "rank_by": self.config["rank_by"],
-                "model": self.manifest.get("model"),
+                "model": self.manifest.get("model"), "model_version": self.version, "slate_size": len(chosen),
                 "items": [{"item_id": self.item_ids[i], "title": self.titles[i], "position": pos + 1,
                            "score": float(relevance[j]), "uplift": None if uplift is None else float(uplift[j]),
                            "propensity": float(propensity[j])} for j, (pos, i) in enumerate(enumerate(chosen))]}
+
+    def positions(self, item_ids) -> np.ndarray:
+        """Catalogue positions of `item_ids` (-1 for an item this service does not know)."""
+        return np.array([self._pos.get(str(i), -1) for i in item_ids], dtype=int)
+
+    def inclusion(self, user_id: str, k: int) -> np.ndarray:
+        """(catalogue,) the exact probability that this service shows each item to `user_id` in a
+        slate of k: the evaluation policy's side of an off-policy estimate (evaluation.gate)."""
+        user_id, _ = self._resolve(user_id)
+        with self._lock:
+            scores = self._rankers()[0].scores(user_id)
+        return inclusion_probabilities(scores, k, self.policy.kind, self.policy.epsilon, self.policy.temperature)
 
     # -------------------------------------------------------------------------------- explain
     def explain(self, user_id: str, item_id: str, n_similar: int = 3) -> dict:

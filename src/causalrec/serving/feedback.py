@@ -143,25 +143,6 @@ def read_events(path: str | Path) -> list[dict]:
     return events
 
 
-def _append_rows(data_dir: Path, spec, rows) -> int:
-    """Append `rows` whose key the table lacks (written atomically); returns how many were new."""
-    import io
-
-    import pandas as pd
-
-    from causalrec.data.schema import read_table
-    from causalrec.io import atomic_write_bytes
-
-    read_table(data_dir, spec)  # the contract's checks (exists, readable, required columns)
-    table = pd.read_parquet(data_dir / spec.file)  # every column, including those the contract does not name
-    rows = rows[~rows[spec.key].astype(str).isin(table[spec.key].astype(str))].drop_duplicates(spec.key)
-    if len(rows):
-        buf = io.BytesIO()
-        pd.concat([table, rows], ignore_index=True).to_parquet(buf, index=False)
-        atomic_write_bytes(data_dir / spec.file, buf.getvalue())
-    return len(rows)
-
-
 def _known_users(log_path: Path, data_dir: Path, key: bytes | None) -> dict[str, str]:
     """pseudonym -> user id for the users in the data (the service stores only pseudonyms)."""
     from causalrec.data.schema import USERS, read_table
@@ -171,50 +152,56 @@ def _known_users(log_path: Path, data_dir: Path, key: bytes | None) -> dict[str,
     return {pseudonymize(u, key): u for u in read_table(data_dir, USERS)["user_id"].astype(str)}
 
 
-def export_feedback(log_path: str | Path, data_dir: str | Path, catalogue: str | Path | None = None,
-                    key: bytes | None = None) -> dict:
-    """Append logged feedback to data/interactions.parquet (skipping events already exported):
-    exposed = treatment = 1, outcome, the served propensity and position, policy 'serving:<name>'.
-    Items added at serving time (the `catalogue` store) join data/items.parquet with their texts.
-    The log holds pseudonyms (serving.privacy): each maps back to a known user through the key beside
-    the log (or `key`); a user first seen at serving time joins data/users.parquet under the pseudonym.
-    Cold-start ids are data, not referential errors."""
+def export_feedback(log_path: str | Path, data_dir: str | Path, feedback_dir: str | Path, validation_dir: str | Path,
+                    catalogue: str | Path | None = None, key: bytes | None = None,
+                    known_versions: set[str] | None = None) -> dict:
+    """The logged events no partition holds yet become the next partition of `feedback_dir`
+    (causalrec.data.feedback), once the feedback suite passed on them (report in `validation_dir`);
+    nothing is written when it fails, and `data_dir` is only read (ingest merges the partitions).
+
+    Each event is an exposed, treated row with its outcome, the served propensity and position,
+    policy 'serving:<name>', the model version that served it, its slate (request id, size).
+    Items added at serving time (the `catalogue` store) join the partition's items with their
+    texts. The log holds pseudonyms (serving.privacy): each maps back to a known user through the
+    key beside the log (or `key`); a user first seen at serving time enters under the pseudonym.
+    known_versions: the model versions the registry knows (None: not checked)."""
     import pandas as pd
 
-    from causalrec.data.schema import INTERACTIONS, ITEMS, USERS, read_table
-    from causalrec.io import atomic_write_bytes
+    from causalrec.data.feedback import exported_event_ids, read_partitions, write_partition
+    from causalrec.data.schema import ITEMS, USERS, read_table
     from causalrec.serving.catalogue import read_items
+    from causalrec.validation import validate_feedback
 
     data_dir = Path(data_dir)
-    added = read_items(catalogue) if catalogue is not None else []
-    new_items = _append_rows(data_dir, ITEMS, pd.DataFrame(
-        {"item_id": [r["item_id"] for r in added], "title": [r["title"] for r in added],
-         "description": [r["description"] for r in added]}, dtype=object))
-    users = _known_users(Path(log_path), data_dir, key)
-    events = [{**e, "user_id": users.get(e["user_id"], e["user_id"])} for e in read_events(log_path)]
-    new_users = _append_rows(data_dir, USERS, pd.DataFrame({"user_id": [e["user_id"] for e in events]}, dtype=object))
-    inter = read_table(data_dir, INTERACTIONS)
-    done = set(inter["event_id"].dropna()) if "event_id" in inter else set()
-    new = [e for e in events if e["event_id"] not in done]
+    events = read_events(log_path)
+    done = exported_event_ids(feedback_dir)
+    new = [e for e in events if str(e["event_id"]) not in done]
     if not new:
-        return {"events": len(events), "exported": 0, "new_items": new_items, "new_users": new_users}
+        return {"events": len(events), "exported": 0, "partition": None, "new_items": 0, "new_users": 0}
+    users = _known_users(Path(log_path), data_dir, key)
     rows = pd.DataFrame({
-        "user_id": [e["user_id"] for e in new], "item_id": [e["item_id"] for e in new],
+        "event_id": [str(e["event_id"]) for e in new], "user_id": [users.get(e["user_id"], e["user_id"]) for e in new],
+        "item_id": [e["item_id"] for e in new],
         "timestamp": pd.to_datetime([e["timestamp"] for e in new], utc=True).tz_localize(None),
-        "exposed": 1, "outcome": [float(e["outcome"]) for e in new], "propensity": [float(e["propensity"]) for e in new],
-        "position": [int(e.get("position") or 0) for e in new], "policy": [f"serving:{e.get('policy', 'unknown')}" for e in new],
-        "treatment": 1, "event_id": [e["event_id"] for e in new]})
-    if "event_id" not in inter:
-        inter["event_id"] = None
-    # Served propensities stay float64 (a float32 column would round a tiny probability to 0).
-    keep = {c: inter[c].dtype for c in rows.columns if c in inter and c not in ("event_id", "propensity")}
-    if "propensity" in inter:
-        inter["propensity"] = inter["propensity"].astype("float64")
-    merged = pd.concat([inter, rows.astype(keep)], ignore_index=True)
-    import io
-
-    buf = io.BytesIO()
-    merged.to_parquet(buf, index=False)
-    atomic_write_bytes(data_dir / INTERACTIONS.file, buf.getvalue())
-    return {"events": len(events), "exported": len(new), "interactions": len(merged), "new_items": new_items,
-            "new_users": new_users}
+        "exposed": 1, "treatment": 1, "outcome": [float(e["outcome"]) for e in new],
+        # served propensities stay float64 (float32 would round a tiny probability to 0)
+        "propensity": pd.array([float(e["propensity"]) for e in new], dtype="float64"),
+        "position": [int(e.get("position") or 0) for e in new],
+        "policy": [f"serving:{e.get('policy', 'unknown')}" for e in new],
+        "model_version": [e.get("model_version") for e in new],
+        "request_id": [e.get("request_id") or "" for e in new],
+        "slate_size": [int(e.get("slate_size") or 0) for e in new]})
+    validate_feedback(rows, validation_dir, done, known_versions)
+    earlier_items = read_partitions(feedback_dir, ITEMS)
+    have_items = set(read_table(data_dir, ITEMS)["item_id"].astype(str)) | set(earlier_items.get("item_id", []))
+    added = [r for r in (read_items(catalogue) if catalogue is not None else []) if r["item_id"] not in have_items]
+    items = pd.DataFrame({"item_id": [r["item_id"] for r in added], "title": [r["title"] for r in added],
+                          "description": [r["description"] for r in added]}, dtype=object)
+    earlier_users = read_partitions(feedback_dir, USERS)
+    have_users = set(read_table(data_dir, USERS)["user_id"].astype(str)) | set(earlier_users.get("user_id", []))
+    new_users = pd.DataFrame({"user_id": sorted(set(rows["user_id"]) - have_users)}, dtype=object)
+    path = write_partition(feedback_dir, {"interactions": rows, "items": items, "users": new_users},
+                           {"log": str(log_path), "events": len(rows), "first": rows["timestamp"].min(),
+                            "last": rows["timestamp"].max(), "model_versions": sorted(rows["model_version"].unique())})
+    return {"events": len(events), "exported": len(rows), "partition": str(path), "new_items": len(items),
+            "new_users": len(new_users)}

@@ -17,11 +17,13 @@ def _descendants(pid: int) -> list[int]:
 
 
 class BentoServer:
-    """`bentoml serve <target>` on 127.0.0.1 with `env` added; output to `log`."""
+    """`bentoml serve <target>` on 127.0.0.1 with `env` added and `args` as bento arguments (`--arg
+    key=value`: what a service from the source tree needs; a built bento has its own); output to `log`."""
 
     def __init__(self, target: str, cwd: str | Path, log: str | Path, env: dict[str, str] | None = None,
-                 ready_timeout: float = 180):
+                 ready_timeout: float = 180, args: dict[str, str] | None = None):
         self.target, self.cwd, self.log, self.env, self.ready_timeout = target, Path(cwd), Path(log), env or {}, ready_timeout
+        self.args = [a for k, v in (args or {}).items() for a in ("--arg", f"{k}={v}")]
         self.proc: subprocess.Popen | None = None
         self.url = ""
 
@@ -32,7 +34,7 @@ class BentoServer:
         self.url = f"http://127.0.0.1:{port}"
         with open(self.log, "a") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", self.target, "--host", "127.0.0.1",
-                                          "--port", str(port)], cwd=self.cwd, env={**os.environ, **self.env},
+                                          "--port", str(port), *self.args], cwd=self.cwd, env={**os.environ, **self.env},
                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + self.ready_timeout
         while time.time() < deadline and self.proc.poll() is None:

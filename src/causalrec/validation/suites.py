@@ -104,16 +104,60 @@ def validate_data(data_dir: str | Path, out_dir: str | Path, max_examples: int =
                   duplicate_rows: str = "reject") -> dict:
     """Validate interactions/items/users in `data_dir`; write report.json and data_docs/ to `out_dir`.
     duplicate_rows: "reject" fails on exact duplicate interaction rows, "allow" accepts them."""
-    import great_expectations as gx
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tables = {spec.name: (spec, read_table(data_dir, spec)) for spec in (ITEMS, USERS, INTERACTIONS)}
     ids = {}
     for name, (spec, df) in tables.items():
         if spec.key and df[spec.key].notna().all():
             ids[name] = set(df[spec.key].tolist())
+    return _run_suites({name: (df, _expectations(spec, df, ids, min_rows, duplicate_rows))
+                        for name, (spec, df) in tables.items()}, out_dir, max_examples, "data")
 
+
+def feedback_expectations(events: pd.DataFrame, exported: set[str], known_versions: set[str] | None) -> list:
+    """The rules a served feedback partition meets before anything trains on it."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    out = [E.ExpectTableRowCountToBeBetween(min_value=1)]
+    out += [E.ExpectColumnToExist(column=c) for c in FEEDBACK_COLUMNS]
+    present = [c for c in FEEDBACK_COLUMNS if c in events.columns]
+    out += [E.ExpectColumnValuesToNotBeNull(column=c) for c in present]
+    if "event_id" in events.columns:
+        out += [E.ExpectColumnValuesToBeUnique(column="event_id"),
+                # an event already in an earlier partition would be counted twice
+                E.ExpectColumnValuesToNotBeInSet(column="event_id", value_set=sorted(exported))]
+    if "propensity" in events.columns:
+        out.append(E.ExpectColumnValuesToBeBetween(column="propensity", min_value=0, max_value=1, strict_min=True))
+    if "outcome" in events.columns:
+        out.append(E.ExpectColumnValuesToBeBetween(column="outcome", min_value=-OUTCOME_BOUND, max_value=OUTCOME_BOUND))
+    if "timestamp" in events.columns:
+        out.append(E.ExpectColumnValuesToBeBetween(column="timestamp", min_value=EARLIEST, max_value=latest_timestamp()))
+    for col in ("position", "slate_size"):
+        if col in events.columns:
+            out.append(E.ExpectColumnValuesToBeBetween(column=col, min_value=0))
+    if known_versions is not None and "model_version" in events.columns:
+        out.append(E.ExpectColumnValuesToBeInSet(column="model_version", value_set=sorted(known_versions)))
+    return out
+
+
+FEEDBACK_COLUMNS = ("event_id", "user_id", "item_id", "timestamp", "outcome", "propensity", "model_version")
+
+
+def validate_feedback(events: pd.DataFrame, out_dir: str | Path, exported: set[str], known_versions: set[str] | None,
+                      max_examples: int = 5) -> dict:
+    """The feedback suite on one export's events (before it becomes a partition): event ids unique
+    and new, propensities in (0, 1], outcomes bounded, timestamps sane, model versions the registry
+    knows (None: not checked, no registry yet). Raises ValidationFailed naming column, rule, examples."""
+    return _run_suites({"feedback": (events, feedback_expectations(events, exported, known_versions))},
+                       out_dir, max_examples, "feedback")
+
+
+def _run_suites(tables: dict[str, tuple[pd.DataFrame, list]], out_dir: str | Path, max_examples: int, what: str) -> dict:
+    """One GE suite + checkpoint per table; report.json and data docs in `out_dir`; raises on failures."""
+    import great_expectations as gx
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     docs_dir = out_dir / "data_docs"
     shutil.rmtree(docs_dir, ignore_errors=True)
     for stale in Path(tempfile.gettempdir()).glob("causalrec-gx-*"):  # left by a killed run
@@ -130,9 +174,9 @@ def validate_data(data_dir: str | Path, out_dir: str | Path, max_examples: int =
         })
         source = ctx.data_sources.add_pandas("causalrec")
         failures, summary = [], {}
-        for name, (spec, df) in tables.items():
+        for name, (df, expectations) in tables.items():
             batch_def = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(f"{name}_all")
-            suite = ctx.suites.add(gx.ExpectationSuite(name=f"{name}_contract", expectations=_expectations(spec, df, ids, min_rows, duplicate_rows)))
+            suite = ctx.suites.add(gx.ExpectationSuite(name=f"{name}_contract", expectations=expectations))
             vdef = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"{name}_validation", data=batch_def, suite=suite))
             checkpoint = ctx.checkpoints.add(gx.Checkpoint(
                 name=f"{name}_checkpoint", validation_definitions=[vdef],
@@ -163,6 +207,6 @@ def validate_data(data_dir: str | Path, out_dir: str | Path, max_examples: int =
         lines = [f"  - table '{f['table']}', column '{f['column']}', rule {f['rule']}: examples {f['examples']}"
                  + (f" ({f['error']})" if f.get("error") else "") for f in failures]
         raise ValidationFailed(
-            f"data validation failed ({len(failures)} rule(s)); report: {out_dir / 'report.json'}, "
+            f"{what} validation failed ({len(failures)} rule(s)); report: {out_dir / 'report.json'}, "
             f"data docs: {docs_dir / 'index.html'}\n" + "\n".join(lines), failures)
     return report

@@ -1,0 +1,99 @@
+"""Served feedback as data: append-only partitions beside the base data, never inside it.
+
+    feedback_data/                      (params.paths.feedback_dir; DVC-tracked: feedback_data.dvc)
+      part-00001/interactions.parquet   the events of one export: event_id, user_id, item_id, timestamp,
+                                        outcome, propensity, position, policy, model_version,
+                                        request_id, slate_size (exposed = treatment = 1)
+      part-00001/items.parquet          items first added at serving time (POST /items)
+      part-00001/users.parquet          users first seen in feedback (under their pseudonym)
+      part-00001/manifest.json          when, how many events, from which log
+
+A partition is written once, whole (temp directory + rename), and never rewritten: a later export
+writes the next one with only the events no partition holds yet, so nothing acknowledged is lost or
+counted twice across rounds. `merge_into` is what ingest runs after the source wrote the base
+tables: it appends every partition, so the training data = base + all served feedback.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from causalrec.data.schema import INTERACTIONS, ITEMS, USERS, DataError, TableSpec, read_table
+from causalrec.io import atomic_dir, atomic_write_bytes
+
+PART = re.compile(r"^part-(\d{5})$")
+def partitions(feedback_dir: str | Path) -> list[Path]:
+    """The partitions, oldest first (directories of an interrupted write are not partitions)."""
+    root = Path(feedback_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and PART.match(p.name))
+
+
+def read_partitions(feedback_dir: str | Path, table: TableSpec = INTERACTIONS, last: int | None = None) -> pd.DataFrame:
+    """One table across the partitions (the `last` n only, when given); empty when there are none."""
+    parts = partitions(feedback_dir)[-last:] if last else partitions(feedback_dir)
+    frames = []
+    for part in parts:
+        path = part / table.file
+        if path.exists():
+            try:
+                frames.append(pd.read_parquet(path).assign(partition=part.name))
+            except Exception as exc:  # a damaged partition is named, not skipped
+                raise DataError(f"feedback partition {path} cannot be read ({exc}); restore it with `dvc checkout`") from None
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def exported_event_ids(feedback_dir: str | Path) -> set[str]:
+    events = read_partitions(feedback_dir)
+    return set(events["event_id"].astype(str)) if len(events) else set()
+
+
+def write_partition(feedback_dir: str | Path, tables: dict[str, pd.DataFrame], manifest: dict) -> Path:
+    """The next partition, written whole; `tables` maps interactions/items/users to their new rows."""
+    root = Path(feedback_dir)
+    existing = partitions(root)
+    number = int(PART.match(existing[-1].name).group(1)) + 1 if existing else 1
+    path = root / f"part-{number:05d}"
+    with atomic_dir(path) as tmp:
+        for name, df in tables.items():
+            if len(df):
+                df.to_parquet(tmp / f"{name}.parquet", index=False)
+        (tmp / "manifest.json").write_text(json.dumps({"partition": path.name, **manifest}, indent=2, default=str))
+    return path
+
+
+def merge_into(data_dir: str | Path, feedback_dir: str | Path) -> dict:
+    """Append every partition's rows to the base tables in `data_dir` (items and users by key, first
+    occurrence wins; interactions all). Returns counts per table."""
+    import io
+
+    data_dir, counts = Path(data_dir), {"partitions": len(partitions(feedback_dir))}
+    for spec in (ITEMS, USERS, INTERACTIONS):
+        rows = read_partitions(feedback_dir, spec)
+        counts[spec.name] = 0
+        if not len(rows):
+            continue
+        # interactions through the contract reader (timestamps UTC-naive, as in the partitions); the keyed
+        # tables whole (columns the contract does not name stay)
+        base = read_table(data_dir, spec) if spec is INTERACTIONS else pd.read_parquet(data_dir / spec.file)
+        rows = rows.drop(columns="partition")
+        if spec.key:
+            rows = rows[~rows[spec.key].astype(str).isin(base[spec.key].astype(str))].drop_duplicates(spec.key)
+        else:
+            # base rows were not served: no model version or slate id, slate size 0 (= unknown, as /feedback)
+            for col in set(rows.columns) - set(base.columns):
+                base[col] = 0 if spec.columns.get(col) == "int" else None
+            if "propensity" in base:  # served propensities stay float64 (float32 rounds tiny ones to 0)
+                base["propensity"] = base["propensity"].astype("float64")
+            rows = rows.astype({c: base[c].dtype for c in rows.columns
+                                if c in base and c not in ("event_id", "propensity") and base[c].notna().any()})
+        merged = pd.concat([base, rows], ignore_index=True)
+        buf = io.BytesIO()
+        merged.to_parquet(buf, index=False)
+        atomic_write_bytes(data_dir / spec.file, buf.getvalue())
+        counts[spec.name] = len(rows)
+    return counts
