@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import requests
+from prefect.testing.fixtures import asserting_events_worker  # noqa: F401  (Prefect's own fixture)
 
 from causalrec.serving.launch import BentoServer
 from conftest import REPO, make_project, write_params
@@ -52,33 +53,62 @@ def test_flow_versions_data_and_produces_every_artifact(trained):
     assert "<html" in (project / "artifacts" / "monitor" / "drift_report.html").read_text()[:2000].lower()
 
 
-def test_monitor_flow_flags_interest_drift(trained, tmp_path):
-    """The monitor flow on a copy of the project whose log drifted (users' interests replaced over
-    time): Evidently's test on history_similarity fails, the flow reports drift (retrain off here)."""
+def test_live_drift_emits_the_event_the_retrain_trigger_answers(trained, tmp_path, asserting_events_worker):
+    """The monitor flow on a copy of the project: without served feedback it compares the training log's
+    windows (a stationary world: no drift, no event); then served traffic from a world whose users'
+    interests moved arrives as a feedback partition: Evidently's test on history_similarity fails on
+    live traffic vs the training log, the flow emits DRIFT_EVENT about the project, and the trigger of
+    the retrain deployment in prefect.yaml (validated as Prefect's own trigger model) covers it."""
+    import numpy as np
     import yaml
+    from prefect.events.clients import AssertingEventsClient
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+    from prefect.server.events.schemas.automations import EventTrigger
+    from prefect.server.events.schemas.events import ReceivedEvent
 
+    from causalrec.data.feedback import merge_into, write_partition
     from causalrec.data.simulate import SimulationConfig, World, simulate
-    from causalrec.flows.monitor import monitor_flow
+    from causalrec.flows.monitor import DRIFT_EVENT, monitor_flow
 
     project = tmp_path / "copy"
     shutil.copytree(trained[0], project, ignore=shutil.ignore_patterns(".dvcstore", ".bentoml"))
-    still = monitor_flow(params_path=str(project / "params.yaml"), retrain_on_drift=False)
-    assert still["monitor"]["drift_detected"] is False and still["retrained"] is False
+    still = monitor_flow(params_path=str(project / "params.yaml"))
+    assert still["monitor"]["drift_detected"] is False and still["event"] is None
+    assert still["monitor"]["compared"].startswith("training log")
     sizes = yaml.safe_load((project / "params.yaml").read_text())["simulate"]
     cfg = SimulationConfig(**{**sizes, "n_users": 400, "n_items": 300, "n_interactions": 40_000, "drift": 1.0})
     simulate(cfg, tmp_path / "drifted", tmp_path / "truth", progress=False)
-    shutil.copy2(tmp_path / "drifted" / "interactions.parquet", project / "data" / "interactions.parquet")
+    log = pd.read_parquet(tmp_path / "drifted" / "interactions.parquet").sort_values("timestamp", ignore_index=True)
+    cut = int(len(log) * 0.7)
+    log.iloc[:cut].to_parquet(project / "data" / "interactions.parquet")  # what the model was trained on
     shutil.copy2(tmp_path / "drifted" / "items.parquet", project / "data" / "items.parquet")
+    shutil.copy2(tmp_path / "drifted" / "users.parquet", project / "data" / "users.parquet")
+    served = log.iloc[cut:].assign(event_id=[f"ev{i}" for i in range(len(log) - cut)], model_version="m1",
+                                   request_id="", slate_size=0)
+    served["timestamp"] = pd.to_datetime(served["timestamp"], utc=True).dt.tz_localize(None)
+    write_partition(project / "feedback_data", {"interactions": served[served["exposed"] == 1]}, {"test": True})
+    merge_into(project / "data", project / "feedback_data")  # what ingest does
     # The tiny test encoder's vectors are random; the world's topic mixes stand in for text embeddings.
     emb = project / "artifacts" / "embeddings"
     pd.DataFrame({"item_id": pd.read_parquet(tmp_path / "drifted" / "items.parquet")["item_id"]}).to_parquet(
         emb / "items_index.parquet", index=False)
-    import numpy as np
-
     np.save(emb / "items.npy", World.load(tmp_path / "truth" / "world").item_topics.astype(np.float32))
-    moved = monitor_flow(params_path=str(project / "params.yaml"), retrain_on_drift=False)
-    assert moved["monitor"]["drift_detected"] is True
-    assert moved["monitor"]["key_columns_drifted"] == ["history_similarity"]
+    moved = monitor_flow(params_path=str(project / "params.yaml"))
+    assert moved["monitor"]["compared"].startswith("live traffic (part-00001)")
+    assert moved["monitor"]["drift_detected"] is True and moved["monitor"]["key_columns_drifted"] == ["history_similarity"]
+    assert moved["event"]["event"] == DRIFT_EVENT
+    asserting_events_worker.drain()
+    emitted = [e for client in AssertingEventsClient.all for e in client.events if e.event == DRIFT_EVENT]
+    assert len(emitted) == 1 and emitted[0].resource.id == f"causalrec.project.{project.name}"
+    assert emitted[0].payload["key_columns_drifted"] == ["history_similarity"]
+    deployments = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
+    assert deployments["monitor-daily"]["schedules"][0]["cron"]
+    spec = dict(deployments["retrain"]["triggers"][0])
+    DeploymentEventTrigger.model_validate(spec)  # what `prefect deploy` reads
+    spec.pop("parameters"), spec.pop("type"), spec.pop("enabled")
+    trigger = EventTrigger.model_validate(spec)
+    assert trigger.covers(ReceivedEvent(**emitted[0].model_dump()))
+    assert not trigger.covers(ReceivedEvent(**{**emitted[0].model_dump(), "event": "causalrec.something.else"}))
 
 
 def test_flow_publishes_markdown_artifact(trained):

@@ -76,13 +76,15 @@ def retrain(params: Path = PARAMS, version: bool = typer.Option(True, help="dvc 
 
 
 @app.command("monitor-flow")
-def monitor_flow(params: Path = PARAMS, retrain_on_drift: bool = True) -> None:
-    """Run the Prefect monitor flow: drift report, retrain when drift is detected."""
+def monitor_flow(params: Path = PARAMS) -> None:
+    """Run the Prefect monitor flow: drift report (live traffic against the training log), the
+    champion's live outcome rate (rollback on a drop); drift emits the event the retrain deployment's
+    trigger in prefect.yaml answers (`prefect deploy --all` on a server)."""
     from causalrec.flows.api import run_api_server
     from causalrec.flows.monitor import monitor_flow as flow
 
     with run_api_server():
-        result = flow(params_path=str(params), retrain_on_drift=retrain_on_drift)
+        result = flow(params_path=str(params))
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
