@@ -318,9 +318,16 @@ def test_dvc_repro_reruns_only_affected_stages(tmp_path, tiny_encoder):
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc.stdout
 
-    out = dvc("repro")
-    for stage in ("ingest", "validate", "embed", "propensity", "train", "evaluate", "package", "monitor"):
+    # the retrain workflow's job: dvc pull -> dvc repro -> dvc push, against the project's local remote
+    (project / ".ci").mkdir()
+    shutil.copy2(REPO / ".ci" / "retrain", project / ".ci" / "retrain")
+    job = subprocess.run(["bash", ".ci/retrain"], cwd=project, env=env, capture_output=True, text=True)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    out = job.stdout
+    for stage in ("ingest", "validate", "embed", "propensity", "train", "evaluate", "analyze", "package", "monitor"):
         assert f"Running stage '{stage}'" in out
+    assert "in sync" in dvc("status", "--cloud")  # the remote has every version the run made
+    assert (project / "dvc.lock").exists() and (project / "registry.json").exists() and (project / "data.dvc").exists()
     assert "Running stage" not in dvc("repro")
     write_params(project, embed={"model_path": str(tiny_encoder)}, package={"build_bento": False},
                  train={"models": ["popularity", "mf_naive"], "epochs": 5, "dim": 4}, uplift={"enabled": False})

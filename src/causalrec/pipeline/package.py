@@ -123,8 +123,10 @@ def package(params: Params) -> dict:
                  "data_md5": manifest["data_md5"], "params_sha256": params_hash(params), "git_sha": code_version(params.root)}
         champion = registry.champion
         registry.register(entry)
+        # A fresh runner has the registry (git) but maybe not the champion's model (BentoML's store is
+        # per machine): then it cannot be replayed, and the gate says so instead of failing.
         decision = decide(params, entry, Path(bento_model.path), champion,
-                          None if champion is None else _store_path(champion["model_tag"]))
+                          None if champion is None else _store_path(champion["model_tag"], missing_ok=True))
         if decision["ope"] is not None:
             registry.update(model_tag, ope=decision["ope"])
         if decision["promote"]:
@@ -156,13 +158,15 @@ def promote_model(params: Params, model_tag: str, reason: str, by: str) -> dict:
     return registry.promote(model_tag, reason, by)
 
 
-def _store_path(tag: str) -> Path:
+def _store_path(tag: str, missing_ok: bool = False) -> Path | None:
     import bentoml
     from bentoml.exceptions import NotFound
 
     try:
         return Path(bentoml.models.get(tag).path)
     except NotFound:
+        if missing_ok:
+            return None
         raise StageError(f"model {tag} is not in the BentoML store {os.environ.get('BENTOML_HOME')}") from None
 
 

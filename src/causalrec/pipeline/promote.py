@@ -64,7 +64,11 @@ def decide(params: Params, candidate: dict, candidate_dir: Path, champion: dict 
         return {"promote": True, "reason": "first model: no champion yet", "ope": None}
     rows = served_traffic(params)
     n_slates = rows["request_id"].nunique() if len(rows) else 0
-    if n_slates >= params.promote.min_slates and champion_dir is not None:
+    if n_slates >= params.promote.min_slates and champion_dir is None:
+        return {"promote": False, "ope": None, "reason": (
+            f"{n_slates} served slates, but the champion {champion['model_tag']} is not in this machine's BentoML "
+            "store, so it cannot be replayed on them; import it (bentoml models import) or promote by hand")}
+    if n_slates >= params.promote.min_slates:
         ope = compare(params, candidate_dir, champion_dir, rows)
         lo = ope["difference"]["ci"][0]
         verdict = lo > params.promote.margin
