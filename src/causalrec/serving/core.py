@@ -138,7 +138,7 @@ class RecommenderCore:
 
     def inclusion(self, user_id: str, k: int) -> np.ndarray:
         """(catalogue,) the exact probability that this service shows each item to `user_id` in a
-        slate of k: the evaluation policy's side of an off-policy estimate (evaluation.gate)."""
+        slate of k: the evaluation policy's side of an off-policy estimate (pipeline.promote)."""
         user_id, _ = self._resolve(user_id)
         with self._lock:
             scores = self._rankers()[0].scores(user_id)
