@@ -137,7 +137,9 @@ class Recommender:
                  slate_size: Annotated[int, Field(ge=0, le=10_000, strict=True,
                                                   description="items in the served slate (0: unknown)")] = 0,
                  model_version: Annotated[str, Field(max_length=256, description="the /recommend answer's; "
-                                                     "default: the version this server serves")] = "") -> dict:
+                                                     "default: the version this server serves")] = "",
+                 uniform: Annotated[bool, Field(strict=True, description="the /recommend answer's: the slate was "
+                                                "drawn uniformly at random (the exploration share)")] = False) -> dict:
         _require_key(ctx)
         try:  # the pipeline's own rules: nothing acknowledged here can fail export or validation later
             when = check_event(timestamp, propensity, outcome)
@@ -147,7 +149,7 @@ class Recommender:
                  "propensity": propensity, "timestamp": when, "position": position,
                  "policy": policy or self.core.policy.kind, "model_version": model_version or self.core.version,
                  # the slate's identity and size: what the promotion gate needs to replay the policies
-                 "request_id": request_id, "slate_size": slate_size}
+                 "request_id": request_id, "slate_size": slate_size, "uniform": uniform}
         written = self.feedback_log.append(event)  # fsynced before we answer
         return {"event_id": event_id, "status": "logged" if written else "duplicate"}
 

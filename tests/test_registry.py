@@ -123,19 +123,23 @@ def test_gate_on_served_traffic_promotes_the_better_policy_and_covers_the_truth(
     rows = [{"event_id": f"e{n}-{j}", "user_id": user, "item_id": it["item_id"], "outcome": float(y),
              "propensity": it["propensity"], "timestamp": pd.Timestamp("2026-11-01"), "position": j + 1,
              "policy": "serving:epsilon_greedy", "model_version": "bad", "request_id": slate["request_id"],
-             "slate_size": slate["slate_size"], "exposed": 1, "treatment": 1}
+             "slate_size": slate["slate_size"], "uniform": int(slate["uniform"]), "exposed": 1, "treatment": 1}
             for (n, user, j, it, slate), y in zip(pairs, outcome)]
     fb = tmp_path / "feedback_data"
     write_partition(fb, {"interactions": pd.DataFrame(rows)}, {"test": True})
     params = load_params(params.root / "params.yaml").model_copy(deep=True)
     params.paths.feedback_dir = fb
-    traffic = served_traffic(params)
-    assert len(traffic) == 2000 and traffic["request_id"].nunique() == 400
+    traffic = served_traffic(params)  # promote.traffic = uniform: the explored half of the 400 slates
+    n_uniform = sum(s["uniform"] for _, _, s in served)
+    assert 150 < n_uniform < 250 and traffic["request_id"].nunique() == n_uniform and len(traffic) == 5 * n_uniform
 
     up = decide(params, {"data_md5": "x"}, good, {"data_md5": "y"}, bad)
     down = decide(params, {"data_md5": "x"}, bad, {"data_md5": "y"}, good)
     assert up["promote"] and not down["promote"], (up["reason"], down["reason"])
-    assert "snipw on 400 served slates" in up["reason"]
+    assert f"snipw on {n_uniform} served slates" in up["reason"]
+    every = params.model_copy(update={"promote": params.promote.model_copy(update={"traffic": "all"})})
+    assert len(served_traffic(every)) == 2000  # every served slate, with its marginal propensities
+    assert decide(every, {"data_md5": "x"}, good, {"data_md5": "y"}, bad)["promote"]
     # truth: each policy's expected outcome per shown item on these users, from the world
     ope = compare(params, good, bad, traffic)
     for name, directory in (("candidate", good), ("champion", bad)):

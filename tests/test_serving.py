@@ -18,12 +18,15 @@ def test_logged_propensities_match_serving_frequencies(kind):
     scores = rng.normal(size=30) * 0.2
     policy = ExplorationPolicy(kind, epsilon=0.2, temperature=0.1)
     k, n_draws = 5, 20_000
-    counts = np.zeros(30)
-    logged = {}
+    counts, uniform_counts = np.zeros(30), np.zeros(30)
+    logged, uniform = {}, 0
     for _ in range(n_draws):
-        shown, prop = policy.select(scores, k, rng)
+        slate = policy.select(scores, k, rng)
+        shown, prop = slate.items, slate.propensity
+        uniform += slate.uniform
         assert len(shown) == k == len(set(shown.tolist()))
         counts[shown] += 1
+        uniform_counts[shown] += slate.uniform
         logged.update(zip(shown.tolist(), prop.tolist()))
     freq = counts / n_draws
     pi = inclusion_probabilities(scores, k, kind, 0.2, 0.1)
@@ -31,6 +34,10 @@ def test_logged_propensities_match_serving_frequencies(kind):
     assert np.abs(freq - pi).max() < 0.015
     for item, p in logged.items():  # what was logged is exactly pi
         assert p == pytest.approx(pi[item])
+    # the uniform share: epsilon of the slates, and within them every item at k / n, whatever its score
+    assert uniform / n_draws == pytest.approx(0.2 if kind == "epsilon_greedy" else 0.0, abs=0.01)
+    if uniform:
+        assert np.abs(uniform_counts / uniform - k / 30).max() < 0.04
 
 
 def test_policy_errors():

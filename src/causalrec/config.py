@@ -162,6 +162,7 @@ class Promote(_Section):
     # The gate: a candidate replaces the champion only when its off-policy value on the latest served
     # traffic beats the champion's on the same rows, by the lower bound of the paired interval.
     estimator: Literal["snipw", "ipw"]   # declared before any traffic is read (evaluation/ope.py names)
+    traffic: Literal["uniform", "all"]   # uniform: the slates drawn at random (exploration); all: every served slate
     margin: float = Field(ge=0)          # the difference's lower bound must exceed this
     alpha: float = Field(gt=0, lt=0.5)   # the interval is 1 - alpha (percentile bootstrap over slates)
     n_bootstrap: int = Field(ge=100, le=100_000)

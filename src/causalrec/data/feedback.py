@@ -3,7 +3,7 @@
     feedback_data/                      (params.paths.feedback_dir; DVC-tracked: feedback_data.dvc)
       part-00001/interactions.parquet   the events of one export: event_id, user_id, item_id, timestamp,
                                         outcome, propensity, position, policy, model_version,
-                                        request_id, slate_size (exposed = treatment = 1)
+                                        request_id, slate_size, uniform (exposed = treatment = 1)
       part-00001/items.parquet          items first added at serving time (POST /items)
       part-00001/users.parquet          users first seen in feedback (under their pseudonym)
       part-00001/manifest.json          when, how many events, from which log
@@ -86,7 +86,7 @@ def merge_into(data_dir: str | Path, feedback_dir: str | Path) -> dict:
         else:
             # base rows were not served: no model version or slate id, slate size 0 (= unknown, as /feedback)
             for col in set(rows.columns) - set(base.columns):
-                base[col] = 0 if spec.columns.get(col) == "int" else None
+                base[col] = 0 if spec.columns.get(col) in ("int", "binary") else None
             if "propensity" in base:  # served propensities stay float64 (float32 rounds tiny ones to 0)
                 base["propensity"] = base["propensity"].astype("float64")
             rows = rows.astype({c: base[c].dtype for c in rows.columns

@@ -41,7 +41,7 @@ INTERACTIONS = TableSpec(
     optional={"propensity": "float", "position": "int", "policy": "text", "treatment": "binary", "event_id": "text",
               "rating": "float",
               # served feedback (data.feedback): which model served the slate, the slate's id and size
-              "model_version": "text", "request_id": "text", "slate_size": "int"},
+              "model_version": "text", "request_id": "text", "slate_size": "int", "uniform": "binary"},
 )
 ITEMS = TableSpec(
     "items",

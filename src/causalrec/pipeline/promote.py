@@ -1,13 +1,15 @@
 """The promotion gate: does a trained candidate replace the champion? (run by the package stage)
 
 The evidence is the latest served traffic (the last `promote.partitions` feedback partitions): rows
-of (user, item shown, the served inclusion probability, the outcome, the slate's id and size). Both
+of (user, item shown, the served inclusion probability, the outcome, the slate's id and size), by
+default only the slates the exploration drew uniformly at random (`promote.traffic: uniform`): an
+unbiased sample for any policy, which needs no propensity model of the champion at all. Both
 policies are replayed on those same rows, each as the service would run it (its ranking score and
 the exploration policy over the catalogue, `RecommenderCore.inclusion`), and the declared estimator
 (`promote.estimator`, SNIPS by default) gives each one's value per shown item; the paired percentile
 bootstrap over slates gives the interval of candidate - champion. Promote iff its lower bound
-exceeds `promote.margin`. The exploration policy shows every item with probability >= eps k / n,
-so the served propensities cover any policy the candidate could be.
+exceeds `promote.margin`. With `traffic: all`, every served slate with its exact marginal
+propensity (>= eps k / n for every item): more rows, but weights that depend on the champion.
 
 Without enough served traffic, the offline metric decides only when both models were measured on
 the same data version (DVC md5); otherwise there is no comparable evidence and the champion stays.
@@ -23,13 +25,17 @@ from causalrec.config import Params
 
 
 def served_traffic(params: Params) -> pd.DataFrame:
-    """The replayable rows of the latest partitions (those whose slate is known)."""
+    """The replayable rows of the latest partitions (those whose slate is known); with
+    promote.traffic = uniform, only the slates drawn uniformly at random."""
     from causalrec.data.feedback import read_partitions
 
     rows = read_partitions(params.paths.feedback_dir, last=params.promote.partitions)
     if not len(rows) or "slate_size" not in rows:
         return pd.DataFrame()
-    return rows[(rows["slate_size"] > 0) & (rows["request_id"].astype(str) != "")].reset_index(drop=True)
+    keep = (rows["slate_size"] > 0) & (rows["request_id"].astype(str) != "")
+    if params.promote.traffic == "uniform":
+        keep &= rows["uniform"] == 1
+    return rows[keep].reset_index(drop=True)
 
 
 def replay(core, rows: pd.DataFrame) -> np.ndarray:
@@ -49,7 +55,11 @@ def compare(params: Params, candidate_dir: Path, champion_dir: Path, rows: pd.Da
 
     cfg = params.promote
     candidate, champion = RecommenderCore(candidate_dir, seed=0), RecommenderCore(champion_dir, seed=0)
-    result = paired_interval(ESTIMATORS[cfg.estimator], rows["outcome"].to_numpy(float), rows["propensity"].to_numpy(float),
+    # A uniform slate showed each item with probability k / n (n: the catalogue that served it, the
+    # champion's); the logged marginal propensity is for all slates. SNIPS does not depend on n.
+    logged = (rows["slate_size"].to_numpy(float) / champion.catalogue_size if cfg.traffic == "uniform"
+              else rows["propensity"].to_numpy(float))
+    result = paired_interval(ESTIMATORS[cfg.estimator], rows["outcome"].to_numpy(float), logged,
                              replay(candidate, rows), replay(champion, rows), groups=rows["request_id"].astype(str).to_numpy(),
                              alpha=cfg.alpha, n_bootstrap=cfg.n_bootstrap, random_state=params.seed)
     result["candidate"], result["champion"] = result.pop("a"), result.pop("b")

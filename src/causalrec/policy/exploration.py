@@ -62,6 +62,14 @@ def inclusion_probabilities(scores: np.ndarray, k: int, policy: str, epsilon: fl
     raise ValueError(f"unknown policy {policy!r}; choose from {POLICIES}")
 
 
+@dataclass(frozen=True)
+class Slate:
+    items: np.ndarray       # catalogue indices shown, best score first
+    propensity: np.ndarray  # the exact probability that the policy shows each of them
+    uniform: bool           # drawn uniformly at random (the epsilon part): every item had probability k / n
+                            # whatever the scores, so these slates are an unbiased sample for any policy
+
+
 @dataclass
 class ExplorationPolicy:
     kind: str = "epsilon_greedy"
@@ -76,12 +84,12 @@ class ExplorationPolicy:
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
-    def select(self, scores: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(indices shown, best score first; their inclusion probabilities)."""
+    def select(self, scores: np.ndarray, k: int, rng: np.random.Generator) -> Slate:
+        """The slate shown: indices (best score first), their inclusion probabilities, whether uniform."""
         n = len(scores)
         k = min(k, n)
         if k == 0:
-            return np.array([], int), np.array([])
+            return Slate(np.array([], int), np.array([]), False)
         if self.kind in ("greedy", "epsilon_greedy"):
             # One top-k serves both the slate and the probabilities (no full pi vector per request).
             top = _top_k(scores, k)
@@ -92,7 +100,7 @@ class ExplorationPolicy:
             else:
                 prop = np.full(k, self.epsilon * k / n) + (1 - self.epsilon) * np.isin(chosen, top)
             order = np.argsort(-scores[chosen], kind="stable")
-            return chosen[order], prop[order]
+            return Slate(chosen[order], prop[order], bool(explore))
         pi = inclusion_probabilities(scores, k, self.kind, self.epsilon, self.temperature)
         # Systematic sampling over a random order: exactly k draws, inclusion probability pi_i.
         order = rng.permutation(n)
@@ -100,4 +108,4 @@ class ExplorationPolicy:
         points = rng.random() + np.arange(k)
         chosen = order[np.minimum(np.searchsorted(cum, points, side="right"), n - 1)]
         chosen = chosen[np.argsort(-scores[chosen], kind="stable")]
-        return chosen, pi[chosen]
+        return Slate(chosen, pi[chosen], False)

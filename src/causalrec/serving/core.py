@@ -116,10 +116,11 @@ class RecommenderCore:
             drop = [p for p in (self._pos.get(item) for item in exclude or []) if p is not None]
             if drop:
                 candidates = np.delete(np.arange(n), drop)
-                chosen, propensity = self.policy.select(rank[candidates], min(k, len(candidates)), self._rng)
-                chosen = candidates[chosen]
+                slate = self.policy.select(rank[candidates], min(k, len(candidates)), self._rng)
+                chosen, propensity = candidates[slate.items], slate.propensity
             else:
-                chosen, propensity = self.policy.select(rank, min(k, n), self._rng)
+                slate = self.policy.select(rank, min(k, n), self._rng)
+                chosen, propensity = slate.items, slate.propensity
             # The other score only for the items shown: one mat-vec over k rows, not the catalogue.
             secondary = other.scores(user_id, chosen) if other is not None else None
         relevance, uplift = (secondary, rank[chosen]) if by_uplift else (rank[chosen], secondary)
@@ -128,6 +129,7 @@ class RecommenderCore:
         log.info("recommend request=%s user=%s cold=%s k=%d", request_id, shown_to, cold, k)
         return {"request_id": request_id, "cold_start": cold, "policy": self.policy.kind, "rank_by": self.config["rank_by"],
                 "model": self.manifest.get("model"), "model_version": self.version, "slate_size": len(chosen),
+                "uniform": slate.uniform,
                 "items": [{"item_id": self.item_ids[i], "title": self.titles[i], "position": pos + 1,
                            "score": float(relevance[j]), "uplift": None if uplift is None else float(uplift[j]),
                            "propensity": float(propensity[j])} for j, (pos, i) in enumerate(enumerate(chosen))]}

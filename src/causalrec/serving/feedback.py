@@ -160,7 +160,8 @@ def export_feedback(log_path: str | Path, data_dir: str | Path, feedback_dir: st
     nothing is written when it fails, and `data_dir` is only read (ingest merges the partitions).
 
     Each event is an exposed, treated row with its outcome, the served propensity and position,
-    policy 'serving:<name>', the model version that served it, its slate (request id, size).
+    policy 'serving:<name>', the model version that served it, its slate (request id, size, whether
+    it was drawn uniformly).
     Items added at serving time (the `catalogue` store) join the partition's items with their
     texts. The log holds pseudonyms (serving.privacy): each maps back to a known user through the
     key beside the log (or `key`); a user first seen at serving time enters under the pseudonym.
@@ -190,7 +191,8 @@ def export_feedback(log_path: str | Path, data_dir: str | Path, feedback_dir: st
         "policy": [f"serving:{e.get('policy', 'unknown')}" for e in new],
         "model_version": [e.get("model_version") for e in new],
         "request_id": [e.get("request_id") or "" for e in new],
-        "slate_size": [int(e.get("slate_size") or 0) for e in new]})
+        "slate_size": [int(e.get("slate_size") or 0) for e in new],
+        "uniform": [int(bool(e.get("uniform"))) for e in new]})
     validate_feedback(rows, validation_dir, done, known_versions)
     earlier_items = read_partitions(feedback_dir, ITEMS)
     have_items = set(read_table(data_dir, ITEMS)["item_id"].astype(str)) | set(earlier_items.get("item_id", []))
