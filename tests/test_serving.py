@@ -12,16 +12,18 @@ from causalrec.serving.privacy import api_key_matches, pseudonymize
 from conftest import make_project
 
 
-@pytest.mark.parametrize("kind", ["greedy", "epsilon_greedy", "softmax"])
-def test_logged_propensities_match_serving_frequencies(kind):
+@pytest.mark.parametrize("kind, diversity", [("greedy", 0.0), ("epsilon_greedy", 0.0), ("softmax", 0.0),
+                                             ("epsilon_greedy", 0.5)])
+def test_logged_propensities_match_serving_frequencies(kind, diversity):
     rng = np.random.default_rng(0)
     scores = rng.normal(size=30) * 0.2
-    policy = ExplorationPolicy(kind, epsilon=0.2, temperature=0.1)
+    vectors = rng.normal(size=(30, 8))
+    policy = ExplorationPolicy(kind, epsilon=0.2, temperature=0.1, diversity=diversity)
     k, n_draws = 5, 20_000
     counts, uniform_counts = np.zeros(30), np.zeros(30)
     logged, uniform = {}, 0
     for _ in range(n_draws):
-        slate = policy.select(scores, k, rng)
+        slate = policy.select(scores, k, rng, vectors)
         shown, prop = slate.items, slate.propensity
         uniform += slate.uniform
         assert len(shown) == k == len(set(shown.tolist()))
@@ -29,7 +31,7 @@ def test_logged_propensities_match_serving_frequencies(kind):
         uniform_counts[shown] += slate.uniform
         logged.update(zip(shown.tolist(), prop.tolist()))
     freq = counts / n_draws
-    pi = inclusion_probabilities(scores, k, kind, 0.2, 0.1)
+    pi = inclusion_probabilities(scores, k, kind, 0.2, 0.1, diversity, vectors)
     assert pi.sum() == pytest.approx(k)
     assert np.abs(freq - pi).max() < 0.015
     for item, p in logged.items():  # what was logged is exactly pi
@@ -38,6 +40,24 @@ def test_logged_propensities_match_serving_frequencies(kind):
     assert uniform / n_draws == pytest.approx(0.2 if kind == "epsilon_greedy" else 0.0, abs=0.01)
     if uniform:
         assert np.abs(uniform_counts / uniform - k / 30).max() < 0.04
+
+
+def test_diversity_spreads_the_slate_over_clusters_of_near_duplicates():
+    """Three clusters of near-identical items, the best scores all in one: the top 3 is one cluster,
+    the MMR slate takes the best of each; the logged probabilities follow the slate actually shown."""
+    rng = np.random.default_rng(1)
+    centres = np.eye(3)
+    vectors = np.repeat(centres, 10, axis=0) + rng.normal(scale=0.01, size=(30, 3))
+    scores = np.r_[np.linspace(0.9, 0.8, 10), np.linspace(0.7, 0.6, 10), np.linspace(0.5, 0.4, 10)]
+    plain = ExplorationPolicy("greedy").select(scores, 3, rng, vectors).items
+    diverse = ExplorationPolicy("greedy", diversity=0.5).select(scores, 3, rng, vectors).items
+    assert sorted(plain // 10) == [0, 0, 0] and sorted(diverse // 10) == [0, 1, 2]
+    assert diverse[0] == 0  # the best item first, then the best trade-off from each other cluster
+    pi = inclusion_probabilities(scores, 3, "epsilon_greedy", 0.1, diversity=0.5, vectors=vectors)
+    assert pi[diverse] == pytest.approx(0.9 + 0.1 * 3 / 30) and pi[1] == pytest.approx(0.1 * 3 / 30)
+    assert pi.sum() == pytest.approx(3)
+    with pytest.raises(ValueError, match="not softmax"):
+        ExplorationPolicy("softmax", diversity=0.3)
 
 
 def test_policy_errors():

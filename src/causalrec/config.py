@@ -145,11 +145,19 @@ class Serve(_Section):
     epsilon: float = Field(ge=0, le=1)
     temperature: float = Field(gt=0, le=1000)
     rank_by: Literal["uplift", "relevance"]
+    diversity: float = Field(ge=0, lt=1)  # MMR on item text embeddings (greedy / epsilon_greedy); 0: off
     k_max: int = Field(ge=1, le=10_000)
     int8_encoder: bool
     feedback_log: Path
     feedback_max_bytes: int = Field(ge=4096, le=2**40)  # rotate the feedback log past this size
     catalogue: Path  # items added at serving time (SQLite, shared by every worker)
+
+    @model_validator(mode="after")
+    def _exact_propensities(self) -> "Serve":
+        if self.diversity and self.policy == "softmax":
+            raise ValueError("serve.diversity (MMR) needs policy greedy or epsilon_greedy: with softmax the logged "
+                             "propensities would not be exact")
+        return self
 
 
 class Monitor(_Section):

@@ -8,6 +8,12 @@ off-policy evaluation need.
   softmax         sampling proportional to size: target inclusion pi_i = k softmax(s / T)_i, capped
                   at 1 with the excess redistributed; exactly k items are drawn by systematic sampling
                   (Madow), whose inclusion probabilities are exactly pi_i.
+
+Diversity (greedy and epsilon_greedy): with `diversity` = lambda > 0 and item vectors (text
+embeddings), the "top k" is the maximal-marginal-relevance slate (Carbonell & Goldstein 1998):
+greedily the item maximising (1 - lambda) score - lambda max cosine to the items already chosen,
+among the best `mmr_pool(k)` by score. It is a deterministic function of the scores, so the
+inclusion probabilities above stay exact with it in place of the top k.
 """
 from __future__ import annotations
 
@@ -21,6 +27,30 @@ POLICIES = ("greedy", "epsilon_greedy", "softmax")
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
     part = np.argpartition(-scores, k - 1)[:k]
     return part[np.argsort(-scores[part], kind="stable")]
+
+
+def mmr_pool(k: int) -> int:
+    """How many of the best-scored items MMR chooses among."""
+    return max(50, 10 * k)
+
+
+def _mmr(scores: np.ndarray, k: int, vectors: np.ndarray, diversity: float) -> np.ndarray:
+    """The maximal-marginal-relevance slate of k (in the order chosen)."""
+    pool = _top_k(scores, min(len(scores), mmr_pool(k)))
+    v = vectors[pool] / np.maximum(np.linalg.norm(vectors[pool], axis=1, keepdims=True), 1e-12)
+    chosen, closest = [], np.full(len(pool), -np.inf)
+    for _ in range(k):
+        gain = (1 - diversity) * scores[pool] - diversity * np.where(np.isfinite(closest), closest, 0.0)
+        gain[chosen] = -np.inf
+        best = int(np.argmax(gain))
+        chosen.append(best)
+        closest = np.maximum(closest, v @ v[best])
+    return pool[chosen]
+
+
+def _slate_core(scores: np.ndarray, k: int, vectors: np.ndarray | None, diversity: float) -> np.ndarray:
+    """What greedy shows: the top k, or the MMR slate when diversity is on."""
+    return _top_k(scores, k) if diversity == 0 or vectors is None else _mmr(scores, k, vectors, diversity)
 
 
 def _capped_pps(weights: np.ndarray, k: int) -> np.ndarray:
@@ -44,17 +74,18 @@ def _capped_pps(weights: np.ndarray, k: int) -> np.ndarray:
 
 
 def inclusion_probabilities(scores: np.ndarray, k: int, policy: str, epsilon: float = 0.1,
-                            temperature: float = 0.1) -> np.ndarray:
+                            temperature: float = 0.1, diversity: float = 0.0,
+                            vectors: np.ndarray | None = None) -> np.ndarray:
     """(n,) exact probability that each candidate is in the slate."""
     n = len(scores)
     k = min(k, n)
     if policy == "greedy":
         pi = np.zeros(n)
-        pi[_top_k(scores, k)] = 1.0
+        pi[_slate_core(scores, k, vectors, diversity)] = 1.0
         return pi
     if policy == "epsilon_greedy":
         pi = np.full(n, epsilon * k / n)
-        pi[_top_k(scores, k)] += 1 - epsilon
+        pi[_slate_core(scores, k, vectors, diversity)] += 1 - epsilon
         return pi
     if policy == "softmax":
         z = (scores - scores.max()) / temperature
@@ -75,24 +106,31 @@ class ExplorationPolicy:
     kind: str = "epsilon_greedy"
     epsilon: float = 0.1
     temperature: float = 0.1
+    diversity: float = 0.0  # MMR weight lambda in [0, 1) (greedy and epsilon_greedy; 0: the plain top k)
 
     def __post_init__(self):
         if self.kind not in POLICIES:
             raise ValueError(f"unknown policy {self.kind!r}; choose from {POLICIES}")
+        if not 0 <= self.diversity < 1:
+            raise ValueError(f"diversity must be in [0, 1), got {self.diversity}")
+        if self.diversity and self.kind == "softmax":
+            raise ValueError("diversity (MMR) works with greedy or epsilon_greedy, not softmax: its inclusion "
+                             "probabilities would not be exact")
         if not 0 <= self.epsilon <= 1:
             raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
-    def select(self, scores: np.ndarray, k: int, rng: np.random.Generator) -> Slate:
-        """The slate shown: indices (best score first), their inclusion probabilities, whether uniform."""
+    def select(self, scores: np.ndarray, k: int, rng: np.random.Generator, vectors: np.ndarray | None = None) -> Slate:
+        """The slate shown: indices (best score first), their inclusion probabilities, whether uniform.
+        vectors: (n, d) item vectors for diversity (ignored when it is 0)."""
         n = len(scores)
         k = min(k, n)
         if k == 0:
             return Slate(np.array([], int), np.array([]), False)
         if self.kind in ("greedy", "epsilon_greedy"):
             # One top-k serves both the slate and the probabilities (no full pi vector per request).
-            top = _top_k(scores, k)
+            top = _slate_core(scores, k, vectors, self.diversity)
             explore = self.kind == "epsilon_greedy" and rng.random() < self.epsilon
             chosen = rng.choice(n, size=k, replace=False) if explore else top
             if self.kind == "greedy":
@@ -101,7 +139,7 @@ class ExplorationPolicy:
                 prop = np.full(k, self.epsilon * k / n) + (1 - self.epsilon) * np.isin(chosen, top)
             order = np.argsort(-scores[chosen], kind="stable")
             return Slate(chosen[order], prop[order], bool(explore))
-        pi = inclusion_probabilities(scores, k, self.kind, self.epsilon, self.temperature)
+        pi = inclusion_probabilities(scores, k, self.kind, self.epsilon, self.temperature, self.diversity, vectors)
         # Systematic sampling over a random order: exactly k draws, inclusion probability pi_i.
         order = rng.permutation(n)
         cum = np.cumsum(pi[order])

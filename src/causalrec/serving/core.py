@@ -44,7 +44,8 @@ class RecommenderCore:
         self.version = version or bundle_dir.name
         self.manifest = self.read_manifest(bundle_dir)
         self.config = {**self.manifest["serve"], **(serve or {})}
-        self.policy = ExplorationPolicy(self.config["policy"], self.config["epsilon"], self.config["temperature"])
+        self.policy = ExplorationPolicy(self.config["policy"], self.config["epsilon"], self.config["temperature"],
+                                        self.config.get("diversity", 0.0))
         items = pd.read_parquet(bundle_dir / "items.parquet")
         self.item_ids = items["item_id"].astype(str).tolist()
         self.titles = items["title"].astype(str).tolist()
@@ -116,10 +117,11 @@ class RecommenderCore:
             drop = [p for p in (self._pos.get(item) for item in exclude or []) if p is not None]
             if drop:
                 candidates = np.delete(np.arange(n), drop)
-                slate = self.policy.select(rank[candidates], min(k, len(candidates)), self._rng)
+                slate = self.policy.select(rank[candidates], min(k, len(candidates)), self._rng,
+                                           None if self.embeddings is None else self.embeddings[candidates])
                 chosen, propensity = candidates[slate.items], slate.propensity
             else:
-                slate = self.policy.select(rank, min(k, n), self._rng)
+                slate = self.policy.select(rank, min(k, n), self._rng, self.embeddings)
                 chosen, propensity = slate.items, slate.propensity
             # The other score only for the items shown: one mat-vec over k rows, not the catalogue.
             secondary = other.scores(user_id, chosen) if other is not None else None
@@ -144,7 +146,8 @@ class RecommenderCore:
         user_id, _ = self._resolve(user_id)
         with self._lock:
             scores = self._rankers()[0].scores(user_id)
-        return inclusion_probabilities(scores, k, self.policy.kind, self.policy.epsilon, self.policy.temperature)
+        return inclusion_probabilities(scores, k, self.policy.kind, self.policy.epsilon, self.policy.temperature,
+                                       self.policy.diversity, self.embeddings)
 
     # -------------------------------------------------------------------------------- explain
     def explain(self, user_id: str, item_id: str, n_similar: int = 3) -> dict:
