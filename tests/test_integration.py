@@ -176,19 +176,32 @@ def test_bad_data_stops_flow_and_keeps_last_good_model(trained, tmp_path):
 API_KEY = "integration-test-key"
 
 
-def start_server(tag: str, workdir: Path, feedback_log: Path) -> BentoServer:
+def start_server(tag: str, workdir: Path, feedback_log: Path, command: list[str] | None = None) -> BentoServer:
     env = {"CAUSALREC_API_KEY": API_KEY, "CAUSALREC_FEEDBACK_LOG": str(feedback_log),
            "CAUSALREC_CATALOGUE": str(feedback_log.parent / "catalogue.sqlite"),
            "CAUSALREC_PSEUDONYM_KEY": "test-pseudonym-key"}
-    return BentoServer(tag, workdir, workdir / "serve.log", env, ready_timeout=120).start()
+    return BentoServer(tag, workdir, workdir / "serve.log", env, ready_timeout=120, command=command).start()
 
 
 @pytest.fixture(scope="module")
 def server(trained):
+    """What an operator runs: `causalrec serve`, the registry champion's bento."""
     project, result = trained
-    server = start_server(result["package"]["bento_tag"], project, project / "feedback" / "fb.jsonl")
+    cli = [str(Path(sys.executable).parent / "causalrec"), "serve", "--params", str(project / "params.yaml")]
+    server = start_server(result["package"]["bento_tag"], project, project / "feedback" / "fb.jsonl", command=cli)
     yield server.url, project
     server.stop()
+
+
+def test_causalrec_serve_serves_the_pinned_champion(server):
+    from causalrec.registry import Registry
+
+    url, project = server
+    champion = Registry(project / "registry.json").champion
+    answer = _post(url, "/recommend", {"user_id": "u000001", "k": 3}).json()
+    assert answer["model_version"] == champion["model_tag"] and answer["slate_size"] == 3
+    info = _post(url, "/model_info", {}).json()
+    assert info["data_md5"] == champion["data_md5"]
 
 
 def _post(url, path, body, key=None, **kw):

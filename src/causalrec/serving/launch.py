@@ -21,9 +21,12 @@ class BentoServer:
     key=value`: what a service from the source tree needs; a built bento has its own); output to `log`."""
 
     def __init__(self, target: str, cwd: str | Path, log: str | Path, env: dict[str, str] | None = None,
-                 ready_timeout: float = 180, args: dict[str, str] | None = None):
+                 ready_timeout: float = 180, args: dict[str, str] | None = None, command: list[str] | None = None):
+        """command: what starts the server instead of `python -m bentoml serve <target>` (e.g.
+        `causalrec serve --params ...`); it is given --host and --port."""
         self.target, self.cwd, self.log, self.env, self.ready_timeout = target, Path(cwd), Path(log), env or {}, ready_timeout
         self.args = [a for k, v in (args or {}).items() for a in ("--arg", f"{k}={v}")]
+        self.command = command or [sys.executable, "-m", "bentoml", "serve", target]
         self.proc: subprocess.Popen | None = None
         self.url = ""
 
@@ -33,8 +36,7 @@ class BentoServer:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         with open(self.log, "a") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", self.target, "--host", "127.0.0.1",
-                                          "--port", str(port), *self.args], cwd=self.cwd, env={**os.environ, **self.env},
+            self.proc = subprocess.Popen([*self.command, "--host", "127.0.0.1", "--port", str(port), *self.args], cwd=self.cwd, env={**os.environ, **self.env},
                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + self.ready_timeout
         while time.time() < deadline and self.proc.poll() is None:
