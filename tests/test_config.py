@@ -109,3 +109,24 @@ def test_paths_outside_the_project_need_the_explicit_switch(tmp_path):
     path = tmp_path / "project" / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert load_params(path, environ={}).paths.data_dir == tmp_path / "shared-data"
+
+
+def test_the_flow_takes_its_stage_order_from_dvc_yaml(tmp_path):
+    """dvc.yaml is the one place that orders the stages: its dependencies decide, whatever order the
+    file lists them in (package reads the analysis, so analyze runs first)."""
+    import yaml
+
+    from causalrec import pipeline
+    from causalrec.pipeline.dag import stage_order
+    from conftest import REPO
+
+    order = stage_order(REPO / "dvc.yaml")
+    assert order == ["ingest", "validate", "embed", "propensity", "train", "evaluate", "analyze", "package", "monitor"]
+    assert set(order) == set(pipeline.STAGES)
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    spec["stages"] = dict(reversed(list(spec["stages"].items())))  # listed backwards
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    backwards = stage_order(tmp_path / "dvc.yaml")
+    for before, after in (("propensity", "train"), ("train", "evaluate"), ("analyze", "package"), ("evaluate", "package"),
+                          ("embed", "propensity")):
+        assert backwards.index(before) < backwards.index(after), (before, after, backwards)

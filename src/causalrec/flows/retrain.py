@@ -12,6 +12,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from causalrec import pipeline
 from causalrec.config import load_params
+from causalrec.pipeline.dag import stage_order
 
 
 def _stage_task(name: str, retries: int):
@@ -50,7 +51,12 @@ def retrain_flow(params_path: str = "params.yaml", version: bool = True) -> dict
         logger.info("data versioned: md5 %s", result.get("data_md5"))
     # validate raises on bad data: the flow fails here and nothing downstream runs.
     result["validate"] = TASKS["validate"](params)
-    for name in [n for n in pipeline.STAGES if n not in ("ingest", "validate")]:
+    # dvc.yaml defines the order (pipeline.dag); ingest and validate ran above, around the versioning
+    order = stage_order(params.root / "dvc.yaml")
+    missing = sorted(set(TASKS) - set(order))
+    if missing:
+        raise pipeline.StageError(f"{params.root / 'dvc.yaml'} lacks the stage(s) {missing}")
+    for name in [n for n in order if n in TASKS and n not in ("ingest", "validate")]:
         result[name] = TASKS[name](params)
     result["metrics"] = result.pop("evaluate")
     a = params.paths.artifacts_dir

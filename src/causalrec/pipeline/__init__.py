@@ -47,7 +47,7 @@ def _logged(name: str, fn):
     return run
 
 
-# In dvc.yaml's order: analyze comes before package, whose bundle carries the mediation split (/explain).
+# name -> stage; the order they run in is dvc.yaml's (pipeline.dag.stage_order), not this dict's.
 STAGES = {name: _logged(name, fn) for name, fn in {
     "ingest": ingest, "validate": validate, "embed": embed, "propensity": propensity, "train": train,
     "evaluate": evaluate, "analyze": analyze, "package": package, "monitor": monitor}.items()}
