@@ -158,7 +158,7 @@ class RecommenderCore:
         asked_as, (user_id, _) = user_id, self._resolve(user_id)
         with self._lock:
             relevance = float(self.relevance.scores(user_id)[pos])
-            drivers = self.relevance.contributions(user_id, pos)
+            drivers = self.relevance.contributions(user_id, pos, item_id)
             uplift = members = None
             if self.uplift is not None:
                 uplift = float(self.uplift.scores(user_id)[pos])

@@ -21,7 +21,6 @@ class FactorTerm:
     def __init__(self, net, users, items, trained_users, trained_items, item_ids, link: str):
         self.net, self.users, self.items, self.link = net, users, items, link
         self.trained_users, self.trained_items = trained_users, trained_items
-        self.item_ids = [str(i) for i in item_ids]  # the catalogue the rows of Q were built for
         self.global_bias = float(net.global_bias.detach())
         idx = items.encode(np.asarray(item_ids).astype(str))
         warm = (idx >= 0) & trained_items[np.maximum(idx, 0)]
@@ -57,13 +56,13 @@ class FactorTerm:
             p, b = self.net.user_vectors(torch.as_tensor(idx), warm)
         return p[0].numpy(), float(b[0])
 
-    def contributions(self, user_id: str, pos: int) -> dict[str, float]:
+    def contributions(self, user_id: str, pos: int, item_id: str) -> dict[str, float]:
         """The raw score (logit for a binary model) of one item split into additive parts that sum to
         it exactly: the base rate, the user's and the item's biases, and the user-item match, each
         item part split into what the item's id learned and what its features (text embedding,
         attributes) give. A new item, or a model without item features, has only one of the two."""
         p, bu = self.user(user_id)
-        idx = self.items.encode(np.asarray([self.item_ids[pos]]))[0] if pos < len(self.item_ids) else -1
+        idx = self.items.encode(np.asarray([str(item_id)]))[0]  # -1: an item added after training
         q_id, b_id = np.zeros_like(self.Q[pos]), 0.0
         if idx >= 0 and self.trained_items[idx]:  # the id part (what FactorModel._side adds before the tower)
             with torch.no_grad():
@@ -125,14 +124,14 @@ class CatalogueScorer:
             return self.const.copy() if idx is None else self.const[idx]
         return self.combine([p.scores(user_id, idx) for p in self.parts]).astype(np.float32)
 
-    def contributions(self, user_id: str, pos: int) -> dict | None:
+    def contributions(self, user_id: str, pos: int, item_id: str) -> dict | None:
         """A relevance model's score split into additive parts (FactorTerm.contributions), with the
         link that turns their sum into the score; None for models that are not one factor term."""
         if self.kind != "DebiasedRecommender":
             return None
         term = self.parts[0]
         return {"link": term.link, "scale": "logit" if term.link == "sigmoid" else "score",
-                "parts": term.contributions(user_id, pos)}
+                "parts": term.contributions(user_id, pos, item_id)}
 
     def member_scores(self, user_id: str) -> np.ndarray | None:
         """(n_members, n_items) for bootstrap uplift models, else None."""

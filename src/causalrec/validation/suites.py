@@ -77,8 +77,9 @@ def _expectations(spec: TableSpec, df: pd.DataFrame, ids: dict[str, set], min_ro
         if "propensity" in df.columns and pd.api.types.is_numeric_dtype(df["propensity"]):
             # Propensities are probabilities of exposure: 0 would make inverse weights infinite.
             out.append(E.ExpectColumnValuesToBeBetween(column="propensity", min_value=0, max_value=1, strict_min=True))
-        if "position" in df.columns and pd.api.types.is_numeric_dtype(df["position"]):
-            out.append(E.ExpectColumnValuesToBeBetween(column="position", min_value=0))
+        for col in ("position", "slate_size"):
+            if col in df.columns and pd.api.types.is_numeric_dtype(df[col]):
+                out.append(E.ExpectColumnValuesToBeBetween(column=col, min_value=0))
         if pd.api.types.is_datetime64_any_dtype(df["timestamp"]):
             out.append(E.ExpectColumnValuesToBeBetween(column="timestamp", min_value=EARLIEST, max_value=latest_timestamp()))
         for col, table in (("item_id", "items"), ("user_id", "users")):
@@ -114,27 +115,19 @@ def validate_data(data_dir: str | Path, out_dir: str | Path, max_examples: int =
 
 
 def feedback_expectations(events: pd.DataFrame, exported: set[str], known_versions: set[str] | None) -> list:
-    """The rules a served feedback partition meets before anything trains on it."""
+    """The rules a served feedback partition meets before anything trains on it: the interactions
+    contract's (types, propensity in (0, 1], bounded outcome, sane timestamps, ...; cold-start ids
+    are allowed), and what served events need besides."""
     import great_expectations as gx
 
     E = gx.expectations
-    out = [E.ExpectTableRowCountToBeBetween(min_value=1)]
+    out = _expectations(INTERACTIONS, events, {}, min_rows=1)
     out += [E.ExpectColumnToExist(column=c) for c in FEEDBACK_COLUMNS]
-    present = [c for c in FEEDBACK_COLUMNS if c in events.columns]
-    out += [E.ExpectColumnValuesToNotBeNull(column=c) for c in present]
+    out += [E.ExpectColumnValuesToNotBeNull(column=c) for c in FEEDBACK_COLUMNS if c in events.columns]
     if "event_id" in events.columns:
         out += [E.ExpectColumnValuesToBeUnique(column="event_id"),
                 # an event already in an earlier partition would be counted twice
                 E.ExpectColumnValuesToNotBeInSet(column="event_id", value_set=sorted(exported))]
-    if "propensity" in events.columns:
-        out.append(E.ExpectColumnValuesToBeBetween(column="propensity", min_value=0, max_value=1, strict_min=True))
-    if "outcome" in events.columns:
-        out.append(E.ExpectColumnValuesToBeBetween(column="outcome", min_value=-OUTCOME_BOUND, max_value=OUTCOME_BOUND))
-    if "timestamp" in events.columns:
-        out.append(E.ExpectColumnValuesToBeBetween(column="timestamp", min_value=EARLIEST, max_value=latest_timestamp()))
-    for col in ("position", "slate_size"):
-        if col in events.columns:
-            out.append(E.ExpectColumnValuesToBeBetween(column=col, min_value=0))
     if known_versions is not None and "model_version" in events.columns:
         out.append(E.ExpectColumnValuesToBeInSet(column="model_version", value_set=sorted(known_versions)))
     return out
