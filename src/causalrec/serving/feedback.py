@@ -194,14 +194,15 @@ def export_feedback(log_path: str | Path, data_dir: str | Path, feedback_dir: st
         "slate_size": [int(e.get("slate_size") or 0) for e in new],
         "uniform": [int(bool(e.get("uniform"))) for e in new]})
     validate_feedback(rows, validation_dir, done, known_versions)
-    earlier_items = read_partitions(feedback_dir, ITEMS)
-    have_items = set(read_table(data_dir, ITEMS)["item_id"].astype(str)) | set(earlier_items.get("item_id", []))
+    def known(spec) -> set[str]:  # keys in the base data or an earlier partition
+        earlier = read_partitions(feedback_dir, spec)
+        return set(read_table(data_dir, spec)[spec.key].astype(str)) | set(earlier.get(spec.key, pd.Series()).astype(str))
+
+    have_items = known(ITEMS)
     added = [r for r in (read_items(catalogue) if catalogue is not None else []) if r["item_id"] not in have_items]
     items = pd.DataFrame({"item_id": [r["item_id"] for r in added], "title": [r["title"] for r in added],
                           "description": [r["description"] for r in added]}, dtype=object)
-    earlier_users = read_partitions(feedback_dir, USERS)
-    have_users = set(read_table(data_dir, USERS)["user_id"].astype(str)) | set(earlier_users.get("user_id", []))
-    new_users = pd.DataFrame({"user_id": sorted(set(rows["user_id"]) - have_users)}, dtype=object)
+    new_users = pd.DataFrame({"user_id": sorted(set(rows["user_id"]) - known(USERS))}, dtype=object)
     path = write_partition(feedback_dir, {"interactions": rows, "items": items, "users": new_users},
                            {"log": str(log_path), "events": len(rows), "first": rows["timestamp"].min(),
                             "last": rows["timestamp"].max(), "model_versions": sorted(rows["model_version"].unique())})
