@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound  # noqa: E402
 from pydantic import BaseModel, Field  # noqa: E402
 
-from causalrec.data.rules import OUTCOME_BOUND, check_event  # noqa: E402
+from causalrec.data.rules import OUTCOME_BOUND  # noqa: E402
 from causalrec.logs import configure as configure_logging  # noqa: E402
 from causalrec.logs import one_line_client_errors  # noqa: E402
 from causalrec.serving.catalogue import CatalogueStore, Conflict  # noqa: E402
@@ -141,15 +141,11 @@ class Recommender:
                  uniform: Annotated[bool, Field(strict=True, description="the /recommend answer's: the slate was "
                                                 "drawn uniformly at random (the exploration share)")] = False) -> dict:
         _require_key(ctx)
-        try:  # the pipeline's own rules: nothing acknowledged here can fail export or validation later
-            when = check_event(timestamp, propensity, outcome)
+        try:
+            event = self.core.feedback_event(event_id, user_id, item_id, outcome, propensity, timestamp, position, policy,
+                                             request_id, slate_size, model_version, uniform)
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
-        event = {"event_id": event_id, "user_id": self.core.pseudonym(user_id), "item_id": item_id, "outcome": outcome,
-                 "propensity": propensity, "timestamp": when, "position": position,
-                 "policy": policy or self.core.policy.kind, "model_version": model_version or self.core.version,
-                 # the slate's identity and size: what the promotion gate needs to replay the policies
-                 "request_id": request_id, "slate_size": slate_size, "uniform": uniform}
         written = self.feedback_log.append(event)  # fsynced before we answer
         return {"event_id": event_id, "status": "logged" if written else "duplicate"}
 

@@ -23,6 +23,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["DVC_NO_ANALYTICS"] = "1"
 os.environ.pop("PREFECT_API_URL", None)
 sys.path.insert(0, str(REPO))  # flows/ and bentos/ live at the top level
+sys.path.insert(0, str(REPO / "benchmarks"))  # benchmark helpers some tests reuse (closed_loop.reverse_scores)
 
 SMALL = {"n_users": 120, "n_items": 80, "n_interactions": 6000, "n_topics": 6, "n_test_pairs_per_user": 10}
 

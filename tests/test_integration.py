@@ -144,6 +144,28 @@ def test_rerun_embeds_nothing_and_keeps_production(trained):
     assert champion["data_md5"] == first["data_md5"] and champion["git_sha"] and len(champion["params_sha256"]) == 64
 
 
+def test_a_fresh_machine_replays_the_champion_from_its_export(trained):
+    """The registry's models are exported beside the data (paths.model_store, versioned by DVC): with
+    the champion gone from BentoML's store (a fresh CI runner after `dvc pull`), the gate and the
+    monitor still find it: model_path imports it back from the export."""
+    import bentoml
+
+    from causalrec.config import load_params
+    from causalrec.pipeline.package import model_path
+    from causalrec.registry import Registry
+    from causalrec.serving.core import RecommenderCore
+
+    project, _ = trained
+    params = load_params(project / "params.yaml")
+    champion = Registry(params.paths.registry).champion
+    exports = {p.name for p in params.paths.model_store.glob("*.bentomodel")}
+    assert {f"{champion[k].replace(':', '-')}.bentomodel" for k in ("model_tag", "encoder_tag")} <= exports
+    bentoml.models.delete(champion["model_tag"])
+    path = model_path(params, champion["model_tag"])
+    assert str(bentoml.models.get(champion["model_tag"]).tag) == champion["model_tag"]
+    assert RecommenderCore(path, seed=0).recommend("u000001", 3)["slate_size"] == 3
+
+
 def test_bad_data_stops_flow_and_keeps_last_good_model(trained, tmp_path):
     from causalrec.flows.retrain import retrain_flow
 

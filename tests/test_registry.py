@@ -68,69 +68,69 @@ def test_registry_cli_lists_shows_and_rolls_back(tmp_path):
 
 
 def _reversed(bundle: "Path", out: "Path") -> "Path":  # noqa: F821
-    """The same bundle with its relevance model's item side negated and ranking by relevance: a
-    deliberately bad policy (it shows the items the model likes least)."""
+    """A copy of the bundle with its scores reversed (the closed-loop benchmark's bad model)."""
     import shutil
 
-    import torch
-
-    from causalrec.persistence import load_model, save_model
+    from closed_loop import reverse_scores
 
     shutil.copytree(bundle, out)
-    model = load_model(bundle / "model.pt")
-    with torch.no_grad():
-        model.net_.item.weight.neg_()
-        model.net_.item_bias.weight.neg_()
-        if model.net_.item_tower is not None:
-            model.net_.item_tower.weight.neg_()
-    save_model(model, out / "model.pt")
-    (out / "uplift.pt").unlink()
-    manifest = json.loads((out / "manifest.json").read_text())
-    manifest["serve"]["rank_by"] = "relevance"
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    reverse_scores(out)
     return out
 
 
-def test_gate_on_served_traffic_promotes_the_better_policy_and_covers_the_truth(bundle, tmp_path):
-    """Traffic served by a bad champion (epsilon-greedy, exact propensities), outcomes from the world's
-    true Y(1): the candidate that ranks well is promoted over it, the reverse is blocked, and each
-    policy's SNIPS interval covers its true value on those users."""
-    from causalrec.config import load_params
-    from causalrec.data.feedback import write_partition
-    from causalrec.data.online import OnlineWorld
-    from causalrec.data.simulate import World
-    from causalrec.pipeline.promote import compare, decide, served_traffic
-    from causalrec.serving.core import RecommenderCore
-
+def _good_and_bad(bundle, tmp_path):
+    """The pipeline's bundle and its reversed copy, both served and replayed with epsilon 0.5."""
     import shutil
 
     shutil.copytree(bundle[0], tmp_path / "good")
-    good, params = tmp_path / "good", bundle[1]
+    good = tmp_path / "good"
     bad = _reversed(good, tmp_path / "bad")
-    # the serve settings travel in each bundle's manifest: both served and replayed with epsilon 0.5
+    # the serve settings travel in each bundle's manifest
     for d in (good, bad):
         m = json.loads((d / "manifest.json").read_text())
         m["serve"]["epsilon"] = 0.5
         (d / "manifest.json").write_text(json.dumps(m))
-    champion = RecommenderCore(bad, seed=1)
+    return good, bad
+
+
+def _served_partition(champion_dir, version, params, feedback_dir, n_slates=400, k=5):
+    """n_slates served by a champion (epsilon-greedy, exact propensities), outcomes from the world's
+    true Y(1), written as a feedback partition. Returns (world, the users served, the slates)."""
+    from causalrec.data.feedback import write_partition
+    from causalrec.data.online import OnlineWorld
+    from causalrec.data.simulate import World
+    from causalrec.serving.core import RecommenderCore
+
+    champion = RecommenderCore(champion_dir, seed=1, version=version)
     world = OnlineWorld(World.load(params.paths.artifacts_dir / "ground_truth" / "world"), seed=3)
-    users = [f"u{u:06d}" for u in np.random.default_rng(0).integers(0, 120, 400)]
-    served = [(n, user, champion.recommend(user, 5)) for n, user in enumerate(users)]
-    pairs = [(n, user, j, it, slate) for n, user, slate in served for j, it in enumerate(slate["items"])]
+    users = [f"u{u:06d}" for u in np.random.default_rng(0).integers(0, 120, n_slates)]
+    slates = [champion.recommend(user, k) for user in users]
+    pairs = [(n, user, j, it, slate) for n, (user, slate) in enumerate(zip(users, slates)) for j, it in enumerate(slate["items"])]
     # one round, answered at once: a pair served twice gets two independent draws
     outcome = world.respond(1, [p[1] for p in pairs], [p[3]["item_id"] for p in pairs],
-                            [p[3]["propensity"] for p in pairs], "bad")
-    rows = [{"event_id": f"e{n}-{j}", "user_id": user, "item_id": it["item_id"], "outcome": float(y),
+                            [p[3]["propensity"] for p in pairs], version)
+    rows = [{"event_id": f"{version}-{n}-{j}", "user_id": user, "item_id": it["item_id"], "outcome": float(y),
              "propensity": it["propensity"], "timestamp": pd.Timestamp("2026-11-01"), "position": j + 1,
-             "policy": "serving:epsilon_greedy", "model_version": "bad", "request_id": slate["request_id"],
+             "policy": "serving:epsilon_greedy", "model_version": version, "request_id": slate["request_id"],
              "slate_size": slate["slate_size"], "uniform": int(slate["uniform"]), "exposed": 1, "treatment": 1}
             for (n, user, j, it, slate), y in zip(pairs, outcome)]
-    fb = tmp_path / "feedback_data"
-    write_partition(fb, {"interactions": pd.DataFrame(rows)}, {"test": True})
-    params = load_params(params.root / "params.yaml").model_copy(deep=True)
-    params.paths.feedback_dir = fb
+    write_partition(feedback_dir, {"interactions": pd.DataFrame(rows)}, {"test": True})
+    return world, users, slates
+
+
+def test_gate_on_served_traffic_promotes_the_better_policy_and_covers_the_truth(bundle, tmp_path):
+    """Traffic served by a bad champion: the candidate that ranks well is promoted over it, the
+    reverse is blocked, and each policy's SNIPS interval covers its true value on those users."""
+    from causalrec.config import load_params
+    from causalrec.pipeline.promote import compare, decide, served_traffic
+    from causalrec.serving.core import RecommenderCore
+
+    good, bad = _good_and_bad(bundle, tmp_path)
+    params = load_params(bundle[1].root / "params.yaml").model_copy(deep=True)
+    params.paths.feedback_dir = tmp_path / "feedback_data"
+    world, users, served = _served_partition(bad, "bad", params, params.paths.feedback_dir)
     traffic = served_traffic(params)  # promote.traffic = uniform: the explored half of the 400 slates
-    n_uniform = sum(s["uniform"] for _, _, s in served)
+    n_uniform = sum(s["uniform"] for s in served)
     assert 150 < n_uniform < 250 and traffic["request_id"].nunique() == n_uniform and len(traffic) == 5 * n_uniform
 
     up = decide(params, {"data_md5": "x"}, good, {"data_md5": "y"}, bad)
@@ -150,35 +150,32 @@ def test_gate_on_served_traffic_promotes_the_better_policy_and_covers_the_truth(
         assert lo <= value <= hi, (name, value, ope[name])
 
 
-@pytest.mark.parametrize("new_rate, rolled_back", [(0.20, True), (0.29, False)])
-def test_monitor_rolls_back_a_champion_whose_live_outcome_rate_drops(tmp_path, new_rate, rolled_back):
+@pytest.mark.parametrize("worse", ["champion", "previous"])
+def test_monitor_rolls_back_a_champion_worse_than_the_previous_on_the_same_traffic(bundle, tmp_path, worse):
+    """The monitor replays the champion and the one before it on the latest served traffic: the
+    reversed model as champion is rolled back (the evidence recorded), the good one is kept."""
     from causalrec.config import load_params
-    from causalrec.data.feedback import write_partition
     from causalrec.pipeline.promote import check_champion
-    from conftest import write_params
 
-    params = load_params(write_params(tmp_path))
-    reg = Registry(params.paths.registry)
-    for tag in ("old", "new"):
+    good, bad = _good_and_bad(bundle, tmp_path)
+    params = load_params(bundle[1].root / "params.yaml").model_copy(deep=True)
+    params.paths.feedback_dir, params.paths.registry = tmp_path / "feedback_data", tmp_path / "registry.json"
+    order = ("good", "bad") if worse == "champion" else ("bad", "good")
+    reg, dirs = Registry(params.paths.registry), {"good": good, "bad": bad}
+    for tag in order:
         reg.register(_entry(tag))
         reg.promote(tag, "test", by="gate")
-    assert check_champion(params)["reason"] == "no served feedback yet"
-    rng = np.random.default_rng(0)
-
-    def served(version, rate, n):
-        return pd.DataFrame({"event_id": [f"{version}-{i}" for i in range(n)], "model_version": version,
-                             "outcome": (rng.random(n) < rate).astype(float)})
-
-    write_partition(params.paths.feedback_dir, {"interactions": served("old", 0.30, 2000)}, {})
-    write_partition(params.paths.feedback_dir, {"interactions": served("new", new_rate, 300)}, {})
-    early = check_champion(params)  # 300 < rollback_min_events: too early to judge
-    assert not early["checked"] and not early["rolled_back"] and reg.champion["model_tag"] == "new"
-    write_partition(params.paths.feedback_dir, {"interactions": served("new", new_rate, 900)}, {})
-    check = check_champion(params)
-    assert check["checked"] and check["champion"]["events"] == 1200 and check["rolled_back"] is rolled_back
-    assert reg.champion["model_tag"] == ("old" if rolled_back else "new")
-    if rolled_back:
+    assert check_champion(params, locate=dirs.get)["reason"] == "not yet: the champion served 0 events in the latest " \
+        "traffic (promote.rollback_min_events 500), 0 replayable slates (promote.min_slates 50)"
+    _served_partition(dirs[order[1]], order[1], params, params.paths.feedback_dir, n_slates=60)
+    early = check_champion(params, locate=dirs.get)  # 300 events < rollback_min_events: too early to judge
+    assert not early["checked"] and reg.champion["model_tag"] == order[1]
+    _served_partition(dirs[order[1]], order[1], params, params.paths.feedback_dir)  # the latest traffic: 2000 events
+    check = check_champion(params, locate=dirs.get)
+    assert check["checked"] and check["champion_events"] == 2000 and check["rolled_back"] is (worse == "champion")
+    assert reg.champion["model_tag"] == "good"
+    if worse == "champion":
         last = reg.state()["events"][-1]
-        assert (last["action"], last["by"], last["rolled_back"]) == ("rollback", "monitor", "new")
-        assert "live outcome rate" in last["reason"] and "p = " in last["reason"]
-        assert not check_champion(params)["checked"]  # nothing earlier to compare with now: no second rollback
+        assert (last["action"], last["by"], last["rolled_back"]) == ("rollback", "monitor", "bad")
+        assert "lower bound of the drop" in last["reason"] and last["ope"]["previous"]["value"] > last["ope"]["champion"]["value"]
+        assert not check_champion(params, locate=dirs.get)["checked"]  # nothing earlier to compare with now

@@ -81,7 +81,9 @@ def test_feedback_log_idempotent_durable_and_torn_tail(tmp_path):
     again = FeedbackLog(path)  # a restarted server
     assert not again.append(_event(1))
     assert again.append(_event(2))
-    assert [e["event_id"] for e in read_events(path)] == ["e1", "e2"]
+    # a slate's events in one fsynced write: each written once, in order, repeats within the batch too
+    assert again.append_many([_event(3), _event(1), _event(3), _event(4)]) == [True, False, False, True]
+    assert [e["event_id"] for e in read_events(path)] == ["e1", "e2", "e3", "e4"]
 
 
 def test_feedback_log_two_writers_no_duplicates(tmp_path):
@@ -122,12 +124,24 @@ def test_export_writes_each_event_once_as_a_new_validated_partition(tmp_path):
     with pytest.raises(ValidationFailed, match="model_version"):
         export(known_versions={"m1"})  # a version the registry does not know: nothing is written
     assert len(partitions(tmp_path / "fbdata")) == 1
+    log.append(_event(4, user_id="u000002", uniform=True, request_id="r4", slate_size=1))  # an explored slate
     third = export(known_versions={"m1", "m-unknown"})
-    assert third["exported"] == 1 and third["partition"].endswith("part-00002")
-    assert merge_into(tmp_path / "data", tmp_path / "fbdata")["interactions"] == 4
+    assert third["exported"] == 2 and third["partition"].endswith("part-00002")
+    # a training window of the last w logs, the base log counting as the oldest
+    for window, rows, base_kept in ((1, 2, False), (2, 5, False), (3, 205, True)):
+        (tmp_path / "data" / "interactions.parquet").write_bytes(base)  # ingest rewrites the base first
+        counts = merge_into(tmp_path / "data", tmp_path / "fbdata", window=window)
+        assert len(pd.read_parquet(tmp_path / "data" / "interactions.parquet")) == rows
+        assert counts["base_interactions"] is base_kept and counts["partitions"] == min(window, 2)
+    # the latest partition's uniformly drawn slates are the gate's evaluation set: never trained on
+    (tmp_path / "data" / "interactions.parquet").write_bytes(base)
+    held = merge_into(tmp_path / "data", tmp_path / "fbdata", holdout=1)
+    assert held["interactions"] == 4 and held["held_out_for_the_gate"] == 1
+    (tmp_path / "data" / "interactions.parquet").write_bytes(base)
+    assert merge_into(tmp_path / "data", tmp_path / "fbdata")["interactions"] == 5
     inter = pd.read_parquet(tmp_path / "data" / "interactions.parquet")
-    assert len(inter) == 204 and (inter.dropna(subset=["event_id"])["policy"] == "serving:softmax").all()
-    assert sorted(inter["event_id"].dropna()) == ["e0", "e1", "e2", "e3"]
+    assert len(inter) == 205 and (inter.dropna(subset=["event_id"])["policy"] == "serving:softmax").all()
+    assert sorted(inter["event_id"].dropna()) == ["e0", "e1", "e2", "e3", "e4"]
 
 
 def test_privacy_helpers():

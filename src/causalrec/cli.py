@@ -77,8 +77,8 @@ def retrain(params: Path = PARAMS, version: bool = typer.Option(True, help="dvc 
 
 @app.command("monitor-flow")
 def monitor_flow(params: Path = PARAMS) -> None:
-    """Run the Prefect monitor flow: drift report (live traffic against the training log), the
-    champion's live outcome rate (rollback on a drop); drift emits the event the retrain deployment's
+    """Run the Prefect monitor flow: drift report (live traffic against the training data), the
+    champion against the previous one on that traffic (rollback on a drop); drift emits the event the retrain deployment's
     trigger in prefect.yaml answers (`prefect deploy --all` on a server)."""
     from causalrec.flows.api import run_api_server
     from causalrec.flows.monitor import monitor_flow as flow

@@ -42,6 +42,7 @@ class Paths(_Section):
     cache_dir: Path
     feedback_dir: Path           # served feedback as append-only partitions (DVC-tracked: feedback_data.dvc)
     registry: Path               # the model registry file (committed beside dvc.lock)
+    model_store: Path            # the registry's models exported from BentoML's store (DVC-tracked)
     allow_outside_project: bool  # the paths above may resolve outside the project (written to!)
 
 
@@ -51,6 +52,8 @@ class Ingest(_Section):
     # parquet source: randomized test pairs (user_id, item_id, outcome; uniform exposure or an A/B holdout)
     test_path: Path | None
     uniform_share: float = Field(gt=0, lt=1)  # coat source: share of the randomized ratings logged as "uniform"
+    # train on the last `window` logs (the base log counts as the oldest); None: the base log and every partition
+    window: int | None = Field(ge=1)
 
 
 def _library_section(name: str, key: str, cls: type, exclude: tuple[str, ...] = ()) -> type[_Section]:

@@ -137,13 +137,13 @@ class Registry:
             state["models"][tag]["status"] = "blocked"
             return self._event(state, "block", tag, reason, by, **evidence)
 
-    def rollback(self, reason: str, by: str) -> dict:
+    def rollback(self, reason: str, by: str, **evidence) -> dict:
         """The champion before the current one serves again; the current one is marked rolled back."""
         with self._update() as state:
             current, back = state["aliases"]["champion"], self._previous(state)
             if current is None or back is None:
                 raise RegistryError("nothing to roll back to: the registry has no earlier champion")
-            event = self._event(state, "rollback", back, reason, by, rolled_back=current)
+            event = self._event(state, "rollback", back, reason, by, rolled_back=current, **evidence)
             state["models"][current]["status"] = "rolled_back"
             state["models"][back]["status"] = "champion"
             state["aliases"]["champion"] = back

@@ -66,24 +66,36 @@ def write_partition(feedback_dir: str | Path, tables: dict[str, pd.DataFrame], m
     return path
 
 
-def merge_into(data_dir: str | Path, feedback_dir: str | Path) -> dict:
-    """Append every partition's rows to the base tables in `data_dir` (items and users by key, first
-    occurrence wins; interactions all). Returns counts per table."""
+def merge_into(data_dir: str | Path, feedback_dir: str | Path, window: int | None = None, holdout: int = 0) -> dict:
+    """Append the partitions' rows to the base tables in `data_dir` (items and users by key, first
+    occurrence wins, from every partition; interactions from the last `window` logs, the base log
+    counting as the oldest: with window w and at least w partitions, the base interactions are
+    dropped and the last w partitions kept; None keeps all). The uniformly drawn slates of the last
+    `holdout` partitions stay out: they are the promotion gate's evaluation set, and a candidate
+    trained on them would be scored on its own training data. Returns counts per table."""
     import io
 
-    data_dir, counts = Path(data_dir), {"partitions": len(partitions(feedback_dir))}
+    data_dir, parts = Path(data_dir), partitions(feedback_dir)
+    recent = parts[-window:] if window else parts
+    counts = {"partitions": len(recent), "base_interactions": bool(window is None or len(parts) < window)}
     for spec in (ITEMS, USERS, INTERACTIONS):
-        rows = read_partitions(feedback_dir, spec)
+        rows = read_partitions(feedback_dir, spec, last=len(recent) if spec is INTERACTIONS else None)
         counts[spec.name] = 0
         if not len(rows):
             continue
         # interactions through the contract reader (timestamps UTC-naive, as in the partitions); the keyed
         # tables whole (columns the contract does not name stay)
         base = read_table(data_dir, spec) if spec is INTERACTIONS else pd.read_parquet(data_dir / spec.file)
+        if spec is INTERACTIONS and holdout and "uniform" in rows:
+            held = rows["partition"].isin([p.name for p in parts[-holdout:]]) & (rows["uniform"] == 1)
+            counts["held_out_for_the_gate"] = int(held.sum())
+            rows = rows[~held]
         rows = rows.drop(columns="partition")
         if spec.key:
             rows = rows[~rows[spec.key].astype(str).isin(base[spec.key].astype(str))].drop_duplicates(spec.key)
         else:
+            if not counts["base_interactions"]:
+                base = base.iloc[:0]
             # base rows were not served: no model version or slate id, slate size 0 (= unknown, as /feedback)
             for col in set(rows.columns) - set(base.columns):
                 base[col] = 0 if spec.columns.get(col) in ("int", "binary") else None

@@ -55,6 +55,7 @@ class OnlineWorld:
         self._world = dataclasses.replace(world, theta_early=now, theta_late=later,
                                           config=dataclasses.replace(world.config, drift=1.0))
         self.n_users, self.n_items = len(users), len(world.quality)
+        self.activity = world.activity / world.activity.sum()  # who visits: requests come from users this often
 
     def progress(self, round: int) -> float:
         if self.drift_from_round is None or round < self.drift_from_round:
@@ -111,3 +112,17 @@ class OnlineWorld:
         items = [f"i{i:06d}" for i in range(self.n_items)]
         value = self.expected(round, [user_id] * self.n_items, items, kind)
         return [items[i] for i in np.argsort(-value, kind="stable")[:k]]
+
+    def outcome_matrix(self, round: int) -> np.ndarray:
+        """(users, items) true E[Y(1)] of every pair at `round` (row u = user u, column i = item i)."""
+        users = np.repeat(np.arange(self.n_users), self.n_items)
+        items = np.tile(np.arange(self.n_items), self.n_users)
+        p1, _ = self._world.potential_outcome_probs(users, items, self.progress(round))
+        return p1.reshape(self.n_users, self.n_items)
+
+    def logging_matrix(self) -> np.ndarray:
+        """(users, items) the logging policy's exposure probability as it was when the log ended
+        (it never learns of a later drift): the reference the loop starts from."""
+        users = np.repeat(np.arange(self.n_users), self.n_items)
+        items = np.tile(np.arange(self.n_items), self.n_users)
+        return self._world.exposure_propensity(users, items, 0.0).reshape(self.n_users, self.n_items)

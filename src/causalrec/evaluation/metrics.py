@@ -104,3 +104,18 @@ def auuc(score: np.ndarray, treatment: np.ndarray, outcome: np.ndarray) -> float
     """Area under the Qini curve minus the random-targeting diagonal (0 for a random score)."""
     x, q = qini_curve(score, treatment, outcome)
     return float(np.trapezoid(q, x) - q[-1] / 2)
+
+
+def exposure_coverage(shown: np.ndarray, n_items: int) -> float:
+    """Share of the catalogue shown at least once (shown: catalogue indices of every served item)."""
+    return float(len(np.unique(shown)) / n_items) if n_items else float("nan")
+
+
+def exposure_gini(shown: np.ndarray, n_items: int) -> float:
+    """Gini coefficient of how often each catalogue item was shown (0: every item equally often,
+    -> 1: all exposure on one item); items never shown count as 0."""
+    counts = np.sort(np.bincount(np.asarray(shown, dtype=int), minlength=n_items)).astype(float)
+    if counts.sum() == 0:
+        return float("nan")
+    n = len(counts)
+    return float((2 * np.arange(1, n + 1) - n - 1) @ counts / (n * counts.sum()))

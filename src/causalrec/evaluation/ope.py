@@ -174,7 +174,9 @@ def paired_interval(estimator: _Estimator, reward, pscore, pi_a, pi_b, groups=No
     if groups is None:
         member = np.arange(len(reward))
     else:
-        member = np.unique(np.asarray(groups), return_inverse=True)[1]
+        # groups numbered by first appearance: the same rows give the same resamples whatever the ids
+        _, first, member = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
+        member = np.argsort(np.argsort(first))[member]
     n_groups = member.max() + 1 if len(member) else 0
     # per-group sums of numerator and denominator: a resample of groups is a weighted sum of them
     sums = [(np.bincount(member, num, n_groups), np.bincount(member, den, n_groups)) for num, den in terms]

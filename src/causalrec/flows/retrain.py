@@ -46,12 +46,12 @@ def retrain_flow(params_path: str = "params.yaml", version: bool = True) -> dict
     params = load_params(params_path)
     result: dict = {}
     result["ingest"] = TASKS["ingest"](params)
+    # validate raises on bad data: the flow fails here, before anything is versioned or trained.
+    result["validate"] = TASKS["validate"](params)
     if version:
         result.update(version_data(params))
         logger.info("data versioned: md5 %s", result.get("data_md5"))
-    # validate raises on bad data: the flow fails here and nothing downstream runs.
-    result["validate"] = TASKS["validate"](params)
-    # dvc.yaml defines the order (pipeline.dag); ingest and validate ran above, around the versioning
+    # dvc.yaml defines the order (pipeline.dag); ingest and validate ran above, then the versioning
     order = stage_order(params.root / "dvc.yaml")
     missing = sorted(set(TASKS) - set(order))
     if missing:

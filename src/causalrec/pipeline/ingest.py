@@ -8,8 +8,9 @@ from causalrec.io import atomic_write_json
 from causalrec.pipeline.paths import StageError, stage_paths
 
 def ingest(params: Params) -> dict:
-    """Write the raw tables to data/ (simulator, Coat or a parquet directory), then append every served
-    feedback partition (paths.feedback_dir); ground truth goes apart."""
+    """Write the raw tables to data/ (simulator, Coat or a parquet directory), then append the served
+    feedback partitions (paths.feedback_dir; the last ingest.window logs, the base log counting as the
+    oldest); ground truth goes apart."""
     d = stage_paths(params)
     src = params.ingest
     if src.source == "simulator":
@@ -34,7 +35,10 @@ def ingest(params: Params) -> dict:
     # Served feedback is data: every partition is appended to the base tables (never the reverse).
     from causalrec.data.feedback import merge_into
 
-    summary = {"source": src.source, **summary, "feedback": merge_into(d["data"], params.paths.feedback_dir)}
+    # the gate's evaluation set (the uniform slates of the latest traffic) is never trained on
+    holdout = params.promote.partitions if params.promote.traffic == "uniform" else 0
+    summary = {"source": src.source, **summary,
+               "feedback": merge_into(d["data"], params.paths.feedback_dir, window=src.window, holdout=holdout)}
     d["truth"].mkdir(parents=True, exist_ok=True)
     atomic_write_json(d["truth"] / "ingest.json", summary)
     return summary

@@ -96,49 +96,77 @@ def write_encoder_bundle(params: Params, out: Path) -> dict:
 def package(params: Params) -> dict:
     """Register the candidate chosen on validation (BentoML model store + registry), let the gate
     (pipeline.promote) decide, and on promotion build the bento that pins its models."""
-    from causalrec.pipeline.promote import decide
-    from causalrec.pipeline.versioning import code_version, params_hash
     from causalrec.registry import Registry
 
     d = stage_paths(params)
     metrics = json.loads(require(d["metrics"], "package").read_text())
     primary, best = metrics["primary_metric"], metrics["chosen"]["model"]
-    registry = Registry(params.paths.registry)
     result = {"candidate": {"model": best, primary: metrics["models"][best][primary]}, "promoted": False,
-              "champion": registry.champion}
+              "champion": Registry(params.paths.registry).champion}
     if params.package.enabled:
-        _bentoml_env(params)
-        import bentoml
-
-        with bentoml.models.create(MODEL_STORE_NAME, labels={"model": best},
-                                   metadata={"primary_metric": primary, "score": metrics["models"][best][primary]}) as bento_model:
-            manifest = write_bundle(params, best, Path(bento_model.path))
-        model_tag = str(bento_model.tag)
-        _record_created(d["store_tags"], model_tag)  # before anything can fail: a later run prunes it
-        with bentoml.models.create(ENCODER_STORE_NAME, metadata={"fingerprint": (manifest["encoder"] or {}).get("fingerprint")}) as enc_model:
-            write_encoder_bundle(params, Path(enc_model.path))
-        _record_created(d["store_tags"], str(enc_model.tag))
-        entry = {"model_tag": model_tag, "encoder_tag": str(enc_model.tag), "bento_tag": None, "model": best,
-                 "primary_metric": primary, "score": metrics["models"][best][primary], "metrics": metrics["models"][best],
-                 "data_md5": manifest["data_md5"], "params_sha256": params_hash(params), "git_sha": code_version(params.root)}
-        champion = registry.champion
-        registry.register(entry)
-        # A fresh runner has the registry (git) but maybe not the champion's model (BentoML's store is
-        # per machine): then it cannot be replayed, and the gate says so instead of failing.
-        decision = decide(params, entry, Path(bento_model.path), champion,
-                          None if champion is None else _store_path(champion["model_tag"], missing_ok=True))
-        if decision["ope"] is not None:
-            registry.update(model_tag, ope=decision["ope"])
-        if decision["promote"]:
-            promote_model(params, model_tag, decision["reason"], by="gate")
-        else:
-            registry.block(model_tag, decision["reason"])
-        result.update(promoted=decision["promote"], reason=decision["reason"], ope=decision["ope"], model_tag=model_tag,
-                      champion=registry.champion, pruned=prune_store(registry.keep(), d["store_tags"]))
+        entry, bundle = register_candidate(params, best)
+        decision = gate(params, entry, bundle)
+        keep = Registry(params.paths.registry).keep()
+        result.update(promoted=decision["promote"], reason=decision["reason"], ope=decision["ope"],
+                      model_tag=entry["model_tag"], champion=Registry(params.paths.registry).champion,
+                      pruned=prune_store(keep, d["store_tags"]), exported=export_models(params, keep))
     result["bento_tag"] = (result["champion"] or {}).get("bento_tag")
     with atomic_dir(d["package"]) as tmp:
         atomic_write_json(tmp / "bento.json", result)
     return result
+
+
+def register_candidate(params: Params, model_name: str, edit=None, label: str | None = None) -> tuple[dict, Path]:
+    """One trained model (artifacts/models/<model_name>.pt) and the encoder into BentoML's store,
+    registered as a candidate with its data version, params hash and code version. Returns the
+    registry entry and the bundle's directory in the store. edit: applied to the bundle directory
+    before it is stored, registered as `label` (benchmarks: a deliberately broken model)."""
+    from causalrec.pipeline.versioning import code_version, params_hash
+    from causalrec.registry import Registry
+
+    d = stage_paths(params)
+    _bentoml_env(params)
+    import bentoml
+
+    metrics = json.loads(require(d["metrics"], "package").read_text())
+    primary = metrics["primary_metric"]
+    score = metrics["models"][model_name][primary]
+    with bentoml.models.create(MODEL_STORE_NAME, labels={"model": model_name},
+                               metadata={"primary_metric": primary, "score": score}) as bento_model:
+        manifest = write_bundle(params, model_name, Path(bento_model.path))
+        if edit is not None:
+            edit(Path(bento_model.path))
+    model_tag = str(bento_model.tag)
+    _record_created(d["store_tags"], model_tag)  # before anything can fail: a later run prunes it
+    with bentoml.models.create(ENCODER_STORE_NAME, metadata={"fingerprint": (manifest["encoder"] or {}).get("fingerprint")}) as enc_model:
+        write_encoder_bundle(params, Path(enc_model.path))
+    _record_created(d["store_tags"], str(enc_model.tag))
+    entry = {"model_tag": model_tag, "encoder_tag": str(enc_model.tag), "bento_tag": None, "model": label or model_name,
+             "primary_metric": primary, "score": score, "metrics": metrics["models"][model_name],
+             "data_md5": manifest["data_md5"], "params_sha256": params_hash(params), "git_sha": code_version(params.root)}
+    Registry(params.paths.registry).register(entry)
+    return entry, model_path(params, model_tag)  # (the path inside `create` was a temporary directory)
+
+
+def gate(params: Params, entry: dict, bundle: Path) -> dict:
+    """The promotion gate (pipeline.promote.decide) on a registered candidate: promote it, or record
+    why it is blocked. Returns the decision."""
+    from causalrec.pipeline.promote import decide
+    from causalrec.registry import Registry
+
+    registry = Registry(params.paths.registry)
+    champion = registry.champion
+    # A fresh runner has the registry (git) but maybe not the champion's model (BentoML's store is
+    # per machine): then it cannot be replayed, and the gate says so instead of failing.
+    decision = decide(params, entry, bundle, champion,
+                      None if champion is None else model_path(params, champion["model_tag"], missing_ok=True))
+    if decision["ope"] is not None:
+        registry.update(entry["model_tag"], ope=decision["ope"])
+    if decision["promote"]:
+        promote_model(params, entry["model_tag"], decision["reason"], by="gate")
+    else:
+        registry.block(entry["model_tag"], decision["reason"])
+    return decision
 
 
 def promote_model(params: Params, model_tag: str, reason: str, by: str) -> dict:
@@ -151,23 +179,59 @@ def promote_model(params: Params, model_tag: str, reason: str, by: str) -> dict:
     if entry.get("bento_tag") is None and params.package.build_bento:
         _bentoml_env(params)
         for tag in (entry["model_tag"], entry["encoder_tag"]):
-            _store_path(tag)  # a clear error when the store no longer has it
+            model_path(params, tag)  # a clear error when neither the store nor an export has it
         bento_tag = build_bento(params.root, entry["model_tag"], entry["encoder_tag"])
         _record_created(stage_paths(params)["store_tags"], bento_tag)
         registry.update(model_tag, bento_tag=bento_tag)
-    return registry.promote(model_tag, reason, by)
+    event = registry.promote(model_tag, reason, by)
+    export_models(params, registry.keep())  # the new champion travels with the data version
+    return event
 
 
-def _store_path(tag: str, missing_ok: bool = False) -> Path | None:
+def model_path(params: Params, tag: str, missing_ok: bool = False) -> Path | None:
+    """Where a model of BentoML's store lives; a model missing there (a fresh machine) is imported
+    from its export in paths.model_store when the data version brought one (`dvc pull`)."""
     import bentoml
     from bentoml.exceptions import NotFound
 
+    _bentoml_env(params)
     try:
         return Path(bentoml.models.get(tag).path)
     except NotFound:
+        export = _export_file(params, tag)
+        if export.exists():
+            return Path(bentoml.models.import_model(str(export)).path)
         if missing_ok:
             return None
-        raise StageError(f"model {tag} is not in the BentoML store {os.environ.get('BENTOML_HOME')}") from None
+        raise StageError(f"model {tag} is not in the BentoML store {os.environ.get('BENTOML_HOME')} "
+                         f"nor exported in {params.paths.model_store} (dvc pull brings the champions' exports)") from None
+
+
+def _export_file(params: Params, tag: str) -> Path:
+    return params.paths.model_store / f"{tag.replace(':', '-')}.bentomodel"
+
+
+def export_models(params: Params, keep: set[str]) -> list[str]:
+    """The models the registry keeps (every champion and the challenger: what a gate or a rollback
+    may replay), exported from BentoML's store into paths.model_store, a directory versioned with the
+    data (.ci/retrain `dvc add`s it), so a fresh runner that pulls it has them; exports of models
+    no longer kept are removed. Returns the tags exported now."""
+    import bentoml
+
+    _bentoml_env(params)
+    root = params.paths.model_store
+    root.mkdir(parents=True, exist_ok=True)
+    wanted = {_export_file(params, t): t for t in keep if t.split(":")[0] in (MODEL_STORE_NAME, ENCODER_STORE_NAME)}
+    exported = []
+    for target, tag in wanted.items():
+        if not target.exists():
+            # written beside the target under another name, then renamed: an export is whole or absent
+            written = bentoml.models.export_model(tag, str(target.with_name(f".tmp-{target.name}")))
+            os.replace(written, target)
+            exported.append(tag)
+    for stale in set(root.glob("*.bentomodel")) - set(wanted):
+        stale.unlink()
+    return exported
 
 
 def champion_bundle(params: Params) -> Path:
@@ -177,8 +241,7 @@ def champion_bundle(params: Params) -> Path:
     champion = Registry(params.paths.registry).champion
     if champion is None:
         raise StageError(f"no champion in {params.paths.registry} yet; run the pipeline (make run) first")
-    _bentoml_env(params)
-    return _store_path(champion["model_tag"])
+    return model_path(params, champion["model_tag"])
 
 
 def _record_created(path: Path, tag: str) -> None:

@@ -48,8 +48,10 @@ def replay(core, rows: pd.DataFrame) -> np.ndarray:
     return out
 
 
-def compare(params: Params, candidate_dir: Path, champion_dir: Path, rows: pd.DataFrame) -> dict:
-    """Candidate vs champion on the same served rows: each value, and the difference, with intervals."""
+def compare(params: Params, candidate_dir: Path, champion_dir: Path, rows: pd.DataFrame,
+            alpha: float | None = None) -> dict:
+    """Candidate vs champion on the same served rows: each value, and the difference, with
+    (1 - alpha) intervals (alpha: promote.alpha unless given)."""
     from causalrec.evaluation.ope import ESTIMATORS, paired_interval
     from causalrec.serving.core import RecommenderCore
 
@@ -61,7 +63,7 @@ def compare(params: Params, candidate_dir: Path, champion_dir: Path, rows: pd.Da
               else rows["propensity"].to_numpy(float))
     result = paired_interval(ESTIMATORS[cfg.estimator], rows["outcome"].to_numpy(float), logged,
                              replay(candidate, rows), replay(champion, rows), groups=rows["request_id"].astype(str).to_numpy(),
-                             alpha=cfg.alpha, n_bootstrap=cfg.n_bootstrap, random_state=params.seed)
+                             alpha=cfg.alpha if alpha is None else alpha, n_bootstrap=cfg.n_bootstrap, random_state=params.seed)
     result["candidate"], result["champion"] = result.pop("a"), result.pop("b")
     result["slates"] = result.pop("groups")
     return result
@@ -100,40 +102,47 @@ def decide(params: Params, candidate: dict, candidate_dir: Path, champion: dict 
         "serve and export feedback, or promote by hand (causalrec registry promote)")}
 
 
-def check_champion(params: Params) -> dict:
-    """After a promotion: is the new champion's live outcome rate (its served feedback, all partitions)
-    significantly below the previous champion's? A one-sided Welch test at promote.rollback_alpha,
-    once the new champion has promote.rollback_min_events events; a drop rolls back (recorded with
-    its evidence in the registry). Returns what was compared and whether it rolled back."""
-    from scipy import stats
-
+def check_champion(params: Params, locate=None) -> dict:
+    """After a promotion: on the latest served traffic, is the previous champion's value significantly
+    above the current champion's? Both are replayed on the same slates with the gate's estimator, so a
+    change of the world (interest drift) that lowers every policy's outcome rate is not read as the
+    champion's fault, as comparing each one's own live outcome rate would (they served in different
+    periods). Rolls back (recorded with its evidence in the registry) when the one-sided lower bound of
+    previous - champion at level promote.rollback_alpha is above 0, once the champion has served
+    promote.rollback_min_events events there. locate: model tag -> bundle directory or None (default:
+    BentoML's store, or the model's export)."""
     from causalrec.data.feedback import read_partitions
     from causalrec.registry import Registry
 
+    if locate is None:
+        from causalrec.pipeline.package import model_path
+
+        locate = lambda tag: model_path(params, tag, missing_ok=True)  # noqa: E731
     cfg, registry = params.promote, Registry(params.paths.registry)
     champion, previous = registry.champion, registry.previous_champion()
     if champion is None or previous is None:
         return {"checked": False, "reason": "no earlier champion to compare with", "rolled_back": False}
-    events = read_partitions(params.paths.feedback_dir)
-    if not len(events):
-        return {"checked": False, "reason": "no served feedback yet", "rolled_back": False}
-    by_version = events.groupby("model_version")["outcome"]
-    live = {name: by_version.get_group(e["model_tag"]).to_numpy(float) if e["model_tag"] in by_version.groups else np.array([])
-            for name, e in (("champion", champion), ("previous", previous))}
-    out = {name: {"model_tag": e["model_tag"], "events": len(live[name]),
-                  "outcome_rate": float(live[name].mean()) if len(live[name]) else None}
-           for name, e in (("champion", champion), ("previous", previous))}
-    if len(live["champion"]) < cfg.rollback_min_events or len(live["previous"]) < 2:
-        return {**out, "checked": False, "rolled_back": False,
-                "reason": f"{len(live['champion'])} live events for the champion (< promote.rollback_min_events "
-                          f"{cfg.rollback_min_events}) or none for the previous one"}
-    drop = out["previous"]["outcome_rate"] - out["champion"]["outcome_rate"]
-    se = float(np.sqrt(live["previous"].var(ddof=1) / len(live["previous"]) + live["champion"].var(ddof=1) / len(live["champion"])))
-    p_value = float(stats.norm.sf(drop / se)) if se > 0 else float(drop <= 0)
-    rolled = p_value < cfg.rollback_alpha
-    reason = (f"live outcome rate {out['champion']['outcome_rate']:.4f} ({out['champion']['events']} events) vs the previous "
-              f"champion's {out['previous']['outcome_rate']:.4f} ({out['previous']['events']}): drop {drop:+.4f}, one-sided "
-              f"p = {p_value:.2g} {'<' if rolled else '>='} promote.rollback_alpha {cfg.rollback_alpha}")
+    latest = read_partitions(params.paths.feedback_dir, last=cfg.partitions)
+    own = latest[latest["model_version"] == champion["model_tag"]] if len(latest) else latest
+    out = {"champion": champion["model_tag"], "previous": previous["model_tag"], "champion_events": len(own),
+           "champion_live_outcome_rate": float(own["outcome"].mean()) if len(own) else None}
+    rows = served_traffic(params)
+    n_slates = rows["request_id"].nunique() if len(rows) else 0
+    dirs = {name: locate(e["model_tag"]) for name, e in (("champion", champion), ("previous", previous))}
+    missing = [name for name, d in dirs.items() if d is None]
+    if len(own) < cfg.rollback_min_events or n_slates < cfg.min_slates or missing:
+        return {**out, "checked": False, "rolled_back": False, "reason": (
+            f"not yet: the champion served {len(own)} events in the latest traffic (promote.rollback_min_events "
+            f"{cfg.rollback_min_events}), {n_slates} replayable slates (promote.min_slates {cfg.min_slates})"
+            + (f"; the {' and '.join(missing)} champion's model is not in this machine's store" if missing else ""))}
+    ope = compare(params, dirs["previous"], dirs["champion"], rows, alpha=2 * cfg.rollback_alpha)
+    ope["previous"], ope["champion"] = ope.pop("candidate"), ope.pop("champion")
+    lo = ope["difference"]["ci"][0]
+    rolled = lo > 0
+    reason = (f"{ope['estimator']} on {n_slates} slates of the latest served traffic: previous champion "
+              f"{ope['previous']['value']:.4f} vs champion {ope['champion']['value']:.4f} (its live outcome rate "
+              f"{out['champion_live_outcome_rate']:.4f} on {len(own)} events); one-sided {1 - cfg.rollback_alpha:.0%} "
+              f"lower bound of the drop {lo:+.4f} {'>' if rolled else '<='} 0")
     if rolled:
-        registry.rollback(reason, by="monitor")
-    return {**out, "checked": True, "drop": drop, "p_value": p_value, "rolled_back": bool(rolled), "reason": reason}
+        registry.rollback(reason, by="monitor", ope=ope)
+    return {**out, "checked": True, "ope": ope, "rolled_back": bool(rolled), "reason": reason}

@@ -28,12 +28,13 @@ def data_hash(params: Params) -> str | None:
 
 
 def version_data(params: Params, push: bool = True) -> dict:
-    """`dvc add data` and the feedback partitions (+ `dvc push` to the default remote): the data
-    version the run trains on, and the served feedback it came from."""
+    """`dvc add data`, the feedback partitions and the registry's exported models (+ `dvc push` to
+    the default remote): the data version the run trains on, the served feedback it came from, and
+    the champions a fresh machine needs to replay at the gate."""
     root = params.root
     if not (root / ".dvc").is_dir():
         raise StageError(f"{root} is not a DVC repository (no .dvc/); run `dvc init` there first")
-    tracked = [params.paths.data_dir] + ([params.paths.feedback_dir] if params.paths.feedback_dir.is_dir() else [])
+    tracked = [params.paths.data_dir] + [p for p in (params.paths.feedback_dir, params.paths.model_store) if p.is_dir()]
     _dvc(root, "add", "--quiet", *(os.path.relpath(p, root) for p in tracked))
     pushed = None
     if push:

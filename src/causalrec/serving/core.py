@@ -136,6 +136,21 @@ class RecommenderCore:
                            "score": float(relevance[j]), "uplift": None if uplift is None else float(uplift[j]),
                            "propensity": float(propensity[j])} for j, (pos, i) in enumerate(enumerate(chosen))]}
 
+    def feedback_event(self, event_id: str, user_id: str, item_id: str, outcome: float, propensity: float,
+                       timestamp, position: int = 0, policy: str = "", request_id: str = "", slate_size: int = 0,
+                       model_version: str = "", uniform: bool = False) -> dict:
+        """The feedback log's line for one outcome of a served item (the pseudonym, never the user id),
+        checked by the pipeline's own rules (data.rules), so nothing acknowledged can fail export or
+        validation later. Raises ValueError naming a bad field."""
+        from causalrec.data.rules import check_event
+
+        when = check_event(timestamp, propensity, outcome)
+        return {"event_id": event_id, "user_id": self.pseudonym(user_id), "item_id": item_id, "outcome": outcome,
+                "propensity": propensity, "timestamp": when, "position": position,
+                "policy": policy or self.policy.kind, "model_version": model_version or self.version,
+                # the slate's identity and size: what the promotion gate needs to replay the policies
+                "request_id": request_id, "slate_size": slate_size, "uniform": uniform}
+
     def positions(self, item_ids) -> np.ndarray:
         """Catalogue positions of `item_ids` (-1 for an item this service does not know)."""
         return np.array([self._pos.get(str(i), -1) for i in item_ids], dtype=int)
