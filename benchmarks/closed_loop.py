@@ -433,6 +433,26 @@ def plot(runs: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def run_all(names: list[str], workdir: Path, argv: list[str], jobs: int) -> dict:
+    """Each trajectory in its own process (memory returns between them; `jobs` at a time)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    pending, running, failed = list(names), {}, []
+    while pending or running:
+        while pending and len(running) < jobs:
+            name = pending.pop(0)
+            cmd = [sys.executable, __file__, *argv, "--workdir", str(workdir), "--only", name]
+            running[name] = subprocess.Popen(cmd, cwd=Path(__file__).parent)
+        time.sleep(2)
+        for name, proc in list(running.items()):
+            if proc.poll() is not None:
+                del running[name]
+                if proc.returncode != 0:
+                    failed.append(f"{name} (exit {proc.returncode})")
+    if failed:
+        raise SystemExit(f"closed loop: trajectories failed: {', '.join(failed)}")
+    return {name: json.loads((workdir / f"{name}.json").read_text()) for name in names}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=8)
@@ -450,6 +470,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--drift-round", type=int, default=6, help="the drift trajectory's interests move from this round")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=None, help="where the projects go (default: a temporary directory)")
+    ap.add_argument("--jobs", type=int, default=2, help="trajectories run side by side, each in its own process")
+    ap.add_argument("--only", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     names = args.trajectories.split(",")
@@ -460,12 +482,16 @@ def main(argv=None) -> dict:
             or "epsilon_greedy" in names and args.rounds <= max(args.bad_candidate_round, args.bad_champion_round)):
         ap.error("--rounds must reach the scenarios' rounds (and one round after the bad champion's)")
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="closed-loop-"))
-    os.environ.setdefault("BENTOML_HOME", str(workdir / "bentoml"))
-    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")  # one progress line per round instead of every stage's bars
-    runs = {name: run_trajectory(name, workdir, args, lambda m: print(m, flush=True)) for name in names}
+    if args.only:  # one trajectory in this process (its own BentoML store), its run written to a file
+        os.environ["BENTOML_HOME"] = str(workdir / f"bentoml-{args.only}")
+        os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")  # one progress line per round instead of every stage's bars
+        run = run_trajectory(args.only, workdir, args, lambda m: print(m, flush=True))
+        (workdir / f"{args.only}.json").write_text(json.dumps(run, default=float))
+        return run
+    runs = run_all(names, workdir, argv if argv is not None else sys.argv[1:], args.jobs)
     out_dir = Path(args.out) if args.out else RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(runs, args)

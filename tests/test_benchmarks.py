@@ -66,8 +66,9 @@ def test_closed_loop_benchmark_tiny(tmp_path, tiny_encoder):
     """Two rounds of the living loop on a small world: a reversed candidate offered in round 1 is
     blocked, a reversed model forced into production after round 1 is rolled back by round 2's
     monitor, every acknowledged event is stored exactly once although some were sent twice."""
-    # the gate's evidence thresholds scaled to 400 requests a round (40 explored slates)
-    env = {"CAUSALREC__PROMOTE__MIN_SLATES": "20", "CAUSALREC__PROMOTE__ROLLBACK_MIN_EVENTS": "200"}
+    # half the slates explored, so that 400 requests a round give the gate and the monitor's check
+    # (promote.min_slates 50, rollback_min_events 500) evidence enough
+    env = {"CAUSALREC__SERVE__EPSILON": "0.5"}
     _run(["closed_loop.py", "--rounds", "2", "--requests", "400", "--http-requests", "0", "--users", "120",
           "--items", "80", "--interactions", "6000", "--epochs", "3", "--encoder", str(tiny_encoder),
           "--trajectories", "epsilon_greedy", "--bad-candidate-round", "1", "--bad-champion-round", "1",
