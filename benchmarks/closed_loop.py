@@ -441,7 +441,11 @@ def run_all(names: list[str], workdir: Path, argv: list[str], jobs: int) -> dict
         while pending and len(running) < jobs:
             name = pending.pop(0)
             cmd = [sys.executable, __file__, *argv, "--workdir", str(workdir), "--only", name]
-            running[name] = subprocess.Popen(cmd, cwd=Path(__file__).parent)
+            # the cores shared out: two torch processes each spinning two OpenMP threads on two cores
+            # run a hundred times slower than one
+            threads = str(max(1, (os.cpu_count() or 1) // min(jobs, len(names))))
+            running[name] = subprocess.Popen(cmd, cwd=Path(__file__).parent,
+                                             env={**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
         time.sleep(2)
         for name, proc in list(running.items()):
             if proc.poll() is not None:
