@@ -48,6 +48,8 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 repro: $(STAMP)
+	@# dvc.yaml: ingest depends on the feedback partitions' directory, which a fresh clone lacks
+	$(BIN)/python -c "from causalrec.config import load_params; load_params('params.yaml').paths.feedback_dir.mkdir(parents=True, exist_ok=True)"
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
 
 serve: $(STAMP)

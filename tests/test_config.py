@@ -126,6 +126,7 @@ def test_the_flow_takes_its_stage_order_from_dvc_yaml(tmp_path):
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
     spec["stages"] = dict(reversed(list(spec["stages"].items())))  # listed backwards
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())  # dvc.yaml's ${paths.*}
     backwards = stage_order(tmp_path / "dvc.yaml")
     for before, after in (("propensity", "train"), ("train", "evaluate"), ("analyze", "package"), ("evaluate", "package"),
                           ("embed", "propensity")):

@@ -377,3 +377,11 @@ def test_dvc_repro_reruns_only_affected_stages(tmp_path, tiny_encoder):
     assert all(f'"ndcg@10": {row["ndcg@10"]}' in flat for row in on_disk["models"].values())
     dvc("plots", "show", "-o", str(tmp_path / "plots"))
     assert (tmp_path / "plots" / "index.html").exists()
+    # served feedback is a dependency: a new partition makes ingest, the gate and the monitor stale
+    # (not train: it reads data/, which only a rerun of ingest changes)
+    part = project / "feedback_data" / "part-00001"
+    part.mkdir()
+    (part / "manifest.json").write_text("{}")
+    stale = json.loads(dvc("status", "--json"))
+    assert {"ingest", "package", "monitor"} <= set(stale) and "train" not in stale, stale
+    assert {"feedback_data": "modified"} in [c.get("changed deps") for c in stale["ingest"] if isinstance(c, dict)]

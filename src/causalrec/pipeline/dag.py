@@ -1,30 +1,23 @@
 """The stage order, read from dvc.yaml: the one place that defines stages, their dependencies and
 outputs. The Prefect retrain flow runs `pipeline.STAGES` in this order, so the flow and `dvc repro`
-cannot disagree on it (a stage that reads another's output runs after it in both)."""
+cannot disagree on it: the graph is DVC's own (templated paths resolved from params.yaml, a stage
+that reads another's output runs after it), the one `dvc repro` walks."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import networkx as nx
-import yaml
-
-
-def _paths(entries) -> list[Path]:
-    """dvc.yaml deps/outs/metrics: plain paths or {path: options}."""
-    return [Path(next(iter(e)) if isinstance(e, dict) else e) for e in entries or []]
 
 
 def stage_order(dvc_yaml: str | Path) -> list[str]:
     """The stages of dvc.yaml in dependency order (ties kept in the file's order)."""
-    stages = (yaml.safe_load(Path(dvc_yaml).read_text()) or {}).get("stages") or {}
-    outs = {name: _paths(s.get("outs")) + _paths(s.get("metrics")) + _paths(s.get("plots")) for name, s in stages.items()}
-    dag = nx.DiGraph()
-    dag.add_nodes_from(stages)
-    for name, spec in stages.items():
-        for dep in _paths(spec.get("deps")):
-            for producer, made in outs.items():
-                # a dep on an output, on a file inside an output directory, or on a directory holding one
-                if producer != name and any(dep == o or o in dep.parents or dep in o.parents for o in made):
-                    dag.add_edge(producer, name)
-    position = {name: i for i, name in enumerate(stages)}
-    return list(nx.lexicographical_topological_sort(dag, key=position.get))
+    from dvc.repo import Repo
+    from dvc.stage import PipelineStage
+
+    # uninitialized: the order needs only dvc.yaml and params.yaml, not a DVC cache or remote
+    with Repo(str(Path(dvc_yaml).parent), uninitialized=True) as repo:
+        stages = [s for s in repo.index.stages if isinstance(s, PipelineStage) and Path(s.path) == Path(dvc_yaml).resolve()]
+        # DVC's edges run from a stage to the stages it depends on; reversed: producer -> consumer
+        graph = repo.index.graph.subgraph(stages).reverse()
+        position = {stage: i for i, stage in enumerate(stages)}
+        return [s.name for s in nx.lexicographical_topological_sort(graph, key=position.get)]
