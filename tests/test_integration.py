@@ -126,12 +126,20 @@ def test_flow_publishes_markdown_artifact(trained):
     assert "causal analysis: total effect" in artifacts[0].data and "analysis/report.html" in artifacts[0].data
 
 
-def test_rerun_embeds_nothing_and_keeps_production(trained):
+def test_rerun_skips_unchanged_stages_and_keeps_production(trained, monkeypatch):
     from causalrec.flows.retrain import retrain_flow
 
     project, first = trained
-    second = retrain_flow(params_path=str(project / "params.yaml"))
-    assert second["embed"]["newly_embedded"] == 0
+    stages = ["validate", "embed", "propensity", "train", "evaluate", "analyze", "package", "monitor"]
+    # nothing changed: the flow skips what `dvc repro` would (ingest runs: its sources are outside dvc.yaml)
+    same = retrain_flow(params_path=str(project / "params.yaml"))
+    assert same["skipped"] == stages and same["package"] == first["package"]
+    monkeypatch.setenv("CAUSALREC__MONITOR__DRIFT_SHARE", "0.6")  # an override counts as a params change
+    moved = retrain_flow(params_path=str(project / "params.yaml"), version=False)
+    assert moved["skipped"] == stages[:-1] and moved["monitor"] != first["monitor"]
+    monkeypatch.delenv("CAUSALREC__MONITOR__DRIFT_SHARE")
+    second = retrain_flow(params_path=str(project / "params.yaml"), force=True)  # every stage again
+    assert second["skipped"] == [] and second["embed"]["newly_embedded"] == 0
     assert second["data_md5"] == first["data_md5"]  # deterministic simulator: same data version
     assert second["package"]["promoted"] is False  # equal metrics do not replace the champion
     assert second["package"]["bento_tag"] == first["package"]["bento_tag"]

@@ -64,14 +64,15 @@ def simulate(out: Path = typer.Option(Path("data"), help="directory for the thre
 
 
 @app.command()
-def retrain(params: Path = PARAMS, version: bool = typer.Option(True, help="dvc add + push data/ first")) -> None:
+def retrain(params: Path = PARAMS, version: bool = typer.Option(True, help="dvc add + push data/ first"),
+            force: bool = typer.Option(False, help="rerun every stage, not only those whose inputs changed")) -> None:
     """Run the Prefect retrain flow (on a Prefect API server started for the run, which dies with it,
     unless PREFECT_API_URL is set)."""
     from causalrec.flows.api import run_api_server
     from causalrec.flows.retrain import retrain_flow
 
     with run_api_server():
-        result = retrain_flow(params_path=str(params), version=version)
+        result = retrain_flow(params_path=str(params), version=version, force=force)
     typer.echo(json.dumps(result, indent=2, default=str))
 
 

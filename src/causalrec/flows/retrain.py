@@ -1,4 +1,6 @@
-"""Prefect retrain flow: version the data with DVC, then run every stage as a task.
+"""Prefect retrain flow: ingest and validate, version the data with DVC, then every stage as a task in
+dvc.yaml's order, skipping a stage whose inputs (as dvc.yaml declares them) are those of a run it
+already made, as `dvc repro` does.
 
 Runs on Prefect's ephemeral API by default (nothing to start by hand); with PREFECT_API_URL set it
 reports to a real `prefect server start`. All logic lives in causalrec.pipeline.
@@ -12,12 +14,24 @@ from prefect.artifacts import create_markdown_artifact
 
 from causalrec import pipeline
 from causalrec.config import load_params
-from causalrec.pipeline.dag import stage_order
+from causalrec.pipeline.dag import stage_inputs, stage_order
 
 
 def _stage_task(name: str, retries: int):
     fn = pipeline.STAGES[name]
     return task(fn, name=name, retries=retries, retry_delay_seconds=2)
+
+
+def _run_stage(name: str, params, force: bool):
+    """Run a stage, or skip it as `dvc repro` would: Prefect's task cache, keyed by the stage's inputs
+    as dvc.yaml declares them (pipeline.dag.stage_inputs), returns the result of the run that had the
+    same inputs; a missing output, or `force`, runs it again. Ingest always runs: it reads sources
+    (ingest.source_path) that dvc.yaml cannot name."""
+    if name == "ingest":
+        return TASKS[name](params, return_state=True)
+    key, present = stage_inputs(params, name)
+    stage = TASKS[name].with_options(cache_key_fn=lambda *_: key, refresh_cache=force or not present, persist_result=True)
+    return stage(params, return_state=True)
 
 
 # Deterministic stages are not retried on data errors; I/O-bound ones (package: bentoml build) are.
@@ -41,13 +55,22 @@ def _summary_markdown(result: dict) -> str:
 
 
 @flow(name="causalrec-retrain", log_prints=True)
-def retrain_flow(params_path: str = "params.yaml", version: bool = True) -> dict:
+def retrain_flow(params_path: str = "params.yaml", version: bool = True, force: bool = False) -> dict:
+    """force: rerun every stage (as `dvc repro -f`), not only those whose inputs changed."""
     logger = get_run_logger()
     params = load_params(params_path)
-    result: dict = {}
-    result["ingest"] = TASKS["ingest"](params)
+    result: dict = {"skipped": []}
+
+    def run(name: str) -> None:
+        state = _run_stage(name, params, force)
+        result[name] = state.result()  # raises the stage's error: nothing after it runs
+        if state.name == "Cached":
+            result["skipped"].append(name)
+            logger.info("%s: inputs unchanged since its last run, skipped", name)
+
+    run("ingest")
     # validate raises on bad data: the flow fails here, before anything is versioned or trained.
-    result["validate"] = TASKS["validate"](params)
+    run("validate")
     if version:
         result.update(version_data(params))
         logger.info("data versioned: md5 %s", result.get("data_md5"))
@@ -57,7 +80,7 @@ def retrain_flow(params_path: str = "params.yaml", version: bool = True) -> dict
     if missing:
         raise pipeline.StageError(f"{params.root / 'dvc.yaml'} lacks the stage(s) {missing}")
     for name in [n for n in order if n in TASKS and n not in ("ingest", "validate")]:
-        result[name] = TASKS[name](params)
+        run(name)
     result["metrics"] = result.pop("evaluate")
     a = params.paths.artifacts_dir
     result["artifacts"] = {
