@@ -218,11 +218,14 @@ def reverse_scores(bundle: Path) -> None:
     from causalrec.persistence import load_model, save_model
 
     model = load_model(bundle / "model.pt")
-    with torch.no_grad():
-        model.net_.item.weight.neg_()
-        model.net_.item_bias.weight.neg_()
-        if model.net_.item_tower is not None:
-            model.net_.item_tower.weight.neg_()
+    if not hasattr(model, "net_"):  # popularity: the least clicked items first
+        model.scores_ = model.scores_.max() + model.scores_.min() - model.scores_
+    else:
+        with torch.no_grad():
+            model.net_.item.weight.neg_()
+            model.net_.item_bias.weight.neg_()
+            if model.net_.item_tower is not None:
+                model.net_.item_tower.weight.neg_()
     save_model(model, bundle / "model.pt")
     (bundle / "uplift.pt").unlink(missing_ok=True)
     manifest = json.loads((bundle / "manifest.json").read_text())
