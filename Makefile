@@ -34,7 +34,9 @@ run: $(STAMP) | .git
 
 test: $(STAMP)
 	# pytest exits 5 when it collected no test: that fails CI too.
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+	# Two workers (pytest-xdist), a test file per worker at a time: a module's fixtures (the trained
+	# project, its server) are built once. Most slow tests wait on child processes (stages, servers).
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 -n 2 --dist loadfile
 
 # DoWhy 0.14 + EconML beside the project, for benchmarks/causal_effects_dowhy.py only: DoWhy needs
 # scipy 1.15.3, the project's lock has 1.17.1, so they get their own environment (never the package's).

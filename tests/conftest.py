@@ -22,6 +22,8 @@ os.environ["BENTOML_DO_NOT_TRACK"] = "True"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["DVC_NO_ANALYTICS"] = "1"
 os.environ.pop("PREFECT_API_URL", None)
+if "PYTEST_XDIST_WORKER" in os.environ:  # `make test` runs two workers on two cores: one thread each,
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # for torch here and in every stage/server started
 sys.path.insert(0, str(REPO))  # flows/ and bentos/ live at the top level
 sys.path.insert(0, str(REPO / "benchmarks"))  # benchmark helpers some tests reuse (closed_loop.reverse_scores)
 
