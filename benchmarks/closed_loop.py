@@ -398,7 +398,9 @@ def summarise(runs: dict, args) -> dict:
                         for name, run in runs.items() for r in run["rounds"]]
     out["side_by_side"] = {name: {"final_coverage": run["rounds"][-1]["coverage"], "final_gini": run["rounds"][-1]["gini"],
                                   "final_value_ratio_to_oracle": run["rounds"][-1]["value_greedy"] / run["rounds"][-1]["oracle"],
-                                  "final_served_value": run["rounds"][-1]["value"]}
+                                  "final_served_value": run["rounds"][-1]["value"],
+                                  # outside the drift loop's drifted rounds every alarm is a false one
+                                  "drift_alarm_rounds": [r["round"] for r in run["rounds"] if r["drift_detected"]]}
                            for name, run in runs.items()}
     return out
 

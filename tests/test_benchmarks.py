@@ -82,6 +82,9 @@ def test_closed_loop_benchmark_tiny(tmp_path, tiny_encoder):
     assert [(e["action"], e["by"]) for e in events if e["action"] == "rollback"] == [("rollback", "monitor")]
     rounds = result["per_round"]
     assert [r["round"] for r in rounds] == [1, 2] and rounds[1]["model"].endswith("reversed")
+    # a stationary world: the reversed champion changed what was served, not the world (round 2's
+    # monitor compares the clicks on its uniformly drawn slates with round 1's)
+    assert rounds[1]["drift_detected"] is False and 2 not in result["side_by_side"]["epsilon_greedy"]["drift_alarm_rounds"]
     assert rounds[1]["value_greedy"] < rounds[0]["value_greedy"] < rounds[0]["oracle"]  # the truth sees the bad champion
     assert all(0 < r["coverage"] <= 1 and 0 <= r["gini"] < 1 for r in rounds)
     assert all(c["covered"] == (c["ci"][0] <= c["true_value"] <= c["ci"][1]) for c in result["gate_checks"])

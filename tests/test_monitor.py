@@ -37,3 +37,59 @@ def test_history_similarity_leaves_the_own_click_out():
     r, c = history_similarity(ref, cur, ["x", "y"], np.array([[1.0, 0.0], [0.0, 1.0]]))
     assert np.allclose(r["history_similarity"], [0.0, 0.0])  # each click compared with the other one only
     assert list(c["user_id"]) == ["a"] and np.isclose(c["history_similarity"].iloc[0], np.sqrt(0.5))
+
+
+def _served_round(env, round, policy_items, n=3000, k=10, epsilon=0.3, seed=0):
+    """n slates of a fixed greedy list (`policy_items`) with epsilon of them drawn uniformly at random."""
+    rng = np.random.default_rng([seed, round])
+    rows = []
+    for r, u in enumerate(rng.choice(env.n_users, size=n, p=env.activity)):
+        uniform = rng.random() < epsilon
+        items = rng.choice(env.n_items, k, replace=False) if uniform else policy_items
+        ids = [f"i{i:06d}" for i in items]
+        y = env.respond(round, [f"u{u:06d}"] * k, ids, np.full(k, 0.5), policy="v")
+        rows += [{"event_id": f"r{round}-{r}-{j}", "user_id": f"u{u:06d}", "item_id": ids[j], "exposed": 1,
+                  "outcome": int(y[j]), "propensity": 0.5, "position": j + 1, "uniform": int(uniform),
+                  "timestamp": pd.Timestamp("2026-01-01") + pd.Timedelta(days=round)} for j in range(k)]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("world_moves", [False, True])
+def test_live_drift_compares_the_explored_slates_so_a_new_champion_is_not_drift(tmp_path, world_moves):
+    """Round 2 is served by a wholly different greedy list than round 1. On all served traffic that
+    looks like drift (what the monitor compared before); on the clicks of the uniformly drawn slates
+    (what it compares now) only a moved world is drift."""
+    from causalrec.config import load_params
+    from causalrec.data.feedback import write_partition
+    from causalrec.data.online import OnlineWorld
+    from causalrec.pipeline.monitor import POLICY_COLUMNS, _windows
+    from conftest import write_params
+
+    cfg = SimulationConfig(n_users=400, n_items=300, n_interactions=40_000, n_topics=8, seed=3)
+    simulate(cfg, tmp_path / "data", tmp_path / "truth", progress=False)
+    world = World.load(tmp_path / "truth" / "world")
+    env = OnlineWorld(world, seed=1, drift_from_round=2 if world_moves else None)
+    for round, policy in ((1, np.arange(10)), (2, np.arange(10, 20))):
+        write_partition(tmp_path / "feedback_data", {"interactions": _served_round(env, round, policy)}, {})
+    write_params(tmp_path)
+    params = load_params(tmp_path / "params.yaml")
+    base = pd.read_parquet(tmp_path / "data" / "interactions.parquet")
+    items = pd.read_parquet(tmp_path / "data" / "items.parquet")[["item_id", "category", "price"]]
+    vectors = world.item_topics
+
+    def decide(ref, cur, profiles, policy_columns):
+        ref, cur = (w.merge(items, on="item_id") for w in (ref, cur))
+        ref, cur = history_similarity(ref, cur, items["item_id"], vectors, profiles)
+        if not policy_columns:
+            ref, cur = ref.drop(columns=POLICY_COLUMNS), cur.drop(columns=POLICY_COLUMNS)
+        return drift_report(ref, cur, tmp_path / "report", 0.5, ("history_similarity",))["drift_detected"]
+
+    ref, cur, profiles, source = _windows(params, base)
+    assert source.startswith("clicks on uniformly drawn slates: live (part-00002) vs earlier (part-00001)")
+    assert set(ref["event_id"].str[:2]) == {"r1"} and set(cur["event_id"].str[:2]) == {"r2"}
+    assert (ref["uniform"] == 1).all() and (ref["outcome"] > 0).all() and (cur["outcome"] > 0).all()
+    assert decide(ref, cur, profiles, policy_columns=False) is world_moves
+    # all served traffic, round 1 vs round 2: the new greedy list alone reads as drift
+    everything = pd.read_parquet(tmp_path / "feedback_data" / "part-00001" / "interactions.parquet")
+    assert decide(everything, pd.read_parquet(tmp_path / "feedback_data" / "part-00002" / "interactions.parquet"),
+                  base, policy_columns=True)

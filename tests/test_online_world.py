@@ -28,8 +28,27 @@ def test_outcomes_follow_the_true_y1_and_are_deterministic(world):
     assert abs(y.mean() - p1.mean()) < 4 * np.sqrt(p1.mean() * (1 - p1.mean()) / len(y))
     high, low = p1 > np.quantile(p1, 0.8), p1 < np.quantile(p1, 0.2)
     assert y[high].mean() > y[low].mean() + 0.2
-    # a pair's outcome does not depend on what else was served that round
-    assert env.respond(1, users[:50], items[:50], props[:50], policy="v2").tolist() == y[:50].tolist()
+    # an impression's outcome does not depend on what else was served that round
+    other, served = OnlineWorld(world, seed=3), set(zip(users[:50], items[:50]))
+    unrelated = next((f"u{u:06d}", "i000000") for u in range(200) if (f"u{u:06d}", "i000000") not in served)
+    other.respond(1, [unrelated[0]] * 5, [unrelated[1]] * 5, np.full(5, 0.1), policy="v2")
+    assert other.respond(1, users[:50], items[:50], props[:50], policy="v2").tolist() == y[:50].tolist()
+
+
+def test_every_impression_is_a_fresh_draw_across_calls(world):
+    """Showing the same pairs again in a round draws again (the n-th impression gets the n-th draw,
+    whether it came in one call or two): outcomes of two impressions agree only as often as two
+    independent draws would."""
+    users, items, props = _slates(n=5_000, seed=1)
+    env = OnlineWorld(world, seed=3)
+    first, second = env.respond(1, users, items, props, "v1"), env.respond(1, users, items, props, "v1")
+    both = OnlineWorld(world, seed=3).respond(1, users + users, items + items, np.r_[props, props], "v1")
+    assert np.array_equal(both, np.r_[first, second])  # one call or two: the same draws
+    p1 = env.expected(1, users, items)
+    agree = np.mean(first == second)
+    independent = np.mean(p1 ** 2 + (1 - p1) ** 2)
+    assert abs(agree - independent) < 0.03 and agree < 0.99, (agree, independent)
+    assert env.respond(2, users, items, props, "v1").tolist() != first.tolist()  # a new round, new draws
 
 
 def test_interest_drift_starts_at_the_configured_round(world):

@@ -10,8 +10,13 @@ its true potential outcomes, round after round (issue 12's closed loop stands on
 * Online rounds continue where the log ended (the world's interests at t = 1). With
   `drift_from_round=k`, every user's interests move to a fresh draw (its own random stream), linearly
   over `drift_rounds` rounds from round k on.
-* Deterministic: the outcome of a pair depends only on (seed, round, user, item, its place among that
-  round's repeats of the pair), not on which other slates were served.
+* Every impression is its own draw: the n-th time a pair is shown in a round (in this call or an
+  earlier one) gets the n-th draw of that pair's stream. So a pair served twice in a round can have
+  two outcomes, as a real user's two visits can (an earlier version reused one draw per pair and
+  round across calls: a model trained on one impression then "knew" the outcome of the other,
+  and the promotion gate's held-out slates over-estimated it).
+* Deterministic: the outcome of an impression depends only on (seed, round, user, item, how many
+  times the pair was shown before in that round), not on which other pairs were served.
 * `respond` returns outcomes only. The true values (`expected`, `oracle`) exist for benchmarks that
   score policies against the truth; nothing in the service or the pipeline calls them.
 """
@@ -55,6 +60,7 @@ class OnlineWorld:
         self._world = dataclasses.replace(world, theta_early=now, theta_late=later,
                                           config=dataclasses.replace(world.config, drift=1.0))
         self.n_users, self.n_items = len(users), len(world.quality)
+        self._shown: dict[int, dict[int, int]] = {}  # round -> pair key -> impressions drawn so far
         self.activity = world.activity / world.activity.sum()  # who visits: requests come from users this often
 
     def progress(self, round: int) -> float:
@@ -88,7 +94,7 @@ class OnlineWorld:
         users = self._index(user_ids, "u", self.n_users, "user_id")
         items = self._index(item_ids, "i", self.n_items, "item_id")
         p1, _ = self._world.potential_outcome_probs(users, items, self.progress(round))
-        # One uniform per (pair, repeat) from a hash-seeded stream: independent of the other slates.
+        # One uniform per impression from the pair's hash-seeded stream: independent of the other pairs.
         keys = users.astype(np.uint64) * np.uint64(self.n_items) + items.astype(np.uint64)
         order = np.argsort(keys, kind="stable")
         repeat = np.empty(len(keys), dtype=np.int64)
@@ -97,7 +103,12 @@ class OnlineWorld:
         run = np.cumsum(starts) - 1
         first = np.flatnonzero(starts)
         repeat[order] = np.arange(len(keys)) - first[run]
-        return (_uniform(self.seed, round, keys, repeat.astype(np.uint64)) < p1).astype(np.int8)
+        shown = self._shown.setdefault(round, {})
+        before = np.fromiter((shown.get(key, 0) for key in keys.tolist()), dtype=np.int64, count=len(keys))
+        for key, n in zip(*np.unique(keys, return_counts=True)):
+            shown[int(key)] = shown.get(int(key), 0) + int(n)
+        draw = (before + repeat).astype(np.uint64)
+        return (_uniform(self.seed, round, keys, draw) < p1).astype(np.int8)
 
     # ------------------------------------------------------------- truth, for benchmarks only
     def expected(self, round: int, user_ids, item_ids, kind: str = "outcome") -> np.ndarray:

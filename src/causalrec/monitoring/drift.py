@@ -32,12 +32,16 @@ def time_windows(frame: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd
     return frame.iloc[:n], frame.iloc[-n:]
 
 
-def history_similarity(reference: pd.DataFrame, current: pd.DataFrame, item_ids, item_vectors: np.ndarray):
-    """Each row's cosine between its item's vector and the user's reference click profile (own click
-    left out in the reference window); rows of users without reference clicks are dropped."""
+def history_similarity(reference: pd.DataFrame, current: pd.DataFrame, item_ids, item_vectors: np.ndarray,
+                       profiles: pd.DataFrame | None = None):
+    """Each row's cosine between its item's vector and the user's click profile: the clicks of
+    `profiles`, or of the reference window (its own click left out there) when None; rows of users
+    without profile clicks are dropped."""
     pos = pd.Index(pd.Series(item_ids).astype(str))
     vectors = np.asarray(item_vectors, dtype=np.float64)
-    clicks = reference[reference["outcome"] > 0]
+    own_in_profile = profiles is None
+    profiles = reference if profiles is None else profiles
+    clicks = profiles[profiles["outcome"] > 0]
     sums = pd.DataFrame(vectors[pos.get_indexer(clicks["item_id"].astype(str))]).groupby(clicks["user_id"].to_numpy()).sum()
     counts = clicks.groupby("user_id").size()
 
@@ -54,7 +58,7 @@ def history_similarity(reference: pd.DataFrame, current: pd.DataFrame, item_ids,
         cos = (e[keep] * profile).sum(1) / (np.linalg.norm(e[keep], axis=1) * np.linalg.norm(profile, axis=1) + 1e-12)
         return rows[keep].assign(history_similarity=cos)
 
-    return score(reference, True), score(current, False)
+    return score(reference, own_in_profile), score(current, False)
 
 
 def drift_report(reference: pd.DataFrame, current: pd.DataFrame, out_dir: str | Path, drift_share: float,

@@ -1,5 +1,6 @@
-"""Stage monitor: Evidently drift report on what was shown (live traffic against the training data when
-there is served feedback), and the champion against the previous one on that traffic (rollback)."""
+"""Stage monitor: Evidently drift report on what was shown (with served feedback: the clicks on the
+latest uniformly drawn slates against the earlier ones), and the champion against the previous one
+on the latest served traffic (rollback)."""
 from __future__ import annotations
 
 import json
@@ -12,22 +13,45 @@ from causalrec.data.schema import INTERACTIONS, ITEMS, read_table
 from causalrec.pipeline.paths import require, stage_paths
 
 
-def _windows(params: Params, inter: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """(reference, current, what they are): live traffic (the latest served feedback partitions, the
-    same "latest served traffic" the gate uses) against what the model was trained on (data/ without
-    those events: it holds them or not, as the monitor runs after or before a retrain's ingest);
-    without served feedback, the earliest vs the latest window of the training log."""
+# What a serving policy decides (which items, at which place, with which probability): a new champion
+# moves these on its own, so they are not compared on the uniformly drawn slates.
+POLICY_COLUMNS = ["outcome", "propensity", "position"]
+
+
+def _windows(params: Params, inter: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, str]:
+    """(reference, current, click profiles or None, what they are).
+
+    With served feedback: the uniformly drawn slates (the exploration) of the latest partitions
+    (the same "latest served traffic" the gate uses) against those of the partitions before them,
+    clicked rows only: what users pick among items shown at random depends on the world, not on
+    which champion served (all served traffic against the training data would flag every new
+    champion as drift). The click profiles are the training data without the compared rows.
+    Without uniform slates on both sides: all live traffic against the training data. Without
+    served feedback: the earliest vs the latest window of the training log."""
     from causalrec.data.feedback import read_partitions
     from causalrec.monitoring.drift import time_windows
 
-    live = read_partitions(params.paths.feedback_dir, last=params.promote.partitions)
+    n = params.promote.partitions
+    live = read_partitions(params.paths.feedback_dir, last=n)
     if len(live):
-        reference = inter[~inter["event_id"].astype(str).isin(set(live["event_id"].astype(str)))] if "event_id" in inter else inter
+        parts = sorted(live["partition"].unique())
+        ids = inter["event_id"].astype(str) if "event_id" in inter else pd.Series("", index=inter.index)
+        if "uniform" in live:
+            earlier = read_partitions(params.paths.feedback_dir, last=2 * n)
+            earlier = earlier[~earlier["partition"].isin(parts)]
+            before = earlier[(earlier["uniform"] == 1) & (earlier["outcome"] > 0)] if len(earlier) else earlier
+            now = live[(live["uniform"] == 1) & (live["outcome"] > 0)]
+            if len(before) and len(now):
+                compared = set(before["event_id"].astype(str)) | set(now["event_id"].astype(str))
+                return (before.drop(columns="partition"), now.drop(columns="partition"), inter[~ids.isin(compared)],
+                        f"clicks on uniformly drawn slates: live ({', '.join(parts)}) vs "
+                        f"earlier ({', '.join(sorted(earlier['partition'].unique()))})")
+        reference = inter[~ids.isin(set(live["event_id"].astype(str)))]
         if len(reference):
-            return (reference, live.drop(columns="partition"),
-                    f"live traffic ({', '.join(sorted(live['partition'].unique()))}) vs training data")
+            return (reference, live.drop(columns="partition"), None,
+                    f"live traffic ({', '.join(parts)}) vs training data (no uniformly drawn slates on both sides)")
     ref, cur = time_windows(inter, params.monitor.window_fraction)
-    return ref, cur, f"training log: first vs last {params.monitor.window_fraction:.0%} by time (no served feedback yet)"
+    return ref, cur, None, f"training log: first vs last {params.monitor.window_fraction:.0%} by time (no served feedback yet)"
 
 
 def monitor(params: Params, interactions: pd.DataFrame | None = None) -> dict:
@@ -55,11 +79,14 @@ def monitor(params: Params, interactions: pd.DataFrame | None = None) -> dict:
             rows["prediction"] = model.predict(rows["user_id"].to_numpy(), rows["item_id"].to_numpy())
         return rows
 
-    ref, cur, source = _windows(params, inter)
+    ref, cur, profiles, source = _windows(params, inter)
     ref, cur = described(ref), described(cur)
     if (d["embeddings"] / "items.npy").exists():
         index = pd.read_parquet(d["embeddings"] / "items_index.parquet")["item_id"]
-        ref, cur = history_similarity(ref, cur, index, np.load(d["embeddings"] / "items.npy"))
+        ref, cur = history_similarity(ref, cur, index, np.load(d["embeddings"] / "items.npy"),
+                                      None if profiles is None else profiles[profiles["exposed"] == 1])
+    if profiles is not None:
+        ref, cur = ref.drop(columns=POLICY_COLUMNS, errors="ignore"), cur.drop(columns=POLICY_COLUMNS, errors="ignore")
     report = drift_report(ref, cur, d["monitor"], params.monitor.drift_share, tuple(params.monitor.key_columns))
     # the champion against the previous one on the latest served traffic: a significant drop rolls back
     return {**report, "compared": source, "champion_check": check_champion(params)}
