@@ -47,7 +47,7 @@ dowhy-venv:
 	.venv-dowhy/bin/pip install -q --no-deps -e .
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" -n 2 --dist loadfile
 
 repro: $(STAMP)
 	@# dvc.yaml: ingest depends on the feedback partitions' directory, which a fresh clone lacks
