@@ -88,5 +88,8 @@ def test_closed_loop_benchmark_tiny(tmp_path, tiny_encoder):
     assert rounds[1]["value_greedy"] < rounds[0]["value_greedy"] < rounds[0]["oracle"]  # the truth sees the bad champion
     assert all(0 < r["coverage"] <= 1 and 0 <= r["gini"] < 1 for r in rounds)
     assert all(c["covered"] == (c["ci"][0] <= c["true_value"] <= c["ci"][1]) for c in result["gate_checks"])
+    # the last retrain chose its model on round 1's uniformly drawn slates (round 2's are the gate's)
+    train = json.loads((tmp_path / "work" / "epsilon_greedy" / "artifacts" / "models" / "train.json").read_text())
+    assert train["chosen"]["validation"].startswith("uniform sample")
     assert (tmp_path / "closed_loop.png").stat().st_size > 0
     assert (tmp_path / "closed_loop_rounds.csv").read_text().startswith("round,epsilon_greedy,logging_policy")

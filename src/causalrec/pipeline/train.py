@@ -17,9 +17,10 @@ from causalrec.pipeline.paths import StageError, require, stage_paths
 def _training_rows(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, tuple, tuple, str]:
     """(fit rows, validation rows, population, exposure log, how validation was drawn).
 
-    Validation is unbiased where the log has uniformly exposed rows (policy "uniform"): half of them
-    validate (unweighted), the other half train. Otherwise a random share of the exposed rows
-    validates with inverse-propensity weights (`propensity` is set to None on uniform validation)."""
+    Validation is unbiased where the log has uniformly exposed rows (policy "uniform", or served
+    slates drawn uniformly: `uniform` = 1): half of them validate (unweighted), the other half
+    train. Otherwise a random share of the exposed rows validates with inverse-propensity weights
+    (`propensity` is set to None on uniform validation)."""
     from causalrec.data.sources import UNIFORM_POLICY
     from causalrec.data.split import split_randomized
 
@@ -31,7 +32,11 @@ def _training_rows(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, tuple, t
     inter["propensity"] = p
     cols = ["user_id", "item_id", "outcome", "propensity"]
     exposed = inter[inter["exposed"] == 1]
-    uniform = (exposed["policy"] == UNIFORM_POLICY).to_numpy() if "policy" in exposed else np.zeros(len(exposed), bool)
+    uniform = np.zeros(len(exposed), bool)
+    if "policy" in exposed:
+        uniform |= (exposed["policy"] == UNIFORM_POLICY).to_numpy()
+    if "uniform" in exposed:  # the ε share of served slates (feedback partitions)
+        uniform |= (exposed["uniform"].fillna(0) == 1).to_numpy()
     if uniform.sum() >= 20:  # fewer uniform rows cannot validate anything; fall back to the weighted split
         uniform_fit, val = split_randomized(exposed[uniform][cols], 0.5, params.seed)
         fit = pd.concat([exposed[~uniform][cols], uniform_fit], ignore_index=True)
