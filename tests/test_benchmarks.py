@@ -35,6 +35,7 @@ def test_ope_benchmark(tmp_path):
     assert declared["relative_error"] == result["estimators"]["snipw"]["relative_error"]
 
 
+@pytest.mark.slow
 def test_scale_benchmark_tiny(tmp_path):
     _run(["scale.py", "--sizes", "3000", "--methods", "ips", "dr_jl"], tmp_path)
     runs = json.loads((tmp_path / "scale.json").read_text())["runs"]
@@ -62,6 +63,7 @@ def test_simulator_benchmark_small(tmp_path):
     assert summary["default_beats_trivial_in_every_world"] == beats
 
 
+@pytest.mark.slow
 def test_closed_loop_benchmark_tiny(tmp_path, tiny_encoder):
     """Two rounds of the living loop on a small world: a reversed candidate offered in round 1 is
     blocked, a reversed model forced into production after round 1 is rolled back by round 2's

@@ -113,6 +113,7 @@ def test_cli_analyze_writes_the_report_and_names_bad_input(tmp_path):
     assert res.exit_code == 2 and "['clicked'] are not columns" in res.output
 
 
+@pytest.mark.slow
 def test_causal_effects_benchmark_tiny(tmp_path):
     import subprocess
     import sys

@@ -117,6 +117,7 @@ def test_package_prunes_what_it_created_and_no_longer_serves(tmp_path):
     assert out["log"] == out["tags"][1:]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
 def test_a_killed_retrain_leaves_no_prefect_server_running(tmp_path):
     """`causalrec retrain` runs its flow on an API server it started (causalrec.flows.api); SIGKILL on

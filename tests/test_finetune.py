@@ -34,6 +34,7 @@ def test_finetune_saves_loadable_best_and_resumes(tiny_encoder, tmp_path):
     assert again["resumed"] and len(again["history"]) == 3
 
 
+@pytest.mark.slow
 def test_two_processes_follow_the_single_process_loss_curve(tiny_encoder, tmp_path):
     """torchrun with 2 gloo processes: the gathered in-batch negatives and DDP's averaged gradients
     give the loss curve of one process on the whole batch (a rank-local loss would not)."""
