@@ -31,7 +31,6 @@ import yaml
 from _common import write_result
 from closed_loop import Truth
 
-COLS = ["user_id", "item_id", "outcome", "propensity"]
 EXTRA_SLATES = (0, 2000, 6000, 18000, 60000)  # at 20k requests a round: epsilon 0.1 -> 0.2, 0.4, 1.0; then 3 rounds of it
 
 
@@ -59,23 +58,20 @@ def rebuild(src: Path, dst: Path, round: int, window: int):
 
 
 def fit_and_score(params, name: str, truth: Truth, profile_text: bool, extra: pd.DataFrame | None = None) -> dict:
+    """The train stage's fit of `name` (optionally with extra uniform rows), scored by the truth."""
     from causalrec.pipeline.embed import text_features
-    from causalrec.pipeline.train import _training_rows, _validation_auc, make_model
+    from causalrec.pipeline.train import _training_rows, _validation_auc, fit_model
 
-    fit, val, *_ = _training_rows(params)
+    fit, val, population, exposure_log, _ = _training_rows(params)
     if extra is not None and len(extra):  # half of the extra uniform rows validate, as the train stage splits them
         half = np.random.default_rng(params.seed).random(len(extra)) < 0.5
         fit = pd.concat([fit, extra[~half]], ignore_index=True)
         val = pd.concat([val, extra[half].assign(propensity=None)], ignore_index=True)
-    features = {}
-    if name.startswith("tt_"):
-        features = text_features(params)
-        if not profile_text:
-            features.pop("user_features", None)
-    weights = None if val["propensity"].isna().all() else val["propensity"].to_numpy()
+    features = text_features(params) if name.startswith("tt_") else None
+    if features is not None and not profile_text:
+        features.pop("user_features", None)
     t0 = time.perf_counter()
-    model = make_model(name, params).fit(*(fit[c].to_numpy() for c in COLS),
-                                         val=(*(val[c].to_numpy() for c in COLS[:3]), weights), **features)
+    model = fit_model(params, name, fit, val, population, exposure_log, features=features)
     users = np.repeat(np.array(truth.users), len(truth.items))
     score = model.predict(users, np.tile(truth.items, len(truth.users))).reshape(len(truth.users), len(truth.items))
     return {"value_ratio": truth.value(truth.top(score)) / truth.value(truth.top(truth.p1)),
@@ -87,8 +83,7 @@ def extra_uniform(world, params, round: int, n: int, k: int, seed: int) -> pd.Da
     from causalrec.data.feedback import read_partitions
     from causalrec.data.schema import INTERACTIONS
 
-    served = read_partitions(params.paths.feedback_dir, INTERACTIONS)
-    served = served[served["partition"] == f"part-{round:05d}"]
+    served = read_partitions(params.paths.feedback_dir, INTERACTIONS, last=1)  # the rebuilt project ends at `round`
     world.respond(round, served["user_id"].to_numpy(), served["item_id"].to_numpy(),
                   served["propensity"].to_numpy(), "replay")  # consume the loop's draws of this round
     rng = np.random.default_rng(seed)
@@ -117,12 +112,16 @@ def main(argv=None) -> dict:
     if not (src / "params.yaml").exists():
         ap.error(f"{src} is not a closed-loop drift project (run closed_loop.py --workdir {args.workdir} first)")
     loop = load_params(src / "params.yaml")
-    d, world_dir = args.drift_round, loop.paths.artifacts_dir / "ground_truth" / "world"
+    d, base = args.drift_round, World.load(loop.paths.artifacts_dir / "ground_truth" / "world")
+
+    def online():  # a fresh environment: its per-round draw counters start at zero
+        return OnlineWorld(base, seed=args.seed, drift_from_round=d)
+
     # the loop's models as it trained them, and the two-tower without the users' profile text
     variants = [(name, name.startswith("tt_")) for name in loop.train.models] + [("tt_naive", False)]
     retrains, scratch = [], Path(args.workdir) / "drift-recovery"
-    for r in (d, d + 1):  # the retrain at the end of the drift round, and the next one
-        truth = Truth(OnlineWorld(World.load(world_dir), seed=args.seed, drift_from_round=d), r + 1, args.k)
+    truths = {r: Truth(online(), r + 1, args.k) for r in (d, d + 1)}  # each retrain serves the round after it
+    for r, truth in truths.items():  # the retrain at the end of the drift round, and the next one
         for w in dict.fromkeys([loop.ingest.window, r - d + 1]):  # the loop's window; the partitions since the drift
             params = rebuild(src, scratch / f"r{r}-w{w}", r, w)
             for name, profile_text in variants:
@@ -133,12 +132,10 @@ def main(argv=None) -> dict:
     # more exploration in the round after the drift, with the loop's window and its usual model
     exploration, r = [], d + 1
     params = load_params(scratch / f"r{r}-w{loop.ingest.window}" / "params.yaml")
-    truth = Truth(OnlineWorld(World.load(world_dir), seed=args.seed, drift_from_round=d), r + 1, args.k)
     for n in map(int, args.extra_slates.split(",")):
-        world = OnlineWorld(World.load(world_dir), seed=args.seed, drift_from_round=d)
-        extra = extra_uniform(world, params, r, n, args.k, seed=n)
+        extra = extra_uniform(online(), params, r, n, args.k, seed=n)
         row = {"round": r, "window": loop.ingest.window, "model": "tt_naive", "profile_text": True,
-               "extra_uniform_slates": n, **fit_and_score(params, "tt_naive", truth, True, extra)}
+               "extra_uniform_slates": n, **fit_and_score(params, "tt_naive", truths[r], True, extra)}
         print(row, flush=True)
         exploration.append(row)
     best = max(retrains + exploration, key=lambda x: x["value_ratio"])

@@ -14,6 +14,7 @@ from causalrec.pipeline import plots
 from causalrec.pipeline.embed import text_features
 from causalrec.pipeline.paths import StageError, require, stage_paths
 
+
 def _training_rows(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, tuple, tuple, str]:
     """(fit rows, validation rows, population, exposure log, how validation was drawn).
 
@@ -101,26 +102,32 @@ def _validation_auc(model, val: pd.DataFrame) -> float:
     return auc(val["outcome"].to_numpy(), model.predict(val["user_id"].to_numpy(), val["item_id"].to_numpy()), weight)
 
 
+def fit_model(params: Params, name: str, fit_rows: pd.DataFrame, val_rows: pd.DataFrame, population=None,
+              exposure_log=None, features: dict | None = None, progress: bool = False):
+    """One model of train.models fitted as the stage fits it (validation rows for early stopping);
+    two-tower models get `features`, default the stage's text_features(params)."""
+    cols = ["user_id", "item_id", "outcome", "propensity"]
+    val = (*(val_rows[c].to_numpy() for c in cols[:3]),
+           None if val_rows["propensity"].isna().all() else val_rows["propensity"].to_numpy())
+    extra = {} if population is None else {"population": population}
+    if params.train.exposure_weight != 0:
+        extra["exposure_log"] = exposure_log
+    if name.startswith("tt_"):
+        extra.update(text_features(params) if features is None else features)
+    model = make_model(name, params).fit(*(fit_rows[c].to_numpy() for c in cols), val=val, progress=progress, **extra)
+    return getattr(model, "best_estimator_", model)  # exposure_weight auto: the search's choice
+
+
 def train(params: Params) -> dict:
     """Fit every model in train.models on exposed rows (validation split for early stopping)."""
     from causalrec.persistence import save_model
 
     d = stage_paths(params)
     fit_rows, val_rows, population, exposure_log, how = _training_rows(params)
-    cols = ["user_id", "item_id", "outcome", "propensity"]
-    val = (*(val_rows[c].to_numpy() for c in cols[:3]),
-           None if val_rows["propensity"].isna().all() else val_rows["propensity"].to_numpy())
     summary, curves = {}, []
     with atomic_dir(d["models"]) as tmp:
         for name in params.train.models:
-            extra = {} if population is None else {"population": population}
-            if params.train.exposure_weight != 0:
-                extra["exposure_log"] = exposure_log
-            if name.startswith("tt_"):
-                extra.update(text_features(params))
-            model = make_model(name, params).fit(*(fit_rows[c].to_numpy() for c in cols), val=val, progress=True,
-                                                 **extra)
-            model = getattr(model, "best_estimator_", model)  # exposure_weight auto: the search's choice
+            model = fit_model(params, name, fit_rows, val_rows, population, exposure_log, progress=True)
             save_model(model, tmp / f"{name}.pt")
             curves += [{"model": name, **row} for row in model.history]
             summary[name] = {"epochs": len(model.history), "fit_rows": len(fit_rows), "val_rows": len(val_rows),
