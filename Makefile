@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# both test targets: two pytest-xdist workers, a test file per worker at a time
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # Prefect's temporary API server gets 20 s to start by default: too little on a busy 2-core machine.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
@@ -36,7 +38,7 @@ test: $(STAMP)
 	# pytest exits 5 when it collected no test: that fails CI too.
 	# Two workers (pytest-xdist), a test file per worker at a time: a module's fixtures (the trained
 	# project, its server) are built once. Most slow tests wait on child processes (stages, servers).
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 -n 2 --dist loadfile
+	$(PYTEST) --durations=15
 
 # DoWhy 0.14 + EconML beside the project, for benchmarks/causal_effects_dowhy.py only: DoWhy needs
 # scipy 1.15.3, the project's lock has 1.17.1, so they get their own environment (never the package's).
@@ -47,7 +49,7 @@ dowhy-venv:
 	.venv-dowhy/bin/pip install -q --no-deps -e .
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" -n 2 --dist loadfile
+	$(PYTEST) -m "not slow"
 
 repro: $(STAMP)
 	@# dvc.yaml: ingest depends on the feedback partitions' directory, which a fresh clone lacks
