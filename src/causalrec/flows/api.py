@@ -49,7 +49,10 @@ def run_api_server(log_dir: Path | None = None) -> Iterator[str | None]:
                                    "(raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
             time.sleep(0.5)
         with temporary_settings({PREFECT_API_URL: url}):
-            yield url
+            try:
+                yield url
+            finally:
+                _drain_prefect_workers()
     finally:
         proc.terminate()
         try:
@@ -58,3 +61,14 @@ def run_api_server(log_dir: Path | None = None) -> Iterator[str | None]:
             proc.kill()
         if log is not subprocess.DEVNULL:
             log.close()
+
+
+def _drain_prefect_workers(timeout: float = 30.0) -> None:
+    """Send the logs and events Prefect still holds before the server stops (as Prefect's own test
+    harness does): otherwise its background workers retry against the stopped server at exit, which
+    held every `causalrec retrain` about 75 s after the flow had finished."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=timeout)
