@@ -44,8 +44,9 @@ class FitSettings:
 
 
 def adam(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """The optimiser of every learner (one place for its settings)."""
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    """The optimiser of every learner (one place for its settings). foreach: one kernel per operation over
+    all parameters (the same arithmetic; PyTorch uses it by default on GPU only): half the step's time on CPU."""
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
 def minibatches(n_rows: int, batch_size: int, rng: np.random.Generator) -> Callable[[], Iterable[torch.Tensor]]:

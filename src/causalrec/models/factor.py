@@ -46,7 +46,11 @@ class FactorModel(nn.Module):
         if known is not None:
             v, b = v * known[:, None], b * known
         if tower is not None:
-            t = tower(features[idx])
+            # The tower is linear, so tower(x)[idx] == tower(x[idx]): with at least as many rows in the
+            # batch as in the table, projecting the table and gathering the narrow result is the cheaper
+            # order (5,120 DR rows over 1,000 items: the 384-wide gather per row was most of a step).
+            t = (tower(features).index_select(0, idx) if len(idx) >= len(features)
+                 else tower(features.index_select(0, idx)))
             v, b = v + t[:, :-1], b + t[:, -1]
         return v, b
 

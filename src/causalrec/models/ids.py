@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 
 class IdIndex:
@@ -9,10 +10,10 @@ class IdIndex:
 
     def __init__(self, ids):
         self.ids = np.asarray(sorted(set(map(str, ids))))
-        self._pos = {k: i for i, k in enumerate(self.ids)}
+        self._index = pd.Index(self.ids)  # a hash table: encode is vectorised (logs of millions of rows)
 
     def __len__(self):
         return len(self.ids)
 
     def encode(self, ids) -> np.ndarray:
-        return np.fromiter((self._pos.get(str(k), -1) for k in ids), dtype=np.int64, count=len(ids))
+        return self._index.get_indexer(np.asarray(ids).astype(str)).astype(np.int64)
