@@ -27,11 +27,17 @@ def monitor_flow(params_path: str = "params.yaml") -> dict:
                 report["drifted_columns"], report["drifted_share"])
     result = {"monitor": report, "event": None}
     if report["drift_detected"]:
-        event = emit_event(event=DRIFT_EVENT, resource=project_resource(params),
-                           payload={k: report[k] for k in ("compared", "failed_tests", "drifted_share", "key_columns_drifted")})
+        event = emit_drift(params, report)
         result["event"] = None if event is None else {"event": event.event, "id": str(event.id)}
         logger.info("emitted %s: the retrain deployment's trigger starts a retrain", DRIFT_EVENT)
     return result
+
+
+def emit_drift(params, report: dict):
+    """DRIFT_EVENT about the project, with the monitor report's decision as payload (the Event, or None
+    where Prefect has no API to send it to)."""
+    return emit_event(event=DRIFT_EVENT, resource=project_resource(params),
+                      payload={k: report[k] for k in ("compared", "failed_tests", "drifted_share", "key_columns_drifted")})
 
 
 if __name__ == "__main__":
