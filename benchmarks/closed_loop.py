@@ -311,13 +311,15 @@ def run_trajectory(name: str, workdir: Path, args, progress) -> dict:
         t1 = time.perf_counter()
         monitor = STAGES["monitor"](params)
         clock["monitor"] = time.perf_counter() - t1
-        row.update(drift_detected=monitor["drift_detected"], drift_failed_tests=monitor["failed_tests"],
+        row.update(drift_detected=monitor["drift_detected"], drift_mark=monitor["drift_mark"],
+                   drift_failed_tests=monitor["failed_tests"],
                    compared=monitor["compared"], champion_check=monitor["champion_check"]["reason"],
                    rolled_back=monitor["champion_check"]["rolled_back"])
 
         result = retrain(params)
         clock.update(result["seconds"])
         decision = result["package"]
+        row["trained_since"] = result["ingest"]["feedback"].get("since_partition")  # after a drift mark
         row.update(candidate=decision.get("model_tag"), candidate_model=decision["candidate"]["model"],
                    promoted=decision["promoted"], gate=decision["reason"])
         if "ungated" in scenarios and not decision["promoted"]:
@@ -388,6 +390,8 @@ def summarise(runs: dict, args) -> dict:
                         "detected_within_rounds": None if seen is None else seen["round"] - start,
                         "false_alarms_before": [r["round"] for r in drift["rounds"] if 1 < r["round"] < start and r["drift_detected"]],
                         "ratio_at_drift_round": by_round[start]["value_greedy"] / by_round[start]["oracle"] if start in by_round else None,
+                        "ratio_one_round_after": later[0]["value_greedy"] / later[0]["oracle"] if later else None,
+                        "marked_at_round": next((r["round"] for r in drift["rounds"] if r.get("drift_mark")), None),
                         "recovered_ratio": later[-1]["value_greedy"] / later[-1]["oracle"] if later else None}
     checks = [c for run in runs.values() for c in run["gate_checks"]]
     out["ope"] = {"estimator": "snipw (params.yaml promote.estimator)", "decisions": len(checks),

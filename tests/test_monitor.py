@@ -84,8 +84,9 @@ def test_live_drift_compares_the_explored_slates_so_a_new_champion_is_not_drift(
             ref, cur = ref.drop(columns=POLICY_COLUMNS), cur.drop(columns=POLICY_COLUMNS)
         return drift_report(ref, cur, tmp_path / "report", 0.5, ("history_similarity",))["drift_detected"]
 
-    ref, cur, profiles, source = _windows(params, base)
+    ref, cur, profiles, source, explored = _windows(params, base)
     assert source.startswith("clicks on uniformly drawn slates: live (part-00002) vs earlier (part-00001)")
+    assert explored == ["part-00002"]
     assert set(ref["event_id"].str[:2]) == {"r1"} and set(cur["event_id"].str[:2]) == {"r2"}
     assert (ref["uniform"] == 1).all() and (ref["outcome"] > 0).all() and (cur["outcome"] > 0).all()
     assert decide(ref, cur, profiles, policy_columns=False) is world_moves
@@ -93,3 +94,20 @@ def test_live_drift_compares_the_explored_slates_so_a_new_champion_is_not_drift(
     everything = pd.read_parquet(tmp_path / "feedback_data" / "part-00001" / "interactions.parquet")
     assert decide(everything, pd.read_parquet(tmp_path / "feedback_data" / "part-00002" / "interactions.parquet"),
                   base, policy_columns=True)
+    # The stage: drift on the explored slates marks the first drifted partition, and the next ingest
+    # (ingest.after_drift) trains on what was served since; a stationary world leaves no mark.
+    from causalrec.data.feedback import drift_mark, merge_into
+    from causalrec.pipeline.monitor import monitor
+
+    emb = tmp_path / "artifacts" / "embeddings"
+    emb.mkdir(parents=True)
+    items[["item_id"]].to_parquet(emb / "items_index.parquet", index=False)
+    np.save(emb / "items.npy", vectors.astype(np.float32))
+    report = monitor(params, base)
+    assert report["drift_detected"] is world_moves and report["drift_mark"] == ("part-00002" if world_moves else None)
+    mark = drift_mark(tmp_path / "feedback_data")
+    assert (mark and mark["since_partition"]) == report["drift_mark"]
+    counts = merge_into(tmp_path / "data", tmp_path / "feedback_data", since=report["drift_mark"])
+    assert counts["base_interactions"] is not world_moves
+    kept = pd.read_parquet(tmp_path / "data" / "interactions.parquet")["event_id"].dropna().str[:2]
+    assert set(kept) == ({"r2"} if world_moves else {"r1", "r2"})

@@ -106,7 +106,8 @@ def test_feedback_log_two_writers_no_duplicates(tmp_path):
 def test_export_writes_each_event_once_as_a_new_validated_partition(tmp_path):
     """Export never touches data/: each run writes the events no partition holds yet as the next
     partition (after the feedback suite), and ingest's merge appends them all to the base tables."""
-    from causalrec.data.feedback import merge_into, partitions
+    from causalrec.data.feedback import drift_mark, mark_drift, merge_into, partitions
+    from causalrec.data.schema import DataError
     from causalrec.data.simulate import SimulationConfig, simulate
     from causalrec.validation import ValidationFailed
 
@@ -137,6 +138,22 @@ def test_export_writes_each_event_once_as_a_new_validated_partition(tmp_path):
     (tmp_path / "data" / "interactions.parquet").write_bytes(base)
     held = merge_into(tmp_path / "data", tmp_path / "fbdata", holdout=1)
     assert held["interactions"] == 4 and held["held_out_for_the_gate"] == 1
+    # after a drift mark: the partitions since the marked one only, the base log dropped
+    (tmp_path / "data" / "interactions.parquet").write_bytes(base)
+    since = merge_into(tmp_path / "data", tmp_path / "fbdata", since="part-00002")
+    assert since["base_interactions"] is False and since["partitions"] == 1 and since["interactions"] == 2
+    assert sorted(pd.read_parquet(tmp_path / "data" / "interactions.parquet")["event_id"]) == ["e3", "e4"]
+    with pytest.raises(DataError, match="part-00009"):
+        merge_into(tmp_path / "data", tmp_path / "fbdata", since="part-00009")
+    assert drift_mark(tmp_path / "fbdata") is None
+    with pytest.raises(DataError, match="part-00009"):
+        mark_drift(tmp_path / "fbdata", "part-00009", {})
+    assert mark_drift(tmp_path / "fbdata", "part-00002", {"why": "test"})["since_partition"] == "part-00002"
+    assert drift_mark(tmp_path / "fbdata")["why"] == "test" and len(partitions(tmp_path / "fbdata")) == 2
+    (tmp_path / "fbdata" / "drift.json").write_text('{"since_partition": "yesterday"}')
+    with pytest.raises(DataError, match="drift.json is not a drift mark"):
+        drift_mark(tmp_path / "fbdata")
+    (tmp_path / "fbdata" / "drift.json").unlink()
     (tmp_path / "data" / "interactions.parquet").write_bytes(base)
     assert merge_into(tmp_path / "data", tmp_path / "fbdata")["interactions"] == 5
     inter = pd.read_parquet(tmp_path / "data" / "interactions.parquet")

@@ -54,6 +54,8 @@ class Ingest(_Section):
     uniform_share: float = Field(gt=0, lt=1)  # coat source: share of the randomized ratings logged as "uniform"
     # train on the last `window` logs (the base log counts as the oldest); None: the base log and every partition
     window: int | None = Field(ge=1)
+    # after the monitor's drift mark (feedback_dir/drift.json): only the partitions served since it
+    after_drift: bool
 
 
 def _library_section(name: str, key: str, cls: type, exclude: tuple[str, ...] = ()) -> type[_Section]:

@@ -7,6 +7,8 @@
       part-00001/items.parquet          items first added at serving time (POST /items)
       part-00001/users.parquet          users first seen in feedback (under their pseudonym)
       part-00001/manifest.json          when, how many events, from which log
+      drift.json                        the monitor's drift mark: the first partition served after
+                                        the users' interests moved (ingest.after_drift)
 
 A partition is written once, whole (temp directory + rename), and never rewritten: a later export
 writes the next one with only the events no partition holds yet, so nothing acknowledged is lost or
@@ -66,18 +68,56 @@ def write_partition(feedback_dir: str | Path, tables: dict[str, pd.DataFrame], m
     return path
 
 
-def merge_into(data_dir: str | Path, feedback_dir: str | Path, window: int | None = None, holdout: int = 0) -> dict:
+DRIFT_MARK = "drift.json"
+
+
+def mark_drift(feedback_dir: str | Path, partition: str, details: dict) -> dict:
+    """Record that the users' interests moved before `partition` (the monitor's decision on the uniformly
+    drawn slates), written whole; the latest mark replaces an earlier one."""
+    from datetime import datetime, timezone
+
+    if partition not in {p.name for p in partitions(feedback_dir)}:
+        raise DataError(f"drift mark: no feedback partition {partition!r} in {feedback_dir}")
+    mark = {"since_partition": partition, "marked_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **details}
+    atomic_write_bytes(Path(feedback_dir) / DRIFT_MARK, json.dumps(mark, indent=2, default=str).encode())
+    return mark
+
+
+def drift_mark(feedback_dir: str | Path) -> dict | None:
+    """The latest drift mark, or None."""
+    path = Path(feedback_dir) / DRIFT_MARK
+    if not path.exists():
+        return None
+    try:
+        mark = json.loads(path.read_text())
+        PART.match(mark["since_partition"]).group(0)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise DataError(f"{path} is not a drift mark (a JSON object with since_partition: part-NNNNN); "
+                        "restore it with `dvc checkout` or delete it") from None
+    return mark
+
+
+def merge_into(data_dir: str | Path, feedback_dir: str | Path, window: int | None = None, holdout: int = 0,
+               since: str | None = None) -> dict:
     """Append the partitions' rows to the base tables in `data_dir` (items and users by key, first
     occurrence wins, from every partition; interactions from the last `window` logs, the base log
     counting as the oldest: with window w and at least w partitions, the base interactions are
-    dropped and the last w partitions kept; None keeps all). The uniformly drawn slates of the last
-    `holdout` partitions stay out: they are the promotion gate's evaluation set, and a candidate
-    trained on them would be scored on its own training data. Returns counts per table."""
+    dropped and the last w partitions kept; None keeps all). With `since` (a partition name), the
+    interactions logged before it, the base log's included, are dropped first: they record interests
+    users no longer have. The uniformly drawn slates of the last `holdout` partitions stay out: they
+    are the promotion gate's evaluation set, and a candidate trained on them would be scored on its
+    own training data. Returns counts per table."""
     import io
 
     data_dir, parts = Path(data_dir), partitions(feedback_dir)
-    recent = parts[-window:] if window else parts
-    counts = {"partitions": len(recent), "base_interactions": bool(window is None or len(parts) < window)}
+    if since is not None and since not in {p.name for p in parts}:
+        raise DataError(f"feedback: no partition {since!r} to train from (drift mark in {feedback_dir})")
+    current = [p for p in parts if since is None or p.name >= since]
+    recent = current[-window:] if window else current
+    counts = {"partitions": len(recent),
+              "base_interactions": bool(since is None and (window is None or len(parts) < window))}
+    if since is not None:
+        counts["since_partition"] = since
     for spec in (ITEMS, USERS, INTERACTIONS):
         rows = read_partitions(feedback_dir, spec, last=len(recent) if spec is INTERACTIONS else None)
         counts[spec.name] = 0

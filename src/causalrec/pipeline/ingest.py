@@ -33,12 +33,14 @@ def ingest(params: Params) -> dict:
         if src.test_path is not None:
             summary["test_pairs"] = ingest_test_pairs(src.test_path, d["truth"])
     # Served feedback is data: every partition is appended to the base tables (never the reverse).
-    from causalrec.data.feedback import merge_into
+    from causalrec.data.feedback import drift_mark, merge_into
 
     # the gate's evaluation set (the uniform slates of the latest traffic) is never trained on
     holdout = params.promote.partitions if params.promote.traffic == "uniform" else 0
+    mark = drift_mark(params.paths.feedback_dir) if src.after_drift else None
     summary = {"source": src.source, **summary,
-               "feedback": merge_into(d["data"], params.paths.feedback_dir, window=src.window, holdout=holdout)}
+               "feedback": merge_into(d["data"], params.paths.feedback_dir, window=src.window, holdout=holdout,
+                                      since=mark and mark["since_partition"])}
     d["truth"].mkdir(parents=True, exist_ok=True)
     atomic_write_json(d["truth"] / "ingest.json", summary)
     return summary

@@ -18,8 +18,9 @@ from causalrec.pipeline.paths import require, stage_paths
 POLICY_COLUMNS = ["outcome", "propensity", "position"]
 
 
-def _windows(params: Params, inter: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, str]:
-    """(reference, current, click profiles or None, what they are).
+def _windows(params: Params, inter: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, str, list]:
+    """(reference, current, click profiles or None, what they are, the live partitions compared on their
+    uniformly drawn slates or []).
 
     With served feedback: the uniformly drawn slates (the exploration) of the latest partitions
     (the same "latest served traffic" the gate uses) against those of the partitions before them,
@@ -45,13 +46,13 @@ def _windows(params: Params, inter: pd.DataFrame) -> tuple[pd.DataFrame, pd.Data
                 compared = set(before["event_id"].astype(str)) | set(now["event_id"].astype(str))
                 return (before.drop(columns="partition"), now.drop(columns="partition"), inter[~ids.isin(compared)],
                         f"clicks on uniformly drawn slates: live ({', '.join(parts)}) vs "
-                        f"earlier ({', '.join(sorted(earlier['partition'].unique()))})")
+                        f"earlier ({', '.join(sorted(earlier['partition'].unique()))})", parts)
         reference = inter[~ids.isin(set(live["event_id"].astype(str)))]
         if len(reference):
             return (reference, live.drop(columns="partition"), None,
-                    f"live traffic ({', '.join(parts)}) vs training data (no uniformly drawn slates on both sides)")
+                    f"live traffic ({', '.join(parts)}) vs training data (no uniformly drawn slates on both sides)", [])
     ref, cur = time_windows(inter, params.monitor.window_fraction)
-    return ref, cur, None, f"training log: first vs last {params.monitor.window_fraction:.0%} by time (no served feedback yet)"
+    return ref, cur, None, f"training log: first vs last {params.monitor.window_fraction:.0%} by time (no served feedback yet)", []
 
 
 def monitor(params: Params, interactions: pd.DataFrame | None = None) -> dict:
@@ -79,7 +80,7 @@ def monitor(params: Params, interactions: pd.DataFrame | None = None) -> dict:
             rows["prediction"] = model.predict(rows["user_id"].to_numpy(), rows["item_id"].to_numpy())
         return rows
 
-    ref, cur, profiles, source = _windows(params, inter)
+    ref, cur, profiles, source, explored = _windows(params, inter)
     ref, cur = described(ref), described(cur)
     if (d["embeddings"] / "items.npy").exists():
         index = pd.read_parquet(d["embeddings"] / "items_index.parquet")["item_id"]
@@ -88,5 +89,14 @@ def monitor(params: Params, interactions: pd.DataFrame | None = None) -> dict:
     if profiles is not None:
         ref, cur = ref.drop(columns=POLICY_COLUMNS, errors="ignore"), cur.drop(columns=POLICY_COLUMNS, errors="ignore")
     report = drift_report(ref, cur, d["monitor"], params.monitor.drift_share, tuple(params.monitor.key_columns))
+    report["drift_mark"] = None
+    if report["drift_detected"] and explored:
+        # Drift between uniformly drawn slates is the users' interests moving (not a new champion, not
+        # the first served policy against the logging policy): the next ingest trains on what was
+        # served since (ingest.after_drift).
+        from causalrec.data.feedback import mark_drift
+
+        report["drift_mark"] = mark_drift(params.paths.feedback_dir, explored[0],
+                                          {"compared": source, "failed_tests": report["failed_tests"]})["since_partition"]
     # the champion against the previous one on the latest served traffic: a significant drop rolls back
     return {**report, "compared": source, "champion_check": check_champion(params)}
