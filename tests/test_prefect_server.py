@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from causalrec.io import die_with_parent, free_port
+from causalrec.io import die_with_parent, free_port, stop_child
 
 pytestmark = pytest.mark.slow
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -94,9 +94,5 @@ def test_drift_event_starts_the_retrain_deployment_on_a_real_prefect_server(tmp_
         assert runs[0]["deployment_id"] == retrain["id"] and runs[0]["parameters"] == {"params_path": "params.yaml"}
         assert runs[0]["state"]["type"] == "SCHEDULED"  # waiting for a worker on the causalrec pool
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_child(server, timeout=30)
         log.close()

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
-from causalrec.io import die_with_parent, free_port
+from causalrec.io import die_with_parent, free_port, stop_child
 
 
 @contextlib.contextmanager
@@ -54,11 +54,7 @@ def run_api_server(log_dir: Path | None = None) -> Iterator[str | None]:
             finally:
                 _drain_prefect_workers()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_child(proc)
         if log is not subprocess.DEVNULL:
             log.close()
 
