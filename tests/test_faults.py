@@ -146,3 +146,21 @@ def test_a_killed_retrain_leaves_no_prefect_server_running(tmp_path):
     while pid_alive(server) and time.time() < deadline:
         time.sleep(0.1)
     assert not pid_alive(server), "the Prefect API server outlived the killed run"
+
+
+@pytest.mark.slow
+def test_a_finished_run_sends_its_logs_before_its_server_stops(tmp_path):
+    """Prefect's log and event workers are drained before the run's API server stops: nothing is left
+    to retry against a stopped server at exit (which held `causalrec retrain` ~75 s and printed
+    "Error logging to API")."""
+    flow_code = "\n".join([
+        "import time", "from prefect import flow, get_run_logger", "from causalrec.flows.api import run_api_server",
+        "@flow", "def chatty():", "    for i in range(50): get_run_logger().info('line %d', i)",
+        "with run_api_server(): chatty()", "print(time.time(), flush=True)"])
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_LOGGING_LEVEL": "INFO"}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.run([sys.executable, "-c", flow_code], capture_output=True, text=True, env=env, timeout=300)
+    exited = time.time()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Error logging to API" not in proc.stderr and "connection attempts failed" not in proc.stderr
+    assert exited - float(proc.stdout.split()[-1]) < 5, "the process lingered after its flow and server had finished"
