@@ -71,13 +71,17 @@ def write_partition(feedback_dir: str | Path, tables: dict[str, pd.DataFrame], m
 DRIFT_MARK = "drift.json"
 
 
+def _require_partition(feedback_dir: str | Path, name: str, what: str) -> None:
+    if name not in {p.name for p in partitions(feedback_dir)}:
+        raise DataError(f"{what}: no feedback partition {name!r} in {feedback_dir}")
+
+
 def mark_drift(feedback_dir: str | Path, partition: str, details: dict) -> dict:
     """Record that the users' interests moved before `partition` (the monitor's decision on the uniformly
     drawn slates), written whole; the latest mark replaces an earlier one."""
     from datetime import datetime, timezone
 
-    if partition not in {p.name for p in partitions(feedback_dir)}:
-        raise DataError(f"drift mark: no feedback partition {partition!r} in {feedback_dir}")
+    _require_partition(feedback_dir, partition, "drift mark")
     mark = {"since_partition": partition, "marked_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **details}
     atomic_write_bytes(Path(feedback_dir) / DRIFT_MARK, json.dumps(mark, indent=2, default=str).encode())
     return mark
@@ -90,10 +94,11 @@ def drift_mark(feedback_dir: str | Path) -> dict | None:
         return None
     try:
         mark = json.loads(path.read_text())
-        PART.match(mark["since_partition"]).group(0)
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except ValueError:
+        mark = None
+    if not (isinstance(mark, dict) and PART.match(str(mark.get("since_partition")))):
         raise DataError(f"{path} is not a drift mark (a JSON object with since_partition: part-NNNNN); "
-                        "restore it with `dvc checkout` or delete it") from None
+                        "restore it with `dvc checkout` or delete it")
     return mark
 
 
@@ -110,8 +115,8 @@ def merge_into(data_dir: str | Path, feedback_dir: str | Path, window: int | Non
     import io
 
     data_dir, parts = Path(data_dir), partitions(feedback_dir)
-    if since is not None and since not in {p.name for p in parts}:
-        raise DataError(f"feedback: no partition {since!r} to train from (drift mark in {feedback_dir})")
+    if since is not None:
+        _require_partition(feedback_dir, since, "training since the drift mark")
     current = [p for p in parts if since is None or p.name >= since]
     recent = current[-window:] if window else current
     counts = {"partitions": len(recent),

@@ -86,7 +86,7 @@ def monitor(params: Params, interactions: pd.DataFrame | None = None) -> dict:
         index = pd.read_parquet(d["embeddings"] / "items_index.parquet")["item_id"]
         ref, cur = history_similarity(ref, cur, index, np.load(d["embeddings"] / "items.npy"),
                                       None if profiles is None else profiles[profiles["exposed"] == 1])
-    if profiles is not None:
+    if explored:
         ref, cur = ref.drop(columns=POLICY_COLUMNS, errors="ignore"), cur.drop(columns=POLICY_COLUMNS, errors="ignore")
     report = drift_report(ref, cur, d["monitor"], params.monitor.drift_share, tuple(params.monitor.key_columns))
     report["drift_mark"] = None

@@ -124,10 +124,12 @@ def train(params: Params) -> dict:
 
     d = stage_paths(params)
     fit_rows, val_rows, population, exposure_log, how = _training_rows(params)
+    # the embeddings read once for every two-tower model (fit_model would read them per model)
+    features = text_features(params) if any(n.startswith("tt_") for n in params.train.models) else None
     summary, curves = {}, []
     with atomic_dir(d["models"]) as tmp:
         for name in params.train.models:
-            model = fit_model(params, name, fit_rows, val_rows, population, exposure_log, progress=True)
+            model = fit_model(params, name, fit_rows, val_rows, population, exposure_log, features, progress=True)
             save_model(model, tmp / f"{name}.pt")
             curves += [{"model": name, **row} for row in model.history]
             summary[name] = {"epochs": len(model.history), "fit_rows": len(fit_rows), "val_rows": len(val_rows),
