@@ -27,7 +27,9 @@ references (rank by the logging policy's propensity, by popularity).
 Declared before the run (nothing below is tuned on its outcome):
   * headline value: the champion's greedy slate (the 1 - epsilon part of what it serves) over the
     oracle's greedy slate, like for like; the served policy's value (with its exploration) is
-    reported beside the oracle's served with the same exploration.
+    reported beside the oracle's served with the same exploration (the round's: `epsilon_served`,
+    params.yaml's serve.epsilon or, for the first model trained after a drift mark alone, its
+    serve.epsilon_after_drift).
   * the loop's settings: LOOP_PARAMS below; the gate's estimator and margin are params.yaml's.
   * scenarios: TRAJECTORIES below; the bad model is the round's chosen model with its scores reversed.
 """
@@ -276,14 +278,15 @@ def run_trajectory(name: str, workdir: Path, args, progress) -> dict:
     base = read_table(params.paths.data_dir, INTERACTIONS, columns=["item_id", "outcome"])
     clicks = base[base["outcome"] > 0]["item_id"].value_counts()
     popularity = clicks.reindex([f"i{i:06d}" for i in range(world.n_items)]).fillna(0).to_numpy(float)
-    epsilon = params.serve.epsilon if params.serve.policy == "epsilon_greedy" else 0.0
     for r in range(1, args.rounds + 1):
         t0, row = time.perf_counter(), {"round": r}
         champion = registry.champion
         core = RecommenderCore(champion_bundle(params), seed=int(rng.integers(2**31)), pseudonym_key=key,
                                version=champion["model_tag"])
         truth = Truth(world, r, k)
-        row.update(champion=champion["model_tag"], model=champion["model"],
+        # the champion's exploration this round (serve.epsilon, or its boost after a drift mark)
+        epsilon = core.policy.epsilon if core.policy.kind == "epsilon_greedy" else 0.0
+        row.update(champion=champion["model_tag"], model=champion["model"], epsilon_served=epsilon,
                    value=truth.value(truth.policy(core, greedy=False)),
                    value_greedy=truth.value(truth.policy(core, greedy=True)), **truth.references(world, epsilon, popularity))
         clock = {"truth": time.perf_counter() - t0}
@@ -339,7 +342,7 @@ def run_trajectory(name: str, workdir: Path, args, progress) -> dict:
             row["bad_champion"] = entry["model_tag"]
         for tag, ope in checks:  # the gate's interval against the candidate's true value on that traffic
             if ope is not None:
-                candidate = RecommenderCore(model_path(params, tag), seed=0)
+                candidate = RecommenderCore(model_path(params, tag), seed=0, exploration_boost=False)  # as the gate
                 true = truth.value(truth.policy(candidate, greedy=False))
                 lo, hi = ope["candidate"]["ci"]
                 gate_checks.append({"round": r, "candidate": tag, "estimate": ope["candidate"]["value"], "ci": [lo, hi],

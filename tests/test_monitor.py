@@ -111,3 +111,11 @@ def test_live_drift_compares_the_explored_slates_so_a_new_champion_is_not_drift(
     assert counts["base_interactions"] is not world_moves
     kept = pd.read_parquet(tmp_path / "data" / "interactions.parquet")["event_id"].dropna().str[:2]
     assert set(kept) == ({"r2"} if world_moves else {"r1", "r2"})
+    # the model trained on that cut data explores more (serve.epsilon_after_drift) until the next retrain
+    from causalrec.pipeline.package import exploration_boost
+
+    boost = exploration_boost(params)
+    assert boost == ({"epsilon": params.serve.epsilon_after_drift, "since_partition": "part-00002"} if world_moves else None)
+    assert params.serve.epsilon_after_drift > params.serve.epsilon
+    write_partition(tmp_path / "feedback_data", {"interactions": _served_round(env, 3, np.arange(10))}, {})
+    assert exploration_boost(params) is None  # the next retrain has a round more: the boost ends

@@ -148,6 +148,37 @@ def test_gate_on_served_traffic_promotes_the_better_policy_and_covers_the_truth(
         value = np.mean([core.inclusion(u, 5) @ world.expected(1, [u] * len(items), items) / 5 for u in users])
         lo, hi = ope[name]["ci"]
         assert lo <= value <= hi, (name, value, ope[name])
+    # a drift boost of the candidate's exploration changes what it serves, not how the gate judges it
+    manifest = json.loads((good / "manifest.json").read_text())
+    (good / "manifest.json").write_text(json.dumps({**manifest, "exploration_boost": {"epsilon": 0.9, "since_partition": "x"}}))
+    assert RecommenderCore(good, seed=0).policy.epsilon == 0.9
+    assert RecommenderCore(good, seed=0, exploration_boost=False).policy.epsilon == 0.5
+    assert compare(params, good, bad, traffic)["candidate"] == ope["candidate"]
+
+
+def test_ingest_trains_on_the_explored_slates_the_gate_does_not_score(bundle, tmp_path):
+    """promote.max_slates caps the gate's evaluation set; ingest leaves out exactly those rows and
+    trains on the other uniformly drawn slates (an exploration boost's extra evidence)."""
+    from causalrec.config import load_params
+    import shutil
+
+    from causalrec.data.feedback import merge_into
+    from causalrec.pipeline.promote import served_traffic
+
+    good, _ = _good_and_bad(bundle, tmp_path)
+    params = load_params(bundle[1].root / "params.yaml").model_copy(deep=True)
+    params.paths.feedback_dir = tmp_path / "feedback_data"
+    params.promote.max_slates = 60
+    _, _, served = _served_partition(good, "good", params, params.paths.feedback_dir)
+    gate = served_traffic(params)
+    assert gate["request_id"].nunique() == 60 and (gate["uniform"] == 1).all()
+    shutil.copytree(params.paths.data_dir, tmp_path / "data")
+    counts = merge_into(tmp_path / "data", params.paths.feedback_dir, window=1, holdout=1, holdout_slates=60)
+    trained = pd.read_parquet(tmp_path / "data" / "interactions.parquet")
+    assert counts["held_out_for_the_gate"] == len(gate) == 300 and counts["interactions"] == 2000 - 300
+    assert not set(gate["event_id"]) & set(trained["event_id"].dropna())
+    n_uniform = sum(s["uniform"] for s in served)
+    assert (trained["uniform"] == 1).sum() == 5 * (n_uniform - 60)
 
 
 @pytest.mark.parametrize("worse", ["champion", "previous"])

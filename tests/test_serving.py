@@ -161,6 +161,21 @@ def test_export_writes_each_event_once_as_a_new_validated_partition(tmp_path):
     assert sorted(inter["event_id"].dropna()) == ["e0", "e1", "e2", "e3", "e4"]
 
 
+def test_the_gate_slates_are_capped_and_the_same_whatever_the_row_order():
+    """The gate's evaluation set: uniform slates only, at most max_slates of them, chosen by request
+    id alone (ingest and the gate read the rows in their own order and must leave out the same)."""
+    from causalrec.data.feedback import gate_slates
+
+    rows = pd.DataFrame({"request_id": [f"r{i // 3}" for i in range(60)], "uniform": [int(i // 3 % 2 == 0) for i in range(60)]})
+    every = gate_slates(rows)
+    assert every.sum() == 30 and (rows.loc[every, "uniform"] == 1).all()
+    capped = gate_slates(rows, max_slates=4)
+    assert rows.loc[capped, "request_id"].nunique() == 4 and capped.sum() == 12 and not (capped & ~every).any()
+    shuffled = rows.sample(frac=1, random_state=1)
+    assert set(shuffled.loc[gate_slates(shuffled, max_slates=4), "request_id"]) == set(rows.loc[capped, "request_id"])
+    assert gate_slates(rows, max_slates=100).equals(every)
+
+
 def test_privacy_helpers():
     assert pseudonymize("alice", b"k1") == pseudonymize("alice", b"k1") != pseudonymize("alice", b"k2")
     assert "alice" not in pseudonymize("alice", b"k1")

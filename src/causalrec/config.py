@@ -150,6 +150,10 @@ class Serve(_Section):
     epsilon: float = Field(ge=0, le=1)
     temperature: float = Field(gt=0, le=1000)
     rank_by: Literal["uplift", "relevance"]
+    # epsilon_greedy: the model of the retrain right after a drift alarm (trained on the drifted round
+    # alone, ingest.after_drift) serves with max(epsilon, this) until the next retrain: its data is
+    # thin, so it explores more while the loop relearns the moved interests (<= epsilon: off)
+    epsilon_after_drift: float = Field(ge=0, le=1)
     diversity: float = Field(ge=0, lt=1)  # MMR on item text embeddings (greedy / epsilon_greedy); 0: off
     k_max: int = Field(ge=1, le=10_000)
     int8_encoder: bool
@@ -181,10 +185,19 @@ class Promote(_Section):
     n_bootstrap: int = Field(ge=100, le=100_000)
     partitions: int = Field(ge=1)        # the latest n feedback partitions are "the latest served traffic"
     min_slates: int = Field(ge=1)        # fewer served slates there: no off-policy decision is possible
+    # at most this many of them are the gate's evaluation set (the same ones each time: by request id);
+    # ingest trains on the rest (more than an ordinary round's share after an exploration boost)
+    max_slates: int = Field(ge=1)
     # After a promotion: roll back when the new champion's live outcome rate is below the previous
     # champion's by a one-sided Welch test at this level, once it has this many served events.
     rollback_alpha: float = Field(gt=0, lt=0.5)
     rollback_min_events: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _enough_slates(self) -> "Promote":
+        if self.max_slates < self.min_slates:
+            raise ValueError(f"promote.max_slates ({self.max_slates}) must be at least promote.min_slates ({self.min_slates})")
+        return self
 
 
 class Analyze(_Section):

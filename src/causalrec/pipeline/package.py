@@ -44,10 +44,26 @@ def write_bundle(params: Params, model_name: str, out: Path) -> dict:
     emb_manifest = d["embeddings"] / "manifest.json"
     manifest = {"model": model_name, "metrics": metrics["models"][model_name], "primary_metric": metrics["primary_metric"],
                 "uplift": metrics.get("uplift"), "serve": params.serve.model_dump(),
+                "exploration_boost": exploration_boost(params),
                 "data_md5": data_hash(params), "encoder": json.loads(emb_manifest.read_text()) if emb_manifest.exists() else None,
                 "causal_analysis": None if causal is None else causal["graph"]}
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def exploration_boost(params: Params) -> dict | None:
+    """{"epsilon", "since_partition"} for the retrain right after a drift alarm (the drift mark names
+    the latest partition: ingest.after_drift trained on it alone): that model serves with
+    serve.epsilon_after_drift until the next retrain, as its data is thin; None otherwise."""
+    from causalrec.data.feedback import drift_mark, partitions
+
+    cfg = params.serve
+    if not params.ingest.after_drift or cfg.policy != "epsilon_greedy" or cfg.epsilon_after_drift <= cfg.epsilon:
+        return None
+    mark, parts = drift_mark(params.paths.feedback_dir), partitions(params.paths.feedback_dir)
+    if mark is None or mark["since_partition"] != parts[-1].name:
+        return None
+    return {"epsilon": cfg.epsilon_after_drift, "since_partition": mark["since_partition"]}
 
 
 def write_causal_summary(params: Params, out: Path) -> dict | None:

@@ -26,15 +26,16 @@ from causalrec.config import Params
 
 def served_traffic(params: Params) -> pd.DataFrame:
     """The replayable rows of the latest partitions (those whose slate is known); with
-    promote.traffic = uniform, only the slates drawn uniformly at random."""
-    from causalrec.data.feedback import read_partitions
+    promote.traffic = uniform, only the slates drawn uniformly at random, at most promote.max_slates
+    of them (the ones ingest left out of training: data.feedback.gate_slates)."""
+    from causalrec.data.feedback import gate_slates, read_partitions
 
     rows = read_partitions(params.paths.feedback_dir, last=params.promote.partitions)
     if not len(rows) or "slate_size" not in rows:
         return pd.DataFrame()
     keep = (rows["slate_size"] > 0) & (rows["request_id"].astype(str) != "")
     if params.promote.traffic == "uniform":
-        keep &= rows["uniform"] == 1
+        keep &= gate_slates(rows, params.promote.max_slates)
     return rows[keep].reset_index(drop=True)
 
 
@@ -56,7 +57,8 @@ def compare(params: Params, candidate_dir: Path, champion_dir: Path, rows: pd.Da
     from causalrec.serving.core import RecommenderCore
 
     cfg = params.promote
-    candidate, champion = RecommenderCore(candidate_dir, seed=0), RecommenderCore(champion_dir, seed=0)
+    # each at its configured exploration: a drift boost is not part of a model's merit
+    candidate, champion = (RecommenderCore(d, seed=0, exploration_boost=False) for d in (candidate_dir, champion_dir))
     # A uniform slate showed each item with probability k / n (n: the catalogue that served it, the
     # champion's); the logged marginal propensity is for all slates. SNIPS does not depend on n.
     logged = (rows["slate_size"].to_numpy(float) / champion.catalogue_size if cfg.traffic == "uniform"

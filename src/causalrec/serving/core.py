@@ -35,15 +35,20 @@ class NotFound(KeyError):
 class RecommenderCore:
     def __init__(self, bundle_dir: str | Path, serve: dict | None = None, seed: int | None = None,
                  catalogue: "CatalogueStore | None" = None, pseudonym_key: bytes | None = None,
-                 version: str | None = None):
+                 version: str | None = None, exploration_boost: bool = True):
         """catalogue: the shared store of items added at serving time (none: added items live in this
         process only). pseudonym_key: the key of stored feedback's pseudonyms (none: a per-process key,
         see serving.privacy). version: the model version every slate and feedback event carries (the
-        registry's tag; none: the bundle directory's name)."""
+        registry's tag; none: the bundle directory's name). exploration_boost: apply the bundle's
+        boost after a drift mark (package.exploration_boost); False: its configured exploration, as
+        the promotion gate compares policies (their rankings, at the same exploration)."""
         bundle_dir = Path(bundle_dir)
         self.version = version or bundle_dir.name
         self.manifest = self.read_manifest(bundle_dir)
         self.config = {**self.manifest["serve"], **(serve or {})}
+        boost = self.manifest.get("exploration_boost")
+        if exploration_boost and boost and "epsilon" not in (serve or {}):
+            self.config["epsilon"] = max(self.config["epsilon"], boost["epsilon"])
         self.policy = ExplorationPolicy(self.config["policy"], self.config["epsilon"], self.config["temperature"],
                                         self.config.get("diversity", 0.0))
         items = pd.read_parquet(bundle_dir / "items.parquet")
