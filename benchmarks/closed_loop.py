@@ -71,6 +71,8 @@ TRAJECTORIES = {
     # candidate instead (what a loop without a gate does), to show where greedy feedback leads
     "greedy": ({"policy": "greedy"}, ("ungated",), "uniform"),
     "mmr": ({"diversity": 0.3}, (), "uniform"),
+    # the drift loop without the exploration boost after the alarm (serve.epsilon_after_drift): what it buys
+    "drift_without_boost": ({"epsilon_after_drift": 0.0}, ("drift",), "uniform"),
 }
 RESEND_SHARE = 0.02  # slates whose feedback is sent twice (a client retry after a lost answer)
 API_KEY = "closed-loop-benchmark"
@@ -363,6 +365,23 @@ def run_trajectory(name: str, workdir: Path, args, progress) -> dict:
 
 
 # -------------------------------------------------------------------------------------- summary
+def drift_summary(run: dict, start: int) -> dict:
+    """Detection and recovery of a loop whose interests move at round `start`."""
+    seen = next((r for r in run["rounds"] if r["round"] >= start and r["drift_detected"]), None)
+    by_round = {r["round"]: r for r in run["rounds"]}
+    later = [by_round[q] for q in (start + 1, start + 2) if q in by_round]
+    return {"from_round": start, "detected_at_round": seen and seen["round"],
+            "detected_within_rounds": None if seen is None else seen["round"] - start,
+            "false_alarms_before": [r["round"] for r in run["rounds"] if 1 < r["round"] < start and r["drift_detected"]],
+            "ratio_at_drift_round": by_round[start]["value_greedy"] / by_round[start]["oracle"] if start in by_round else None,
+            "ratio_one_round_after": later[0]["value_greedy"] / later[0]["oracle"] if later else None,
+            # the round after the alarm serves with its boosted exploration: what it costs (outcomes per shown item)
+            "served_value_one_round_after": later[0]["value"] if later else None,
+            "epsilon_one_round_after": later[0]["epsilon_served"] if later else None,
+            "marked_at_round": next((r["round"] for r in run["rounds"] if r.get("drift_mark")), None),
+            "recovered_ratio": later[-1]["value_greedy"] / later[-1]["oracle"] if later else None}
+
+
 def summarise(runs: dict, args) -> dict:
     """The issue's result keys, each from the trajectory that runs its scenario."""
     main, drift = runs.get("epsilon_greedy"), runs.get("drift")
@@ -385,17 +404,9 @@ def summarise(runs: dict, args) -> dict:
                                "rolled_back_within_rounds": None if back is None else back["round"] - forced["round"],
                                "reason": back and back["champion_check"]}
     if drift:
-        start = args.drift_round
-        seen = next((r for r in drift["rounds"] if r["round"] >= start and r["drift_detected"]), None)
-        by_round = {r["round"]: r for r in drift["rounds"]}
-        later = [by_round[q] for q in (start + 1, start + 2) if q in by_round]
-        out["drift"] = {"from_round": start, "detected_at_round": seen and seen["round"],
-                        "detected_within_rounds": None if seen is None else seen["round"] - start,
-                        "false_alarms_before": [r["round"] for r in drift["rounds"] if 1 < r["round"] < start and r["drift_detected"]],
-                        "ratio_at_drift_round": by_round[start]["value_greedy"] / by_round[start]["oracle"] if start in by_round else None,
-                        "ratio_one_round_after": later[0]["value_greedy"] / later[0]["oracle"] if later else None,
-                        "marked_at_round": next((r["round"] for r in drift["rounds"] if r.get("drift_mark")), None),
-                        "recovered_ratio": later[-1]["value_greedy"] / later[-1]["oracle"] if later else None}
+        out["drift"] = drift_summary(drift, args.drift_round)
+    if "drift_without_boost" in runs:
+        out.setdefault("drift", {})["without_boost"] = drift_summary(runs["drift_without_boost"], args.drift_round)
     checks = [c for run in runs.values() for c in run["gate_checks"]]
     out["ope"] = {"estimator": "snipw (params.yaml promote.estimator)", "decisions": len(checks),
                   "ci_coverage": float(np.mean([c["covered"] for c in checks])) if checks else None}
@@ -494,7 +505,7 @@ def main(argv=None) -> dict:
     unknown = set(names) - set(TRAJECTORIES)
     if unknown:
         ap.error(f"unknown trajectories {sorted(unknown)}; choose from {list(TRAJECTORIES)}")
-    if ("drift" in names and args.rounds < args.drift_round
+    if ({"drift", "drift_without_boost"} & set(names) and args.rounds < args.drift_round
             or "epsilon_greedy" in names and args.rounds <= max(args.bad_candidate_round, args.bad_champion_round)):
         ap.error("--rounds must reach the scenarios' rounds (and one round after the bad champion's)")
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="closed-loop-"))
