@@ -66,11 +66,16 @@ def make_model(name: str, params: Params):
     if name == "popularity":
         return Popularity()
     method = name.split("_", 1)[1]
-    model = DebiasedRecommender(method=method, dim=t.dim, epochs=t.epochs, lr=t.lr, weight_decay=t.weight_decay,
-                                batch_size=t.batch_size, patience=t.patience,
-                                exposure_weight=0.0 if t.exposure_weight == "auto" else t.exposure_weight,
-                                seed=params.seed)
+    model = DebiasedRecommender(method=method, exposure_weight=0.0 if t.exposure_weight == "auto" else t.exposure_weight,
+                                **learner_settings(params))
     return auto_exposure_weight(model) if t.exposure_weight == "auto" else model
+
+
+def learner_settings(params: Params) -> dict:
+    """train.* as the learners' FitSettings (relevance and uplift train alike)."""
+    t = params.train
+    return {"dim": t.dim, "epochs": t.epochs, "lr": t.lr, "weight_decay": t.weight_decay, "batch_size": t.batch_size,
+            "patience": t.patience, "seed": params.seed}
 
 
 def train_uplift(params: Params, path: Path) -> dict:
@@ -84,10 +89,8 @@ def train_uplift(params: Params, path: Path) -> dict:
         return {"skipped": "the log has no treated-and-untreated 'treatment' column"}
     p = pd.read_parquet(d["propensity"] / "propensities.parquet")["propensity"].to_numpy()
     u = params.uplift
-    model = UpliftLearner(u.learner, dim=params.train.dim, lr=params.train.lr, epochs=params.train.epochs,
-                          weight_decay=params.train.weight_decay, batch_size=params.train.batch_size,
-                          patience=params.train.patience, n_bootstrap=u.n_bootstrap, arm_method=u.arm_method,
-                          exposure_features=u.exposure_features, exposure_weight=u.exposure_weight, seed=params.seed)
+    model = UpliftLearner(u.learner, n_bootstrap=u.n_bootstrap, arm_method=u.arm_method, exposure_features=u.exposure_features,
+                          exposure_weight=u.exposure_weight, **learner_settings(params))
     model.fit(inter["user_id"], inter["item_id"], inter["treatment"], inter["outcome"], p, **text_features(params))
     save_model(model, path)
     return {"learner": u.learner, "rows": len(inter), "bootstrap_members": u.n_bootstrap}
