@@ -61,7 +61,7 @@ def exploration_boost(params: Params) -> dict | None:
     if not params.ingest.after_drift or cfg.policy != "epsilon_greedy" or cfg.epsilon_after_drift <= cfg.epsilon:
         return None
     mark, parts = drift_mark(params.paths.feedback_dir), partitions(params.paths.feedback_dir)
-    if mark is None or mark["since_partition"] != parts[-1].name:
+    if mark is None or not parts or mark["since_partition"] != parts[-1].name:
         return None
     return {"epsilon": cfg.epsilon_after_drift, "since_partition": mark["since_partition"]}
 
