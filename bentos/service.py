@@ -163,7 +163,9 @@ class Recommender:
 
     @bentoml.api(route="/model_info")
     def model_info(self) -> dict:
-        return {**self.core.manifest, "catalogue_size": self.core.catalogue_size}
+        # the exploration it serves with: serve.epsilon, or the boost after a drift alarm (exploration_boost)
+        return {**self.core.manifest, "catalogue_size": self.core.catalogue_size,
+                "serving": {"policy": self.core.policy.kind, "epsilon": self.core.policy.epsilon}}
 
 
 # The public API: size and content type are checked before BentoML parses a body (413 / 415, never
