@@ -159,9 +159,9 @@ def test_gate_on_served_traffic_promotes_the_better_policy_and_covers_the_truth(
 def test_ingest_trains_on_the_explored_slates_the_gate_does_not_score(bundle, tmp_path):
     """promote.max_slates caps the gate's evaluation set; ingest leaves out exactly those rows and
     trains on the other uniformly drawn slates (an exploration boost's extra evidence)."""
-    from causalrec.config import load_params
     import shutil
 
+    from causalrec.config import load_params
     from causalrec.data.feedback import merge_into
     from causalrec.pipeline.promote import served_traffic
 
