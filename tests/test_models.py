@@ -179,3 +179,34 @@ def test_exposure_head_lifts_relevance_when_the_policy_knew_preferences():
         DebiasedRecommender("naive", exposure_weight=1.0).fit(users, items, y)
     with pytest.raises(ValueError, match="exposure_weight must be"):
         DebiasedRecommender("naive", exposure_weight=-2).fit(users, items, y)
+
+
+@pytest.mark.parametrize("method", ["naive", "dr_jl"])
+def test_the_auto_search_in_one_pass_equals_a_fit_per_weight(method):
+    """`auto` trains its candidate weights side by side (stacked weights, one step for all): each
+    candidate must be what a fit of its own gives (same start, batches, samples; own early stopping)."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(0)
+    u, i = rng.integers(100, size=8000), rng.integers(60, size=8000)
+    e = np.where((u % 2) == (i % 2), 0.8, 0.2)
+    shown = rng.random(8000) < e
+    y = (rng.random(8000) < np.where((u % 3) == (i % 3), 0.6, 0.1)).astype(float)
+    users, items = np.array([f"u{x}" for x in u]), np.array([f"i{x}" for x in i])
+    fit, val = shown & (rng.random(8000) < 0.8), shown & (rng.random(8000) >= 0.8)
+    item_features = pd.DataFrame(rng.normal(size=(60, 3)), index=[f"i{k}" for k in range(60)])
+    args = (users[fit], items[fit], y[fit], e[fit])
+    kwargs = {"val": (users[val], items[val], y[val], None), "item_features": item_features, "exposure_log": (users, items, e)}
+    base = DebiasedRecommender(method, dim=4, epochs=10, lr=0.03, batch_size=128, patience=2, seed=1)
+    weights = (0.0, 1.0, 30.0)
+    path = base.fit_path("exposure_weight", weights, *args, **kwargs)
+    some = (users[:200], items[:200])
+    for w, stacked in zip(weights, path):
+        alone = replace(base, exposure_weight=w).fit(*args, **kwargs)
+        assert stacked.exposure_weight_ == w and len(stacked.history) == len(alone.history) > 1
+        np.testing.assert_allclose([r["val_loss"] for r in stacked.history], [r["val_loss"] for r in alone.history], atol=1e-5)
+        np.testing.assert_allclose(stacked.predict(*some), alone.predict(*some), atol=1e-5)
+        assert hasattr(stacked, "head_") == (w > 0)
+    # the candidates differ (no weights shared between them), and each stopped on its own
+    assert not np.allclose(path[0].predict(*some), path[2].predict(*some), atol=1e-3)
+    assert len({len(m.history) for m in path}) > 1

@@ -114,3 +114,25 @@ def test_auto_exposure_weight_picks_by_validation_loss():
     assert chosen > 0  # the informative policy helps on held-out outcomes
     with pytest.raises(ValueError, match="exposure_weight"):
         UpliftLearner("shared", exposure_weight=-1.0).fit(users, items, t, y, e)
+
+
+def test_shared_learner_search_in_one_pass_equals_a_fit_per_weight():
+    """The shared learner's `auto` trains its candidate weights side by side: each must be its own fit."""
+    from dataclasses import replace
+
+    import pandas as pd
+
+    from causalrec.causal.uplift import SharedUplift
+
+    users, items, t, y, e = _preference_log(n=6000)
+    val = np.random.default_rng(1).random(len(y)) < 0.2
+    feats = {"item_features": pd.DataFrame(np.eye(100, 3), index=[f"i{k}" for k in range(100)])}
+    base = SharedUplift(dim=4, epochs=8, lr=0.02, batch_size=256, patience=2)
+    weights = (0.0, 3.0)
+    some = (users[:100], items[:100])
+    for w, stacked in zip(weights, base.fit_path("exposure_weight", weights, users, items, t, y, e, val, feats)):
+        alone = replace(base, exposure_weight=w).fit(users, items, t, y, e, val, feats)
+        np.testing.assert_allclose([r["val_loss"] for r in stacked.history], [r["val_loss"] for r in alone.history], atol=1e-5)
+        for a, b in zip(stacked.as_recommenders(), alone.as_recommenders()):
+            np.testing.assert_allclose(a.predict(*some), b.predict(*some), atol=1e-5)
+        assert float(stacked.modules_["exposure"].alpha.detach()) == pytest.approx(float(alone.modules_["exposure"].alpha.detach()), abs=1e-5)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from causalrec.causal.losses import DR_METHODS, LOSSES, METHODS, Batch, imputer_loss
-from causalrec.causal.training import FitSettings, ValidationSearch, adam, minibatches, train_loop
+from causalrec.causal.training import FitSettings, Stacked, ValidationSearch, adam, minibatches, train_loop
 from causalrec.models.factor import FactorModel
 from causalrec.models.ids import IdIndex
 
@@ -71,41 +71,56 @@ class DebiasedRecommender(FitSettings):
 
     def fit(self, users, items, y, propensity=None, val=None, user_features: pd.DataFrame | None = None,
             item_features: pd.DataFrame | None = None, population: tuple | None = None,
-            progress: bool = False, exposure_log: tuple | None = None,
-            warm_start: "DebiasedRecommender | None" = None) -> "DebiasedRecommender":
+            progress: bool = False, exposure_log: tuple | None = None) -> "DebiasedRecommender":
         """Fit on observed rows. val = (users, items, y, propensity); population = (users, items) of D,
         default: every user x item pair; exposure_log = (users, items, propensity) of every logged
-        row, shown or not (for the exposure head); warm_start: a model fit on the same data whose
-        weights are the starting point."""
-        self._check(propensity)
-        if self.exposure_weight != 0 and exposure_log is None:
+        row, shown or not (for the exposure head)."""
+        self._fit_candidates([self], users, items, y, propensity, val, user_features, item_features, population,
+                             progress, exposure_log)
+        return self
+
+    def fit_path(self, param: str, values: tuple, *args, **kwargs) -> list["DebiasedRecommender"]:
+        """One fitted copy per exposure weight in `values` (the arguments of `fit` follow), trained in
+        one pass (see causalrec.causal.training): copy j is what `replace(self, exposure_weight=values[j])
+        .fit(...)` gives, up to floating-point summation order."""
+        if param != "exposure_weight":
+            raise ValueError(f"fit_path varies exposure_weight only, not {param!r}")
+        candidates = [replace(self, exposure_weight=w) for w in values]
+        self._fit_candidates(candidates, *args, **kwargs)
+        return candidates
+
+    def _fit_candidates(self, candidates: list["DebiasedRecommender"], users, items, y, propensity=None, val=None,
+                        user_features: pd.DataFrame | None = None, item_features: pd.DataFrame | None = None,
+                        population: tuple | None = None, progress: bool = False, exposure_log: tuple | None = None):
+        """Fit `candidates` (copies of self that differ in exposure_weight only) in one pass, in place."""
+        for c in candidates:
+            c._check(propensity)
+        values = [c.exposure_weight for c in candidates]
+        weights = torch.tensor([float(w) for w in values])
+        if (weights > 0).any() and exposure_log is None:
             raise ValueError("exposure_weight needs exposure_log = (users, items, propensity) of every logged row")
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
+        rng_exposure = np.random.default_rng([self.seed, 1])  # its own stream: the batches are the same with or without a head
         users, items = np.asarray(users).astype(str), np.asarray(items).astype(str)
         v, pop, ex = val or (None, None), population or (None, None), exposure_log or (None, None)
-        self.users_ = IdIndex(_ids(users, v[0], pop[0], ex[0], None if user_features is None else user_features.index))
-        self.items_ = IdIndex(_ids(items, v[1], pop[1], ex[1], None if item_features is None else item_features.index))
-        u, i = torch.as_tensor(self.users_.encode(users)), torch.as_tensor(self.items_.encode(items))
-        self.trained_items_ = np.zeros(len(self.items_), bool)
-        self.trained_items_[i.numpy()] = True
-        self.trained_users_ = np.zeros(len(self.users_), bool)
-        self.trained_users_[u.numpy()] = True
-        X, Z = feature_matrix(self.users_, user_features), feature_matrix(self.items_, item_features)
-        net = lambda dim: FactorModel(len(self.users_), len(self.items_), dim, X, Z)  # noqa: E731
-        self.net_ = net(self.dim)
-        modules = {"net": self.net_}
-        self.exposure_weight_ = float(self.exposure_weight)
-        if self.exposure_weight_ > 0:  # exposure head: own biases/feature terms + alpha x the shared interaction
-            self.head_ = net(0)
-            self.head_.register_parameter("alpha", torch.nn.Parameter(torch.ones(1)))
-            modules["head"] = self.head_
-            eu = torch.as_tensor(self.users_.encode(np.asarray(exposure_log[0]).astype(str)))
-            ei = torch.as_tensor(self.items_.encode(np.asarray(exposure_log[1]).astype(str)))
+        user_index = IdIndex(_ids(users, v[0], pop[0], ex[0], None if user_features is None else user_features.index))
+        item_index = IdIndex(_ids(items, v[1], pop[1], ex[1], None if item_features is None else item_features.index))
+        u, i = torch.as_tensor(user_index.encode(users)), torch.as_tensor(item_index.encode(items))
+        X, Z = feature_matrix(user_index, user_features), feature_matrix(item_index, item_features)
+        net = lambda dim: Stacked(FactorModel(len(user_index), len(item_index), dim, X, Z), len(values))  # noqa: E731
+        f = net(self.dim)
+        modules = {"net": f}
+        if self.method in DR_METHODS and self.method != "dr":  # joint learning: g trains beside f
+            imputer = net(self.dim)
+            opt_g = adam(imputer.parameters(), self.lr, self.weight_decay)
+        if (weights > 0).any():  # exposure head: own biases/feature terms + alpha x the shared interaction
+            head = FactorModel(len(user_index), len(item_index), 0, X, Z)
+            head.register_parameter("alpha", torch.nn.Parameter(torch.ones(1)))
+            modules["head"] = head = Stacked(head, len(values))
+            eu = torch.as_tensor(user_index.encode(np.asarray(exposure_log[0]).astype(str)))
+            ei = torch.as_tensor(item_index.encode(np.asarray(exposure_log[1]).astype(str)))
             ee = torch.as_tensor(np.clip(np.asarray(exposure_log[2], np.float64), 1e-4, 1 - 1e-4), dtype=torch.float32)
-        for name, module in modules.items():
-            if warm_start is not None and hasattr(warm_start, f"{name}_"):
-                module.load_state_dict(getattr(warm_start, f"{name}_").state_dict())
         opt = adam([p for m in modules.values() for p in m.parameters()], self.lr, self.weight_decay)
         yt = torch.as_tensor(np.asarray(y, dtype=np.float32))
         p = torch.as_tensor(np.ones(len(yt)) if propensity is None else np.asarray(propensity, np.float64),
@@ -113,74 +128,85 @@ class DebiasedRecommender(FitSettings):
         if self.method in DR_METHODS:
             if population is None:
                 pop_u = pop_i = None
-                n_population = len(self.users_) * len(self.items_)
+                n_population = len(user_index) * len(item_index)
             else:
-                pop_u = torch.as_tensor(self.users_.encode(np.asarray(population[0]).astype(str)))
-                pop_i = torch.as_tensor(self.items_.encode(np.asarray(population[1]).astype(str)))
+                pop_u = torch.as_tensor(user_index.encode(np.asarray(population[0]).astype(str)))
+                pop_i = torch.as_tensor(item_index.encode(np.asarray(population[1]).astype(str)))
                 n_population = len(pop_u)
             obs_share = len(yt) / n_population
             if self.method == "dr":
                 # Fixed imputation: g is a naive model of the observed labels, early-stopped on the same
                 # validation rows (an imputer trained to convergence memorises each user's few labels
-                # and f then copies its extremes onto every unobserved pair), then frozen.
+                # and f then copies its extremes onto every unobserved pair), then frozen; one for all
+                # candidates (it does not depend on the exposure weight).
                 imputer = replace(self, method="naive", exposure_weight=0.0).fit(
                     users, items, y, None, val=val, user_features=user_features, item_features=item_features,
-                    population=population, exposure_log=exposure_log).net_
-            else:
-                imputer = net(self.dim)
-                opt_g = adam(imputer.parameters(), self.lr, self.weight_decay)
+                    population=population).net_
 
         def step(b):
+            # Every tensor below has one row per candidate (k, batch); the fixed DR imputer's broadcast.
             n, ub, ib, pb = len(b), u[b], i[b], p[b]
             if self.method in DR_METHODS:
                 # One forward over the observed pairs and a population sample (D = every user x item
                 # pair is sampled, never materialised): one gather and one scatter per table.
                 m = n * self.imputation_ratio
                 if pop_u is None:
-                    su = torch.as_tensor(rng.integers(len(self.users_), size=m))
-                    si = torch.as_tensor(rng.integers(len(self.items_), size=m))
+                    su = torch.as_tensor(rng.integers(len(user_index), size=m))
+                    si = torch.as_tensor(rng.integers(len(item_index), size=m))
                 else:
                     k = torch.as_tensor(rng.integers(len(pop_u), size=m))
                     su, si = pop_u[k], pop_i[k]
                 uu, ii = torch.cat([ub, su]), torch.cat([ib, si])
-                out = self.net_(uu, ii)
-                logits = out[:n]
-                e = self._loss(logits, yt[b])
+                out = f(uu, ii)
+                logits = out[:, :n]
+                e = self._loss(logits, yt[b].expand_as(logits))
                 if self.method != "dr":  # 1) joint learning: g learns to predict f's error on the observed pairs
                     g_obs = torch.sigmoid(imputer(ub, ib))
                     e_hat = F.binary_cross_entropy(torch.sigmoid(logits.detach()), g_obs, reduction="none")
                     opt_g.zero_grad()
-                    imputer_loss(self.method, e, e_hat, pb).backward()
+                    imputer_loss(self.method, e, e_hat, pb).sum().backward()
                     opt_g.step()
                 with torch.no_grad():  # 2) the (updated) imputation on observed and population pairs
-                    g = torch.sigmoid(imputer(uu, ii))
+                    g = torch.sigmoid(imputer(uu, ii)).expand_as(out)
                 e_hat = F.binary_cross_entropy_with_logits(out, g, reduction="none")
-                batch = Batch(e, pb, e_hat_obs=e_hat[:n], e_hat_pop=e_hat[n:], obs_share=obs_share)
+                batch = Batch(e, pb, e_hat_obs=e_hat[:, :n], e_hat_pop=e_hat[:, n:], obs_share=obs_share)
             else:
-                e = self._loss(self.net_(ub, ib), yt[b])
-                batch = Batch(e, pb)
+                logits = f(ub, ib)
+                batch = Batch(self._loss(logits, yt[b].expand_as(logits)), pb)
             loss = LOSSES[self.method](batch)
-            if self.exposure_weight_ > 0:
-                k = torch.as_tensor(rng.integers(len(ee), size=len(b)))
-                P, _ = self.net_.user_vectors(eu[k])
-                Q, _ = self.net_.item_vectors(ei[k])
-                exposure_logit = self.head_.alpha * (P * Q).sum(-1) + self.head_(eu[k], ei[k])
-                loss = loss + self.exposure_weight_ * F.binary_cross_entropy_with_logits(exposure_logit, ee[k])
+            if "head" in modules:
+                k = torch.as_tensor(rng_exposure.integers(len(ee), size=len(b)))
+                P, _ = f.user_vectors(eu[k])
+                Q, _ = f.item_vectors(ei[k])
+                exposure_logit = head.alpha * (P * Q).sum(-1) + head(eu[k], ei[k])
+                target = ee[k].expand_as(exposure_logit)
+                loss = loss + weights * F.binary_cross_entropy_with_logits(exposure_logit, target, reduction="none").mean(-1)
             opt.zero_grad()
-            loss.backward()
+            loss.sum().backward()  # the candidates share no weights: each gets its own loss's gradient
             opt.step()
-            return loss.item(), len(b)
+            return loss.detach().numpy(), len(b)
 
         validate = None
         if val is not None:
-            vu, vi = torch.as_tensor(self.users_.encode(val[0])), torch.as_tensor(self.items_.encode(val[1]))
+            vu, vi = torch.as_tensor(user_index.encode(val[0])), torch.as_tensor(item_index.encode(val[1]))
             vy = torch.as_tensor(np.asarray(val[2], dtype=np.float32))
             vw = 1.0 / torch.as_tensor(np.ones(len(vy)) if val[3] is None else np.asarray(val[3], np.float64),
                                        dtype=torch.float32)
-            validate = lambda: (self._loss(self.net_(vu, vi), vy) * vw).sum() / vw.sum()  # noqa: E731
-        self.history = train_loop(step, minibatches(len(yt), self.batch_size, rng), self.epochs, modules, validate,
-                                  self.patience, progress, f"train {self.method}")
-        return self
+
+            def validate():
+                out = f(vu, vi)
+                return (self._loss(out, vy.expand_as(out)) * vw).sum(-1) / vw.sum()
+        histories = train_loop(step, minibatches(len(yt), self.batch_size, rng), self.epochs, modules, validate,
+                               self.patience, progress, f"train {self.method}", copies=len(candidates))
+        trained_users, trained_items = np.zeros(len(user_index), bool), np.zeros(len(item_index), bool)
+        trained_users[u.numpy()], trained_items[i.numpy()] = True, True
+        for j, c in enumerate(candidates):
+            c.users_, c.items_, c.trained_users_, c.trained_items_ = user_index, item_index, trained_users, trained_items
+            c.net_, c.history, c.exposure_weight_ = f.unstack(j), histories[j], float(values[j])
+            if values[j] > 0:
+                c.head_ = head.unstack(j)
+            elif hasattr(c, "head_"):  # refitted without a head: none left from before
+                del c.head_
 
     def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.objective == "regression":

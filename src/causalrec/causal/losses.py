@@ -14,7 +14,8 @@ observed on O ⊂ D with propensity p(u,i). With e = BCE(f(u,i), y) on observed 
             scale no longer depends on rare tiny propensities (stabilised DR)
 
 Every trainer (in memory, streaming, uplift arms) builds a `Batch` and calls the table, so a new
-estimator is one function and one entry here.
+estimator is one function and one entry here. Losses reduce over the last axis: rows of e with a
+leading axis (candidates trained in one pass, causalrec.causal.training.Stacked) give one loss each.
 """
 from __future__ import annotations
 
@@ -34,25 +35,25 @@ class Batch:
 
 
 def naive(b: Batch) -> torch.Tensor:
-    return b.e.mean()
+    return b.e.mean(-1)
 
 
 def ips(b: Batch) -> torch.Tensor:
-    return (b.e / b.p).mean()
+    return (b.e / b.p).mean(-1)
 
 
 def snips(b: Batch) -> torch.Tensor:
-    return (b.e / b.p).sum() / (1 / b.p).sum()
+    return (b.e / b.p).sum(-1) / (1 / b.p).sum(-1)
 
 
 def doubly_robust(b: Batch) -> torch.Tensor:
     correction = (b.e - b.e_hat_obs) / b.p
-    return b.e_hat_pop.mean() + b.obs_share * (correction.mean() if len(correction) else 0.0)
+    return b.e_hat_pop.mean(-1) + b.obs_share * (correction.mean(-1) if correction.shape[-1] else 0.0)
 
 
 def stabilised_dr(b: Batch) -> torch.Tensor:
     correction = (b.e - b.e_hat_obs) / b.p
-    return b.e_hat_pop.mean() + correction.sum() / (1 / b.p).sum().clamp_min(1e-6)
+    return b.e_hat_pop.mean(-1) + correction.sum(-1) / (1 / b.p).sum(-1).clamp_min(1e-6)
 
 
 LOSSES: dict[str, Callable[[Batch], torch.Tensor]] = {
@@ -71,4 +72,4 @@ IMPUTER_WEIGHTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 def imputer_loss(method: str, e: torch.Tensor, e_hat: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """The imputation model's loss on observed rows: predict f's error e (detached) from ê."""
-    return (IMPUTER_WEIGHTS[method](p) * (e.detach() - e_hat) ** 2).mean()
+    return (IMPUTER_WEIGHTS[method](p) * (e.detach() - e_hat) ** 2).mean(-1)

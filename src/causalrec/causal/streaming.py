@@ -179,6 +179,6 @@ def fit_streaming(model: DebiasedRecommender, interactions: str | Path, user_ids
         return loss.item(), len(u)
 
     exposed_per_epoch.clear()  # count the training epochs only (not the imputation pass)
-    model.history = train_loop(step, batches(not doubly_robust, "epoch"), model.epochs, {"net": net}, progress=progress)
+    model.history = train_loop(step, batches(not doubly_robust, "epoch"), model.epochs, {"net": net}, progress=progress)[0]
     return {"epochs": [{"epoch": r["epoch"], "seconds": r["seconds"], "rows": r["rows"], "exposed_rows": n}
                        for r, n in zip(model.history, exposed_per_epoch)]}

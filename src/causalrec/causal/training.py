@@ -6,16 +6,20 @@ step turns a batch into a loss (usually through `causalrec.causal.losses.LOSSES`
 batches come from (a permutation of rows in memory, record batches from parquet).
 
 `ValidationSearch` is the `auto` of exposure weights: like scikit-learn's GridSearchCV with one
-validation split, it fits a copy of the estimator per candidate value and keeps the one with the
-lowest validation loss. With `warm_start`, candidates after the first start from the previous
-fit's weights, so they share the work and each stops after a few epochs; a later candidate has then
-had more epochs, so it must beat the incumbent by a relative `min_improvement`, not by noise. The
-exposure-weight search fits cold: from the outcome-only optimum, early stopping fires before an
-exposure head can move the factors (warm, it chose no head on the informative log of
-tests/test_uplift.py, where the cold fits rightly choose one).
+validation split, it keeps the candidate value with the lowest validation loss. A learner with a
+`fit_path(param, values, ...)` trains all candidates in one pass (like LassoCV's regularisation
+path): their weights stacked on a new first axis (`Stacked`), every step one forward and one
+backward for all of them on the same batch, each candidate with its own early stopping. Each
+candidate sees exactly what a fit of its own would (the same initial weights, batches and samples; Adam is elementwise, so one
+optimiser over stacked weights is one per candidate): the pass shares the work, not the results.
+Warm starts (each candidate from the previous one's optimum) were tried and dropped: from the
+outcome-only optimum, early stopping fires before an exposure head can move the factors (warm, the
+search chose no head on the informative log of tests/test_uplift.py, where cold fits rightly
+choose one).
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Iterable
@@ -57,51 +61,101 @@ def minibatches(n_rows: int, batch_size: int, rng: np.random.Generator) -> Calla
     return epoch
 
 
-def train_loop(step: Callable[[object], tuple[float, int]], batches: Callable[[], Iterable], epochs: int,
-               modules: dict[str, torch.nn.Module], validate: Callable[[], float] | None = None,
-               patience: int = 4, progress: bool = False, desc: str = "train") -> list[dict]:
+class Stacked(torch.nn.Module):
+    """`k` copies of `module` trained side by side: every parameter gets a new first axis of length k
+    (all copies start from `module`'s weights), buffers (e.g. feature matrices) stay shared. The
+    module's math must broadcast over that axis (causalrec.models.factor.FactorModel's does): then
+    `stacked.<method>(*args)` runs the module's method once for every copy and returns (k, ...), with
+    no per-copy call. `unstack(j)` is copy j as a plain module."""
+
+    def __init__(self, module: torch.nn.Module, k: int):
+        super().__init__()
+        self.k, self._template = k, [module]  # in a list: not a submodule (its weights stay out of parameters())
+        self.module = copy.deepcopy(module)
+        for name, p in list(self.module.named_parameters()):
+            owner, attr = self.module.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2]
+            setattr(owner, attr, torch.nn.Parameter(p.detach().expand(k, *p.shape).clone()))
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
+
+    def forward(self, *args):
+        return self.module(*args)
+
+    def unstack(self, j: int) -> torch.nn.Module:
+        out = copy.deepcopy(self._template[0])
+        with torch.no_grad():
+            for (_, p), (_, w) in zip(out.named_parameters(), self.module.named_parameters()):
+                p.copy_(w[j])
+        return out.eval()
+
+
+def train_loop(step: Callable[[object], tuple[object, int]], batches: Callable[[], Iterable], epochs: int,
+               modules: dict[str, torch.nn.Module], validate: Callable[[], object] | None = None,
+               patience: int = 4, progress: bool = False, desc: str = "train", copies: int = 1) -> list[list[dict]]:
     """Run up to `epochs` passes; `step(batch)` optimises and returns (mean loss, rows). With `validate`,
-    the state of `modules` at the best validation loss is restored at the end. Returns the history:
-    one row per epoch with train_loss, rows, seconds (and val_loss)."""
+    the state of `modules` at the best validation loss is restored at the end, and training stops
+    after `patience` epochs without improvement. With `copies` > 1 (modules `Stacked` that many
+    times), `step` and `validate` return one loss per copy and each copy keeps its own best state and
+    stops on its own (the pass ends when all have). Returns one history per copy: one row per epoch
+    with train_loss, rows, seconds (and val_loss)."""
     from tqdm.auto import tqdm
 
-    def evaluate() -> float:
+    def evaluate() -> np.ndarray:
         for m in modules.values():
             m.eval()
         with torch.no_grad():
-            return float(validate())
+            return np.broadcast_to(np.asarray(validate(), np.float64), copies).copy()
 
-    def snapshot() -> dict:
-        return {k: {n: v.clone() for n, v in m.state_dict().items()} for k, m in modules.items()}
+    def keep(state: dict | None, rows: np.ndarray) -> dict:
+        """The weights of `modules` now, for the copies `rows` (all of them: a fresh copy); buffers
+        are not trained, so they need no copy."""
+        now = {k: {n: v.detach() for n, v in m.named_parameters()} for k, m in modules.items()}
+        if state is None or rows.all():
+            return {k: {n: v.clone() for n, v in s.items()} for k, s in now.items()}
+        for k, s in now.items():
+            for n, v in s.items():
+                state[k][n][rows] = v[rows]
+        return state
 
-    history, best, best_state, bad = [], np.inf, None, 0
-    if validate is not None:  # the starting point counts: a warm start may already be the best state
-        best, best_state = evaluate(), snapshot()
+    histories, active, bad = [[] for _ in range(copies)], np.ones(copies, bool), np.zeros(copies, int)
+    best, best_state = np.full(copies, np.inf), None
+    if validate is not None:  # the starting point counts
+        best, best_state = evaluate(), keep(None, active)
     for epoch in tqdm(range(epochs), desc=desc, disable=not progress):
         for m in modules.values():
             m.train()
         start, total, rows = time.perf_counter(), 0.0, 0
         for batch in batches():
             loss, n = step(batch)
-            total, rows = total + loss * n, rows + n
-        row = {"epoch": epoch + 1, "train_loss": total / max(rows, 1), "rows": rows,
-               "seconds": time.perf_counter() - start}
-        history.append(row)
+            total, rows = total + np.asarray(loss, np.float64) * n, rows + n
+        train_loss = np.broadcast_to(total / max(rows, 1), copies)
+        for j in np.flatnonzero(active):
+            histories[j].append({"epoch": epoch + 1, "train_loss": float(train_loss[j]), "rows": rows,
+                                 "seconds": time.perf_counter() - start})
         if validate is None:
             continue
-        row["val_loss"] = evaluate()
-        if row["val_loss"] < best - 1e-5:
-            best, bad, best_state = row["val_loss"], 0, snapshot()
-        else:
-            bad += 1
-            if bad >= patience:
-                break
+        val = evaluate()
+        for j in np.flatnonzero(active):
+            histories[j][-1]["val_loss"] = float(val[j])
+        better = active & (val < best - 1e-5)
+        if better.any():
+            best, best_state = np.where(better, val, best), keep(best_state, better)
+        bad = np.where(better, 0, bad + active)
+        active &= bad < patience
+        if not active.any():
+            break
     if best_state is not None:
-        for k, m in modules.items():
-            m.load_state_dict(best_state[k])
+        with torch.no_grad():
+            for k, m in modules.items():
+                for n, v in m.named_parameters():
+                    v.copy_(best_state[k][n])
     for m in modules.values():
         m.eval()
-    return history
+    return histories
 
 
 def best_val_loss(history: list[dict]) -> float:
@@ -110,27 +164,23 @@ def best_val_loss(history: list[dict]) -> float:
 
 @dataclass
 class ValidationSearch:
-    """Fit `estimator` once per value of `param` in `candidates` (optionally warm-started from the
-    previous fit) and keep the fit with the lowest validation loss: `best_estimator_` (with the chosen value in
-    `<param>_` and the search in `search_`), `results_` = {value: validation loss}."""
+    """Fit `estimator` once per value of `param` in `candidates` (in one pass where the estimator
+    has `fit_path`) and keep the fit with the lowest validation loss: `best_estimator_` (with the
+    chosen value in `<param>_` and the search in `search_`), `results_` = {value: validation loss}."""
 
     estimator: object
     param: str
     candidates: tuple
-    warm_start: bool = False
-    min_improvement: float = 1e-3
     results_: dict = field(default_factory=dict, init=False)
 
     def fit(self, *args, **kwargs) -> "ValidationSearch":
-        best, warm = None, None
-        for value in self.candidates:
-            model = replace(self.estimator, **{self.param: value}).fit(*args, warm_start=warm, **kwargs)
-            self.results_[value] = best_val_loss(model.history)
-            margin = self.min_improvement if self.warm_start else 0.0
-            if best is None or self.results_[value] < self.results_[best[0]] * (1 - margin):
-                best = (value, model)
-            warm = model if self.warm_start else None
-        value, self.best_estimator_ = best
+        if hasattr(self.estimator, "fit_path"):
+            models = self.estimator.fit_path(self.param, self.candidates, *args, **kwargs)
+        else:
+            models = [replace(self.estimator, **{self.param: v}).fit(*args, **kwargs) for v in self.candidates]
+        self.results_ = {value: best_val_loss(model.history) for value, model in zip(self.candidates, models)}
+        value = min(self.candidates, key=self.results_.get)  # the first of equals: the smaller weight
+        self.best_estimator_ = models[self.candidates.index(value)]
         self.best_estimator_.search_ = {"param": self.param, "chosen": value,
                                         "validation_loss": {str(k): v for k, v in self.results_.items()}}
         setattr(self.best_estimator_, f"{self.param}_", value)

@@ -33,7 +33,8 @@ returns the mean and a percentile interval per pair.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -272,64 +273,86 @@ class SharedUplift(FitSettings):
     exposure_weight: float = 0.0
     history: list = field(default_factory=list, init=False)
 
-    def fit(self, users, items, t, y, e, val_mask, features: dict, warm_start: "SharedUplift | None" = None):
+    def fit(self, users, items, t, y, e, val_mask, features: dict) -> "SharedUplift":
         """Early stopping on the outcome loss of the validation rows (`val_mask`)."""
+        self._fit_candidates([self], users, items, t, y, e, val_mask, features)
+        return self
+
+    def fit_path(self, param: str, values: tuple, *args) -> list["SharedUplift"]:
+        """One fitted copy per exposure weight in `values` (the arguments of `fit` follow), trained in
+        one pass (causalrec.causal.training): copy j is `replace(self, exposure_weight=values[j]).fit(...)`."""
+        if param != "exposure_weight":
+            raise ValueError(f"fit_path varies exposure_weight only, not {param!r}")
+        candidates = [replace(self, exposure_weight=w) for w in values]
+        self._fit_candidates(candidates, *args)
+        return candidates
+
+    def _fit_candidates(self, candidates: list["SharedUplift"], users, items, t, y, e, val_mask, features: dict):
         import torch
         import torch.nn.functional as F
 
         from causalrec.causal.debias import feature_matrix
-        from causalrec.causal.training import adam, train_loop
+        from causalrec.causal.training import Stacked, adam, train_loop
         from causalrec.models.factor import FactorModel
         from causalrec.models.ids import IdIndex
 
-        if not (isinstance(self.exposure_weight, (int, float)) and self.exposure_weight >= 0):
-            raise ValueError(f"exposure_weight must be a number >= 0 or 'auto', got {self.exposure_weight!r}")
-        weight = self.exposure_weight_ = float(self.exposure_weight)
+        for c in candidates:
+            if not (isinstance(c.exposure_weight, (int, float)) and c.exposure_weight >= 0):
+                raise ValueError(f"exposure_weight must be a number >= 0 or 'auto', got {c.exposure_weight!r}")
+        weights = torch.tensor([float(c.exposure_weight) for c in candidates])
         uf, itf = features.get("user_features"), features.get("item_features")
-        self.users_ = IdIndex([*users, *([] if uf is None else uf.index.astype(str))])
-        self.items_ = IdIndex([*items, *([] if itf is None else itf.index.astype(str))])
-        X, Z = feature_matrix(self.users_, uf), feature_matrix(self.items_, itf)
+        user_index = IdIndex([*users, *([] if uf is None else uf.index.astype(str))])
+        item_index = IdIndex([*items, *([] if itf is None else itf.index.astype(str))])
+        X, Z = feature_matrix(user_index, uf), feature_matrix(item_index, itf)
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
-        net = lambda dim: FactorModel(len(self.users_), len(self.items_), dim, X, Z)  # noqa: E731
+        net = lambda dim: FactorModel(len(user_index), len(item_index), dim, X, Z)  # noqa: E731
         # Exposure head: its own biases and feature terms, plus alpha x the relevance interaction.
-        self.modules_ = {"relevance": net(self.dim), "organic": net(0), "exposure": net(0)}
-        self.modules_["exposure"].register_parameter("alpha", torch.nn.Parameter(torch.ones(1)))
-        if warm_start is not None:
-            for k, m in self.modules_.items():
-                m.load_state_dict(warm_start.modules_[k].state_dict())
-        relevance, organic, exposure = self.modules_.values()
-        opt = adam([p for k, m in self.modules_.items() if k != "exposure" or weight > 0 for p in m.parameters()],
+        plain = {"relevance": net(self.dim), "organic": net(0), "exposure": net(0)}
+        plain["exposure"].register_parameter("alpha", torch.nn.Parameter(torch.ones(1)))
+        modules = {k: Stacked(m, len(candidates)) for k, m in plain.items()}
+        relevance, organic, exposure = modules.values()
+        with_head = bool((weights > 0).any())
+        opt = adam([p for k, m in modules.items() if k != "exposure" or with_head for p in m.parameters()],
                    self.lr, self.weight_decay)
-        u, i = torch.as_tensor(self.users_.encode(users)), torch.as_tensor(self.items_.encode(items))
+        u, i = torch.as_tensor(user_index.encode(users)), torch.as_tensor(item_index.encode(items))
         tt, yt = torch.as_tensor(t, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
         et = torch.as_tensor(e, dtype=torch.float32)
 
         def losses(idx):
+            # one row per candidate: (outcome loss, training loss)
             P, bu = relevance.user_vectors(u[idx])
             Q, bi = relevance.item_vectors(i[idx])
             interaction = (P * Q).sum(-1)
             r = torch.sigmoid(interaction + bu + bi + relevance.global_bias)
             s = torch.sigmoid(organic(u[idx], i[idx]))
             p = torch.where(tt[idx] == 1, r, r * s).clamp(1e-6, 1 - 1e-6)
-            outcome_nll = F.binary_cross_entropy(p, yt[idx])
-            if weight == 0:
+            outcome_nll = F.binary_cross_entropy(p, yt[idx].expand_as(p), reduction="none").mean(-1)
+            if not with_head:
                 return outcome_nll, outcome_nll
             exposure_logit = exposure.alpha * interaction + exposure(u[idx], i[idx])
-            return outcome_nll, outcome_nll + weight * F.binary_cross_entropy_with_logits(exposure_logit, et[idx])
+            exposure_nll = F.binary_cross_entropy_with_logits(exposure_logit, et[idx].expand_as(exposure_logit),
+                                                              reduction="none").mean(-1)
+            return outcome_nll, outcome_nll + weights * exposure_nll
 
         def step(b):
             loss = losses(b)[1]
             opt.zero_grad()
-            loss.backward()
+            loss.sum().backward()  # the candidates share no weights: each gets its own loss's gradient
             opt.step()
-            return loss.item(), len(b)
+            return loss.detach().numpy(), len(b)
 
         fit_idx, val_idx = torch.as_tensor(np.flatnonzero(~val_mask)), torch.as_tensor(np.flatnonzero(val_mask))
         batches = minibatches(len(fit_idx), self.batch_size, rng)
-        self.history = train_loop(step, lambda: (fit_idx[b] for b in batches()), self.epochs, self.modules_,
-                                  lambda: losses(val_idx)[0], self.patience)  # early stopping watches the outcome only
-        return self
+        histories = train_loop(step, lambda: (fit_idx[b] for b in batches()), self.epochs, modules,
+                               lambda: losses(val_idx)[0], self.patience,  # early stopping watches the outcome only
+                               copies=len(candidates))
+        for j, c in enumerate(candidates):
+            c.users_, c.items_, c.history = user_index, item_index, histories[j]
+            c.exposure_weight_ = float(c.exposure_weight)
+            c.modules_ = {k: m.unstack(j) for k, m in modules.items()}
+            if c.exposure_weight_ == 0:  # its head never trained (only decayed beside the others): as initialised
+                c.modules_["exposure"] = copy.deepcopy(plain["exposure"]).eval()
 
     def as_recommenders(self) -> list[DebiasedRecommender]:
         """Relevance r and organic share s as relevance-type models over the same ids."""

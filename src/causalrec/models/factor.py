@@ -41,7 +41,9 @@ class FactorModel(nn.Module):
               idx: torch.Tensor, known: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         # index_select's backward (index_add) is about 25% faster on CPU than the dense embedding
         # backward; sparse tables keep the embedding op (sparse gradients for SparseAdam).
-        rows = (lambda t: t(idx)) if table.sparse else (lambda t: t.weight.index_select(0, idx))
+        # Written for weights with a leading axis of copies too (causalrec.causal.training.Stacked):
+        # gathers on the row axis (-2), the tower as a matmul that broadcasts.
+        rows = (lambda t: t(idx)) if table.sparse else (lambda t: t.weight.index_select(-2, idx))
         v, b = rows(table), rows(bias).squeeze(-1)
         if known is not None:
             v, b = v * known[:, None], b * known
@@ -49,9 +51,9 @@ class FactorModel(nn.Module):
             # The tower is linear, so tower(x)[idx] == tower(x[idx]): with at least as many rows in the
             # batch as in the table, projecting the table and gathering the narrow result is the cheaper
             # order (5,120 DR rows over 1,000 items: the 384-wide gather per row was most of a step).
-            t = (tower(features).index_select(0, idx) if len(idx) >= len(features)
-                 else tower(features.index_select(0, idx)))
-            v, b = v + t[:, :-1], b + t[:, -1]
+            w = tower.weight.transpose(-1, -2)
+            t = (features @ w).index_select(-2, idx) if len(idx) >= len(features) else features.index_select(0, idx) @ w
+            v, b = v + t[..., :-1], b + t[..., -1]
         return v, b
 
     def user_vectors(self, u: torch.Tensor, known: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
