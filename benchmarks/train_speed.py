@@ -10,19 +10,27 @@ Per method, trainer and batch size: `observed_rows_per_second` (exposed training
 the fastest epoch) and `rows_per_second` (every row the epoch's loss runs over; for the DR family
 that includes the population rows). Set-up (id encoding, the frozen imputer of `dr`) is per fit,
 not per epoch, and is excluded. The goal in issue #11 is >= 500,000 rows/s for every method on 2 cores.
+
+`auto_search`: `exposure_weight: auto` as the train stage runs it (the product's learner settings,
+a log of the default flow's size, a 10% validation split) in one pass (the candidate weights
+trained side by side, ValidationSearch over `fit_path`) and as one fit per weight, side by side:
+seconds of each, their ratio, and whether both chose the same weight (they should: each candidate of
+the pass is its own fit up to floating-point summation order).
 """
 from __future__ import annotations
 
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from _common import write_result
-from causalrec.causal.debias import DebiasedRecommender
+from causalrec.causal.debias import AUTO_EXPOSURE_WEIGHTS, DebiasedRecommender, auto_exposure_weight
 from causalrec.causal.losses import DR_METHODS, METHODS
 from causalrec.causal.streaming import fit_streaming
 from causalrec.data.simulate import SimulationConfig, simulate
@@ -38,6 +46,8 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 8192])
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--auto-visits", type=int, default=100_000, help="auto_search: log size (the default flow's)")
+    ap.add_argument("--auto-methods", nargs="+", default=["naive", "ips", "dr", "sdr"])
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     t0 = time.time()
@@ -68,6 +78,7 @@ def main() -> None:
                 for kind, figures in (("in_memory", memory), ("streaming", streaming)):
                     results[kind].setdefault(method, {})[str(bs)] = figures
                 print(f"{method:8s} batch {bs:5d}: in memory {memory}   streaming {streaming}", flush=True)
+    searches = auto_search(args.auto_visits, args.auto_methods)
     largest = str(max(args.batch_sizes))
     write_result("train_speed", {
         "data": f"simulator, {args.interactions:,} visits, {len(exposed):,} exposed (training rows), "
@@ -79,7 +90,45 @@ def main() -> None:
         "meets_goal_at_batch_size": {largest: {kind: {unit: sorted(m for m, r in per.items() if r[largest][unit] >= GOAL)
                                                       for unit in ("observed_rows_per_second", "rows_per_second")}
                                                for kind, per in results.items()}},
-        "seconds": round(time.time() - t0, 1)}, args.out)
+        "auto_search": searches, "seconds": round(time.time() - t0, 1)}, args.out)
+
+
+def auto_search(visits: int, methods: list[str]) -> dict:
+    """`exposure_weight: auto` in one pass vs one fit per candidate weight, on the same data and settings."""
+    with tempfile.TemporaryDirectory() as tmp:
+        simulate(SimulationConfig(n_users=2000, n_items=1000, n_interactions=visits), Path(tmp) / "data",
+                 Path(tmp) / "truth", progress=False)
+        log = pd.read_parquet(Path(tmp) / "data" / "interactions.parquet",
+                              columns=["user_id", "item_id", "exposed", "outcome", "propensity"])
+    exposed = log[log["exposed"] == 1]
+    is_val = np.random.default_rng(0).random(len(exposed)) < 0.1
+    cols = ["user_id", "item_id", "outcome", "propensity"]
+    fit_rows = [exposed[~is_val][c].to_numpy() for c in cols]
+    kwargs = {"val": tuple(exposed[is_val][c].to_numpy() for c in cols),
+              "population": (log["user_id"].to_numpy(), log["item_id"].to_numpy()),
+              "exposure_log": (log["user_id"].to_numpy(), log["item_id"].to_numpy(), log["propensity"].to_numpy())}
+    out = {"data": f"simulator, {visits:,} visits, {len(exposed):,} exposed, 2,000 users x 1,000 items",
+           "settings": "dim 16, lr 0.005, batch 1024, epochs 30, patience 4 (params.yaml train)",
+           "candidates": list(AUTO_EXPOSURE_WEIGHTS)}
+    for method in methods:
+        model = DebiasedRecommender(method, dim=16, epochs=30, lr=0.005, batch_size=1024, patience=4, seed=0)
+        start = time.perf_counter()
+        one_pass = auto_exposure_weight(model).fit(*fit_rows, **kwargs)
+        one_pass_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        fits = {w: replace(model, exposure_weight=w).fit(*fit_rows, **kwargs) for w in AUTO_EXPOSURE_WEIGHTS}
+        per_weight_seconds = time.perf_counter() - start
+        per_weight_loss = {w: min(r["val_loss"] for r in m.history) for w, m in fits.items()}
+        out[method] = {
+            "one_pass_seconds": round(one_pass_seconds, 1), "per_weight_seconds": round(per_weight_seconds, 1),
+            "speedup": round(per_weight_seconds / one_pass_seconds, 2),
+            "epochs": {str(w): len(m.history) for w, m in fits.items()},
+            "chosen_one_pass": one_pass.best_estimator_.exposure_weight_,
+            "chosen_per_weight": min(per_weight_loss, key=per_weight_loss.get),
+            "max_validation_loss_difference": float(max(abs(one_pass.results_[w] - per_weight_loss[w])
+                                                        for w in AUTO_EXPOSURE_WEIGHTS))}
+        print(f"auto {method:8s}: {out[method]}", flush=True)
+    return out
 
 
 if __name__ == "__main__":

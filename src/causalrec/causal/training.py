@@ -72,25 +72,33 @@ class Stacked(torch.nn.Module):
         super().__init__()
         self.k, self._template = k, [module]  # in a list: not a submodule (its weights stay out of parameters())
         self.module = copy.deepcopy(module)
-        for name, p in list(self.module.named_parameters()):
-            owner, attr = self.module.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2]
-            setattr(owner, attr, torch.nn.Parameter(p.detach().expand(k, *p.shape).clone()))
+        if k > 1:  # one copy keeps the module's own shapes (its plain kernels are the fastest); its results get the axis
+            for name, p in list(self.module.named_parameters()):
+                owner, attr = self.module.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2]
+                setattr(owner, attr, torch.nn.Parameter(p.detach().expand(k, *p.shape).clone()))
 
     def __getattr__(self, name: str):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self.module, name)
+            attr = getattr(self.module, name)
+            if self.k > 1 or isinstance(attr, torch.Tensor) or not callable(attr):
+                return attr
+            return lambda *args: _with_copy_axis(attr(*args))
 
     def forward(self, *args):
-        return self.module(*args)
+        return self.module(*args) if self.k > 1 else _with_copy_axis(self.module(*args))
 
     def unstack(self, j: int) -> torch.nn.Module:
         out = copy.deepcopy(self._template[0])
         with torch.no_grad():
             for (_, p), (_, w) in zip(out.named_parameters(), self.module.named_parameters()):
-                p.copy_(w[j])
+                p.copy_(w[j] if self.k > 1 else w)
         return out.eval()
+
+
+def _with_copy_axis(out):
+    return tuple(o.unsqueeze(0) for o in out) if isinstance(out, tuple) else out.unsqueeze(0)
 
 
 def train_loop(step: Callable[[object], tuple[object, int]], batches: Callable[[], Iterable], epochs: int,
