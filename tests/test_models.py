@@ -210,3 +210,27 @@ def test_the_auto_search_in_one_pass_equals_a_fit_per_weight(method):
     # the candidates differ (no weights shared between them), and each stopped on its own
     assert not np.allclose(path[0].predict(*some), path[2].predict(*some), atol=1e-3)
     assert len({len(m.history) for m in path}) > 1
+
+
+def test_validation_search_fits_one_copy_per_value_without_a_path():
+    """A learner without `fit_path` is searched by one fit per candidate value; the lowest
+    validation loss wins (the first of equals) and is recorded on the chosen fit."""
+    from dataclasses import dataclass, field
+
+    from causalrec.causal.training import ValidationSearch
+
+    @dataclass
+    class Quadratic:  # validation loss (x - 2)^2 + 1 at its fitted x
+        x: float = 0.0
+        history: list = field(default_factory=list)
+
+        def fit(self, offset=0.0):
+            self.history = [{"epoch": 1, "val_loss": (self.x - 2 + offset) ** 2 + 1}]
+            return self
+
+    search = ValidationSearch(Quadratic(), "x", (0.0, 1.0, 3.0, 2.0)).fit(offset=1.0)  # fit's arguments passed on
+    assert search.best_estimator_.x == 1.0 and search.best_estimator_.x_ == 1.0
+    assert search.results_ == {0.0: 2.0, 1.0: 1.0, 3.0: 5.0, 2.0: 2.0}
+    assert search.best_estimator_.search_["chosen"] == 1.0
+    tie = ValidationSearch(Quadratic(), "x", (3.0, 1.0, 0.0)).fit()  # 3 and 1 both at loss 2: the first
+    assert tie.best_estimator_.x == 3.0
