@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from causalrec.causal.losses import DR_METHODS, LOSSES, METHODS, Batch, imputer_loss
-from causalrec.causal.training import FitSettings, Stacked, ValidationSearch, adam, minibatches, train_loop
+from causalrec.causal.training import (ExposureWeightPath, FitSettings, Stacked, ValidationSearch, adam,
+                                      minibatches, train_loop)
 from causalrec.models.factor import FactorModel
 from causalrec.models.ids import IdIndex
 
@@ -49,7 +50,7 @@ def _ids(*groups) -> list[str]:
 
 
 @dataclass
-class DebiasedRecommender(FitSettings):
+class DebiasedRecommender(ExposureWeightPath, FitSettings):
     method: str = "naive"
     imputation_ratio: int = 4     # population pairs sampled per observed pair (DR family)
     objective: str = "binary"     # binary: BCE, predictions are probabilities; regression: squared error
@@ -79,20 +80,11 @@ class DebiasedRecommender(FitSettings):
                              progress, exposure_log)
         return self
 
-    def fit_path(self, param: str, values: tuple, *args, **kwargs) -> list["DebiasedRecommender"]:
-        """One fitted copy per exposure weight in `values` (the arguments of `fit` follow), trained in
-        one pass (see causalrec.causal.training): copy j is what `replace(self, exposure_weight=values[j])
-        .fit(...)` gives, up to floating-point summation order."""
-        if param != "exposure_weight":
-            raise ValueError(f"fit_path varies exposure_weight only, not {param!r}")
-        candidates = [replace(self, exposure_weight=w) for w in values]
-        self._fit_candidates(candidates, *args, **kwargs)
-        return candidates
-
     def _fit_candidates(self, candidates: list["DebiasedRecommender"], users, items, y, propensity=None, val=None,
                         user_features: pd.DataFrame | None = None, item_features: pd.DataFrame | None = None,
                         population: tuple | None = None, progress: bool = False, exposure_log: tuple | None = None):
-        """Fit `candidates` (copies of self that differ in exposure_weight only) in one pass, in place."""
+        """Fit `candidates` (copies of self that differ in exposure_weight only) in one pass, in place
+        (`fit`: self alone; `fit_path`: one copy per candidate weight)."""
         for c in candidates:
             c._check(propensity)
         values = [c.exposure_weight for c in candidates]

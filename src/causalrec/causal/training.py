@@ -10,8 +10,9 @@ validation split, it keeps the candidate value with the lowest validation loss. 
 `fit_path(param, values, ...)` trains all candidates in one pass (like LassoCV's regularisation
 path): their weights stacked on a new first axis (`Stacked`), every step one forward and one
 backward for all of them on the same batch, each candidate with its own early stopping. Each
-candidate sees exactly what a fit of its own would (the same initial weights, batches and samples; Adam is elementwise, so one
-optimiser over stacked weights is one per candidate): the pass shares the work, not the results.
+candidate sees exactly what a fit of its own would (the same initial weights, batches and samples;
+Adam is elementwise, so one optimiser over stacked weights is one per candidate): the pass shares
+the work, not the results.
 Warm starts (each candidate from the previous one's optimum) were tried and dropped: from the
 outcome-only optimum, early stopping fires before an exposure head can move the factors (warm, the
 search chose no head on the informative log of tests/test_uplift.py, where cold fits rightly
@@ -140,10 +141,9 @@ def train_loop(step: Callable[[object], tuple[object, int]], batches: Callable[[
         for batch in batches():
             loss, n = step(batch)
             total, rows = total + np.asarray(loss, np.float64) * n, rows + n
-        train_loss = np.broadcast_to(total / max(rows, 1), copies)
+        train_loss, seconds = np.broadcast_to(total / max(rows, 1), copies), time.perf_counter() - start
         for j in np.flatnonzero(active):
-            histories[j].append({"epoch": epoch + 1, "train_loss": float(train_loss[j]), "rows": rows,
-                                 "seconds": time.perf_counter() - start})
+            histories[j].append({"epoch": epoch + 1, "train_loss": float(train_loss[j]), "rows": rows, "seconds": seconds})
         if validate is None:
             continue
         val = evaluate()
@@ -170,6 +170,20 @@ def best_val_loss(history: list[dict]) -> float:
     return min((row["val_loss"] for row in history if "val_loss" in row), default=np.inf)
 
 
+class ExposureWeightPath:
+    """`fit_path` for a learner whose `_fit_candidates(candidates, *fit_args)` fits copies of itself
+    that differ in `exposure_weight` only, in one pass, in place (the relevance and shared uplift
+    learners): copy j is what `replace(self, exposure_weight=values[j]).fit(...)` gives, up to
+    floating-point summation order."""
+
+    def fit_path(self, param: str, values: tuple, *args, **kwargs) -> list:
+        if param != "exposure_weight":
+            raise ValueError(f"fit_path varies exposure_weight only, not {param!r}")
+        candidates = [replace(self, exposure_weight=w) for w in values]
+        self._fit_candidates(candidates, *args, **kwargs)
+        return candidates
+
+
 @dataclass
 class ValidationSearch:
     """Fit `estimator` once per value of `param` in `candidates` (in one pass where the estimator
@@ -187,7 +201,7 @@ class ValidationSearch:
         else:
             models = [replace(self.estimator, **{self.param: v}).fit(*args, **kwargs) for v in self.candidates]
         self.results_ = {value: best_val_loss(model.history) for value, model in zip(self.candidates, models)}
-        value = min(self.candidates, key=self.results_.get)  # the first of equals: the smaller weight
+        value = min(self.candidates, key=self.results_.get)  # the first of equals (in candidates' order)
         self.best_estimator_ = models[self.candidates.index(value)]
         self.best_estimator_.search_ = {"param": self.param, "chosen": value,
                                         "validation_loss": {str(k): v for k, v in self.results_.items()}}

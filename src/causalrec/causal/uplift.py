@@ -34,13 +34,13 @@ returns the mean and a percentile interval per pair.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from causalrec.causal.debias import DebiasedRecommender, auto_exposure_weight
-from causalrec.causal.training import FitSettings, minibatches
+from causalrec.causal.training import ExposureWeightPath, FitSettings, minibatches
 
 
 class UpliftMember:
@@ -265,7 +265,7 @@ def with_exposure_features(users: np.ndarray, items: np.ndarray, propensity: np.
 
 
 @dataclass
-class SharedUplift(FitSettings):
+class SharedUplift(ExposureWeightPath, FitSettings):
     """The 'shared' learner's joint fit: relevance x (1 - organic share), fit on both arms, with an
     optional exposure head on the relevance factors (see the module docstring). `as_recommenders`
     hands the fitted relevance and organic models to `Shared` (for scoring and persistence)."""
@@ -277,15 +277,6 @@ class SharedUplift(FitSettings):
         """Early stopping on the outcome loss of the validation rows (`val_mask`)."""
         self._fit_candidates([self], users, items, t, y, e, val_mask, features)
         return self
-
-    def fit_path(self, param: str, values: tuple, *args) -> list["SharedUplift"]:
-        """One fitted copy per exposure weight in `values` (the arguments of `fit` follow), trained in
-        one pass (causalrec.causal.training): copy j is `replace(self, exposure_weight=values[j]).fit(...)`."""
-        if param != "exposure_weight":
-            raise ValueError(f"fit_path varies exposure_weight only, not {param!r}")
-        candidates = [replace(self, exposure_weight=w) for w in values]
-        self._fit_candidates(candidates, *args)
-        return candidates
 
     def _fit_candidates(self, candidates: list["SharedUplift"], users, items, t, y, e, val_mask, features: dict):
         import torch
