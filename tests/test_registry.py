@@ -156,9 +156,11 @@ def test_gate_on_served_traffic_promotes_the_better_policy_and_covers_the_truth(
     assert compare(params, good, bad, traffic)["candidate"] == ope["candidate"]
 
 
-def test_ingest_trains_on_the_explored_slates_the_gate_does_not_score(bundle, tmp_path):
-    """promote.max_slates caps the gate's evaluation set; ingest leaves out exactly those rows and
-    trains on the other uniformly drawn slates (an exploration boost's extra evidence)."""
+@pytest.mark.parametrize("max_slates, max_share", [(60, 1.0), (10_000, 0.25)])
+def test_ingest_trains_on_the_explored_slates_the_gate_does_not_score(bundle, tmp_path, max_slates, max_share):
+    """promote.max_slates and promote.max_share cap the gate's evaluation set; ingest leaves out
+    exactly those rows and trains on the other uniformly drawn slates (an exploration boost's extra
+    evidence, and after a drift mark the only unbiased rows the candidate can be validated on)."""
     import shutil
 
     from causalrec.config import load_params
@@ -168,17 +170,20 @@ def test_ingest_trains_on_the_explored_slates_the_gate_does_not_score(bundle, tm
     good, _ = _good_and_bad(bundle, tmp_path)
     params = load_params(bundle[1].root / "params.yaml").model_copy(deep=True)
     params.paths.feedback_dir = tmp_path / "feedback_data"
-    params.promote.max_slates = 60
+    params.promote.max_slates, params.promote.max_share = max_slates, max_share
     _, _, served = _served_partition(good, "good", params, params.paths.feedback_dir)
-    gate = served_traffic(params)
-    assert gate["request_id"].nunique() == 60 and (gate["uniform"] == 1).all()
-    shutil.copytree(params.paths.data_dir, tmp_path / "data")
-    counts = merge_into(tmp_path / "data", params.paths.feedback_dir, window=1, holdout=1, holdout_slates=60)
-    trained = pd.read_parquet(tmp_path / "data" / "interactions.parquet")
-    assert counts["held_out_for_the_gate"] == len(gate) == 300 and counts["interactions"] == 2000 - 300
-    assert not set(gate["event_id"]) & set(trained["event_id"].dropna())
     n_uniform = sum(s["uniform"] for s in served)
-    assert (trained["uniform"] == 1).sum() == 5 * (n_uniform - 60)
+    n_gate = min(max_slates, int(n_uniform * max_share))
+    assert 0 < n_gate < n_uniform
+    gate = served_traffic(params)
+    assert gate["request_id"].nunique() == n_gate and (gate["uniform"] == 1).all()
+    shutil.copytree(params.paths.data_dir, tmp_path / "data")
+    counts = merge_into(tmp_path / "data", params.paths.feedback_dir, window=1, holdout=1, holdout_slates=max_slates,
+                        holdout_share=max_share)
+    trained = pd.read_parquet(tmp_path / "data" / "interactions.parquet")
+    assert counts["held_out_for_the_gate"] == len(gate) == 5 * n_gate and counts["interactions"] == 2000 - 5 * n_gate
+    assert not set(gate["event_id"]) & set(trained["event_id"].dropna())
+    assert (trained["uniform"] == 1).sum() == 5 * (n_uniform - n_gate)
 
 
 @pytest.mark.parametrize("worse", ["champion", "previous"])

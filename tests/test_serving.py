@@ -162,7 +162,7 @@ def test_export_writes_each_event_once_as_a_new_validated_partition(tmp_path):
 
 
 def test_the_gate_slates_are_capped_and_the_same_whatever_the_row_order():
-    """The gate's evaluation set: uniform slates only, at most max_slates of them, chosen by request
+    """The gate's evaluation set: uniform slates only, at most max_slates (and max_share) of them, chosen by request
     id alone (ingest and the gate read the rows in their own order and must leave out the same)."""
     from causalrec.data.feedback import gate_slates
 
@@ -174,6 +174,10 @@ def test_the_gate_slates_are_capped_and_the_same_whatever_the_row_order():
     shuffled = rows.sample(frac=1, random_state=1)
     assert set(shuffled.loc[gate_slates(shuffled, max_slates=4), "request_id"]) == set(rows.loc[capped, "request_id"])
     assert gate_slates(rows, max_slates=100).equals(every)
+    half = gate_slates(rows, max_share=0.5)  # 10 uniform slates: 5 for the gate, 5 to train and validate on
+    assert rows.loc[half, "request_id"].nunique() == 5 and not (half & ~every).any()
+    assert gate_slates(rows, max_slates=100, max_share=0.5).equals(half)
+    assert rows.loc[gate_slates(rows, max_slates=4, max_share=0.5), "request_id"].nunique() == 4
 
 
 def test_privacy_helpers():

@@ -69,15 +69,17 @@ def write_partition(feedback_dir: str | Path, tables: dict[str, pd.DataFrame], m
     return path
 
 
-def gate_slates(rows: pd.DataFrame, max_slates: int | None = None) -> pd.Series:
+def gate_slates(rows: pd.DataFrame, max_slates: int | None = None, max_share: float = 1.0) -> pd.Series:
     """(rows,) bool: the promotion gate's evaluation set among served rows: the uniformly drawn slates,
-    at most `max_slates` of them (None: all), always the same ones for the same rows (the lowest
-    hashes of their request ids: pandas' hash has a fixed key), so ingest leaves out exactly what the
-    gate scores."""
+    at most `max_slates` of them (None: all) and at most `max_share` of them, always the same ones for
+    the same rows (the lowest hashes of their request ids: pandas' hash has a fixed key), so ingest
+    leaves out exactly what the gate scores."""
     uniform = rows["uniform"].eq(1).fillna(False).astype(bool)  # (a nullable column: missing = not uniform)
     request = rows["request_id"].astype(str)
     slates = pd.Series(request[uniform].unique())
-    if max_slates is not None and len(slates) > max_slates:
+    cap = int(len(slates) * max_share)
+    max_slates = cap if max_slates is None else min(max_slates, cap)
+    if len(slates) > max_slates:
         order = pd.util.hash_pandas_object(slates, index=False).to_numpy().argsort(kind="stable")
         slates = slates.iloc[order[:max_slates]]
     return uniform & request.isin(slates)
@@ -118,14 +120,14 @@ def drift_mark(feedback_dir: str | Path) -> dict | None:
 
 
 def merge_into(data_dir: str | Path, feedback_dir: str | Path, window: int | None = None, holdout: int = 0,
-               holdout_slates: int | None = None, since: str | None = None) -> dict:
+               holdout_slates: int | None = None, holdout_share: float = 1.0, since: str | None = None) -> dict:
     """Append the partitions' rows to the base tables in `data_dir` (items and users by key, first
     occurrence wins, from every partition; interactions from the last `window` logs, the base log
     counting as the oldest: with window w and at least w partitions, the base interactions are
     dropped and the last w partitions kept; None keeps all). With `since` (a partition name), the
     interactions logged before it, the base log's included, are dropped first: they record interests
     users no longer have. The uniformly drawn slates of the last `holdout` partitions (at most
-    `holdout_slates` of them: `gate_slates`) stay out: they are the promotion gate's evaluation set,
+    `holdout_slates` of them and at most `holdout_share`: `gate_slates`) stay out: they are the promotion gate's evaluation set,
     and a candidate trained on them would be scored on its own training data. Returns counts per table."""
     import io
 
@@ -149,7 +151,7 @@ def merge_into(data_dir: str | Path, feedback_dir: str | Path, window: int | Non
         if spec is INTERACTIONS and holdout and "uniform" in rows:
             latest = rows["partition"].isin([p.name for p in parts[-holdout:]]).to_numpy()
             held = np.zeros(len(rows), bool)
-            held[latest] = gate_slates(rows[latest], holdout_slates).to_numpy()
+            held[latest] = gate_slates(rows[latest], holdout_slates, holdout_share).to_numpy()
             counts["held_out_for_the_gate"] = int(held.sum())
             rows = rows[~held]
         rows = rows.drop(columns="partition")

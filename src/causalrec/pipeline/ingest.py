@@ -40,7 +40,8 @@ def ingest(params: Params) -> dict:
     mark = drift_mark(params.paths.feedback_dir) if src.after_drift else None
     summary = {"source": src.source, **summary,
                "feedback": merge_into(d["data"], params.paths.feedback_dir, window=src.window, holdout=holdout,
-                                      holdout_slates=params.promote.max_slates, since=mark and mark["since_partition"])}
+                                      holdout_slates=params.promote.max_slates,
+                                      holdout_share=params.promote.max_share, since=mark and mark["since_partition"])}
     d["truth"].mkdir(parents=True, exist_ok=True)
     atomic_write_json(d["truth"] / "ingest.json", summary)
     return summary

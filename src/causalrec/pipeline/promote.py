@@ -27,7 +27,7 @@ from causalrec.config import Params
 def served_traffic(params: Params) -> pd.DataFrame:
     """The replayable rows of the latest partitions (those whose slate is known); with
     promote.traffic = uniform, only the slates drawn uniformly at random, at most promote.max_slates
-    of them (the ones ingest left out of training: data.feedback.gate_slates)."""
+    and promote.max_share of them (the ones ingest left out of training: data.feedback.gate_slates)."""
     from causalrec.data.feedback import gate_slates, read_partitions
 
     rows = read_partitions(params.paths.feedback_dir, last=params.promote.partitions)
@@ -35,7 +35,7 @@ def served_traffic(params: Params) -> pd.DataFrame:
         return pd.DataFrame()
     keep = (rows["slate_size"] > 0) & (rows["request_id"].astype(str) != "")
     if params.promote.traffic == "uniform":
-        keep &= gate_slates(rows, params.promote.max_slates)
+        keep &= gate_slates(rows, params.promote.max_slates, params.promote.max_share)
     return rows[keep].reset_index(drop=True)
 
 
