@@ -82,6 +82,9 @@ def test_params_yaml_is_the_one_source_of_values():
     ({"simulate": {"n_topics": 99}}, "n_topics"),
     ({"train": {"dim": 10**8}}, "train.dim"),
     ({"drop": "monitor"}, "missing key(s) monitor"),
+    ({"train": {"weight_decay": "auto", "exposure_weight": "auto"}}, "both auto"),
+    ({"train": {"weight_decay": "auto", "exposure_weight": 0.0}}, "uplift.enabled: false"),
+    ({"train": {"weight_decay": "sometimes"}}, "train.weight_decay"),
 ])
 def test_values_that_make_no_sense_are_rejected(tmp_path, edit, fragment):
     import yaml

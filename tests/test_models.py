@@ -212,6 +212,42 @@ def test_the_auto_search_in_one_pass_equals_a_fit_per_weight(method):
     assert len({len(m.history) for m in path}) > 1
 
 
+@pytest.mark.parametrize("method", ["naive", "dr_jl", "dr"])
+def test_the_weight_decay_search_in_one_pass_equals_a_fit_per_value(method):
+    """`weight_decay: auto` trains its candidates side by side too: Adam's L2 decay applied per copy
+    (the tower, the exposure head and DR-JL's imputer included) gives each candidate what a fit of its
+    own gives; DR's fixed imputer depends on the decay, so it falls back to one fit per value."""
+    from dataclasses import replace
+
+    from causalrec.causal.debias import auto_weight_decay
+
+    rng = np.random.default_rng(0)
+    u, i = rng.integers(100, size=8000), rng.integers(60, size=8000)
+    e = np.where((u % 2) == (i % 2), 0.8, 0.2)
+    shown = rng.random(8000) < e
+    y = (rng.random(8000) < np.where((u % 3) == (i % 3), 0.6, 0.1)).astype(float)
+    users, items = np.array([f"u{x}" for x in u]), np.array([f"i{x}" for x in i])
+    fit, val = shown & (rng.random(8000) < 0.8), shown & (rng.random(8000) >= 0.8)
+    item_features = pd.DataFrame(rng.normal(size=(60, 3)), index=[f"i{k}" for k in range(60)])
+    args = (users[fit], items[fit], y[fit], e[fit])
+    kwargs = {"val": (users[val], items[val], y[val], None), "item_features": item_features, "exposure_log": (users, items, e)}
+    base = DebiasedRecommender(method, dim=4, epochs=10, lr=0.03, batch_size=128, patience=2, seed=1, exposure_weight=1.0)
+    decays = (0.0, 0.003, 0.1)
+    path = base.fit_path("weight_decay", decays, *args, **kwargs)
+    some = (users[:200], items[:200])
+    for wd, stacked in zip(decays, path):
+        alone = replace(base, weight_decay=wd).fit(*args, **kwargs)
+        assert stacked.weight_decay == wd and len(stacked.history) == len(alone.history) > 1
+        np.testing.assert_allclose([r["val_loss"] for r in stacked.history], [r["val_loss"] for r in alone.history], atol=1e-5)
+        np.testing.assert_allclose(stacked.predict(*some), alone.predict(*some), atol=1e-5)
+    assert not np.allclose(path[0].predict(*some), path[2].predict(*some), atol=1e-3)
+    # the search keeps the lowest validation loss, and says so
+    search = auto_weight_decay(base).fit(*args, **kwargs)
+    losses = {wd: min(r["val_loss"] for r in m.history) for wd, m in
+              zip(search.candidates, base.fit_path("weight_decay", search.candidates, *args, **kwargs))}
+    assert search.best_estimator_.weight_decay == search.best_estimator_.weight_decay_ == min(losses, key=losses.get)
+
+
 def test_validation_search_fits_one_copy_per_value_without_a_path():
     """A learner without `fit_path` is searched by one fit per candidate value; the lowest
     validation loss wins (the first of equals) and is recorded on the chosen fit."""

@@ -111,12 +111,20 @@ class Train(_Section):
     dim: int = Field(ge=1, le=4096)
     epochs: int = Field(ge=1, le=10_000)
     lr: float = Field(gt=0, le=10)
-    weight_decay: float = Field(ge=0, le=10)
+    # auto: the relevance models choose it by validation loss (causal.debias.AUTO_WEIGHT_DECAYS)
+    weight_decay: Annotated[float, Field(ge=0, le=10)] | Literal["auto"]
     batch_size: int = Field(ge=1, le=10_000_000)
     val_fraction: float = Field(gt=0, lt=1)
     patience: int = Field(ge=1)
     exposure_weight: ExposureWeight
     features: list[Literal["text", "attributes"]]
+
+    @model_validator(mode="after")
+    def _one_search(self) -> "Train":
+        if self.weight_decay == "auto" and self.exposure_weight == "auto":
+            raise ValueError("train.weight_decay and train.exposure_weight are both auto: the search varies one "
+                             "setting at a time; give one of them a number")
+        return self
 
 
 class Uplift(_Section):
@@ -233,6 +241,13 @@ class Params(_Section):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
     _root: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _uplift_weight_decay(self) -> "Params":
+        if self.train.weight_decay == "auto" and self.uplift.enabled:
+            raise ValueError("train.weight_decay: auto is searched for the relevance models only; the uplift "
+                             "learner trains with train.weight_decay too: give it a number, or set uplift.enabled: false")
+        return self
 
     def resolve(self, root: Path) -> "Params":
         """Return a copy whose relative paths are anchored at `root` (the project directory: where dvc

@@ -12,6 +12,8 @@ label, added to the loss with that weight (the same head as the shared uplift le
 causalrec.causal.uplift). `auto_exposure_weight(model)` chooses the weight among
 AUTO_EXPOSURE_WEIGHTS by validation loss (a ValidationSearch). It helps when the policy knew
 something about preferences and is weighted to 0 by the validation when it did not.
+`auto_weight_decay(model)` chooses the weight decay among AUTO_WEIGHT_DECAYS the same way (how far
+user vectors may move from the few rows a user has, e.g. after the users' interests moved).
 """
 from __future__ import annotations
 
@@ -23,18 +25,25 @@ import torch
 import torch.nn.functional as F
 
 from causalrec.causal.losses import DR_METHODS, LOSSES, METHODS, Batch, imputer_loss
-from causalrec.causal.training import (ExposureWeightPath, FitSettings, Stacked, ValidationSearch, adam,
+from causalrec.causal.training import (FitSettings, OnePassPath, Stacked, ValidationSearch, adam, copy_decay,
                                       minibatches, train_loop)
 from causalrec.models.factor import FactorModel
 from causalrec.models.ids import IdIndex
 
 AUTO_EXPOSURE_WEIGHTS = (0.0, 1.0, 3.0, 10.0)
-__all__ = ["AUTO_EXPOSURE_WEIGHTS", "DR_METHODS", "METHODS", "DebiasedRecommender", "auto_exposure_weight"]
+AUTO_WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3)  # decades around FitSettings' 1e-4
+__all__ = ["AUTO_EXPOSURE_WEIGHTS", "AUTO_WEIGHT_DECAYS", "DR_METHODS", "METHODS", "DebiasedRecommender",
+           "auto_exposure_weight", "auto_weight_decay"]
 
 
 def auto_exposure_weight(model) -> ValidationSearch:
     """`exposure_weight: auto` for any learner with that parameter: a search over AUTO_EXPOSURE_WEIGHTS."""
     return ValidationSearch(replace(model, exposure_weight=0.0), "exposure_weight", AUTO_EXPOSURE_WEIGHTS)
+
+
+def auto_weight_decay(model) -> ValidationSearch:
+    """`weight_decay: auto`: a search over AUTO_WEIGHT_DECAYS (one pass where the learner has fit_path)."""
+    return ValidationSearch(replace(model, weight_decay=AUTO_WEIGHT_DECAYS[0]), "weight_decay", AUTO_WEIGHT_DECAYS)
 
 
 def feature_matrix(index: IdIndex, features: pd.DataFrame | None) -> torch.Tensor | None:
@@ -50,7 +59,7 @@ def _ids(*groups) -> list[str]:
 
 
 @dataclass
-class DebiasedRecommender(ExposureWeightPath, FitSettings):
+class DebiasedRecommender(OnePassPath, FitSettings):
     method: str = "naive"
     imputation_ratio: int = 4     # population pairs sampled per observed pair (DR family)
     objective: str = "binary"     # binary: BCE, predictions are probabilities; regression: squared error
@@ -83,10 +92,16 @@ class DebiasedRecommender(ExposureWeightPath, FitSettings):
     def _fit_candidates(self, candidates: list["DebiasedRecommender"], users, items, y, propensity=None, val=None,
                         user_features: pd.DataFrame | None = None, item_features: pd.DataFrame | None = None,
                         population: tuple | None = None, progress: bool = False, exposure_log: tuple | None = None):
-        """Fit `candidates` (copies of self that differ in exposure_weight only) in one pass, in place
-        (`fit`: self alone; `fit_path`: one copy per candidate weight)."""
+        """Fit `candidates` (copies of self that differ in exposure_weight or weight_decay only) in one
+        pass, in place (`fit`: self alone; `fit_path`: one copy per candidate value)."""
         for c in candidates:
             c._check(propensity)
+        if self.method == "dr" and isinstance(copy_decay(candidates), torch.Tensor):
+            # DR's fixed imputer is trained with the learner's weight decay: one per candidate, so one fit each
+            for c in candidates:
+                c._fit_candidates([c], users, items, y, propensity, val, user_features, item_features, population,
+                                  progress, exposure_log)
+            return
         values = [c.exposure_weight for c in candidates]
         weights = torch.tensor([float(w) for w in values])
         if (weights > 0).any() and exposure_log is None:
@@ -105,7 +120,7 @@ class DebiasedRecommender(ExposureWeightPath, FitSettings):
         modules = {"net": f}
         if self.method in DR_METHODS and self.method != "dr":  # joint learning: g trains beside f
             imputer = net(self.dim)
-            opt_g = adam(imputer.parameters(), self.lr, self.weight_decay)
+            opt_g = adam(imputer.parameters(), self.lr, copy_decay(candidates))
         if (weights > 0).any():  # exposure head: own biases/feature terms + alpha x the shared interaction
             head = FactorModel(len(user_index), len(item_index), 0, X, Z)
             head.register_parameter("alpha", torch.nn.Parameter(torch.ones(1)))
@@ -113,7 +128,7 @@ class DebiasedRecommender(ExposureWeightPath, FitSettings):
             eu = torch.as_tensor(user_index.encode(np.asarray(exposure_log[0]).astype(str)))
             ei = torch.as_tensor(item_index.encode(np.asarray(exposure_log[1]).astype(str)))
             ee = torch.as_tensor(np.clip(np.asarray(exposure_log[2], np.float64), 1e-4, 1 - 1e-4), dtype=torch.float32)
-        opt = adam([p for m in modules.values() for p in m.parameters()], self.lr, self.weight_decay)
+        opt = adam([p for m in modules.values() for p in m.parameters()], self.lr, copy_decay(candidates))
         yt = torch.as_tensor(np.asarray(y, dtype=np.float32))
         p = torch.as_tensor(np.ones(len(yt)) if propensity is None else np.asarray(propensity, np.float64),
                             dtype=torch.float32)

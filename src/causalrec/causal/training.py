@@ -5,8 +5,8 @@ stops after `patience` epochs without improvement. The learner supplies what dif
 step turns a batch into a loss (usually through `causalrec.causal.losses.LOSSES`) and where the
 batches come from (a permutation of rows in memory, record batches from parquet).
 
-`ValidationSearch` is the `auto` of exposure weights: like scikit-learn's GridSearchCV with one
-validation split, it keeps the candidate value with the lowest validation loss. A learner with a
+`ValidationSearch` is the `auto` of exposure weights and weight decay: like scikit-learn's
+GridSearchCV with one validation split, it keeps the candidate value with the lowest validation loss. A learner with a
 `fit_path(param, values, ...)` trains all candidates in one pass (like LassoCV's regularisation
 path): their weights stacked on a new first axis (`Stacked`), every step one forward and one
 backward for all of them on the same batch, each candidate with its own early stopping. Each
@@ -48,10 +48,37 @@ class FitSettings:
         return {**{f.name: getattr(self, f.name) for f in fields(FitSettings)}, **override}
 
 
-def adam(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def adam(params, lr: float, weight_decay: float | torch.Tensor) -> torch.optim.Optimizer:
     """The optimiser of every learner (one place for its settings). foreach: one kernel per operation over
-    all parameters (the same arithmetic; PyTorch uses it by default on GPU only): half the step's time on CPU."""
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
+    all parameters (the same arithmetic; PyTorch uses it by default on GPU only): half the step's time on CPU.
+    `weight_decay` is one value, or one per copy of `Stacked` parameters (a tensor (k,)): see copy_decay."""
+    if not torch.is_tensor(weight_decay):
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
+    return _PerCopyDecayAdam(params, lr, weight_decay)
+
+
+class _PerCopyDecayAdam(torch.optim.Adam):
+    """Adam whose (coupled, L2) weight decay differs per copy of stacked parameters: the gradient gets
+    decay[j] x parameter on copy j before the step, which is what Adam's own weight_decay adds."""
+
+    def __init__(self, params, lr: float, decay: torch.Tensor):
+        super().__init__(params, lr=lr, foreach=True)
+        self.decay = decay
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.add_(p * self.decay.view(-1, *(1,) * (p.dim() - 1)))
+        return super().step(closure)
+
+
+def copy_decay(candidates: list) -> float | torch.Tensor:
+    """The weight decay of candidates trained side by side: one value when they share it (Adam's own),
+    else one per copy (a weight-decay path)."""
+    decays = [float(c.weight_decay) for c in candidates]
+    return decays[0] if len(set(decays)) == 1 else torch.tensor(decays)
 
 
 def minibatches(n_rows: int, batch_size: int, rng: np.random.Generator) -> Callable[[], Iterable[torch.Tensor]]:
@@ -170,16 +197,18 @@ def best_val_loss(history: list[dict]) -> float:
     return min((row["val_loss"] for row in history if "val_loss" in row), default=np.inf)
 
 
-class ExposureWeightPath:
+class OnePassPath:
     """`fit_path` for a learner whose `_fit_candidates(candidates, *fit_args)` fits copies of itself
-    that differ in `exposure_weight` only, in one pass, in place (the relevance and shared uplift
-    learners): copy j is what `replace(self, exposure_weight=values[j]).fit(...)` gives, up to
+    that differ in `exposure_weight` or `weight_decay` only, in one pass, in place (the relevance and
+    shared uplift learners): copy j is what `replace(self, <param>=values[j]).fit(...)` gives, up to
     floating-point summation order."""
 
+    PATH_PARAMS = ("exposure_weight", "weight_decay")
+
     def fit_path(self, param: str, values: tuple, *args, **kwargs) -> list:
-        if param != "exposure_weight":
-            raise ValueError(f"fit_path varies exposure_weight only, not {param!r}")
-        candidates = [replace(self, exposure_weight=w) for w in values]
+        if param not in self.PATH_PARAMS:
+            raise ValueError(f"fit_path varies one of {self.PATH_PARAMS}, not {param!r}")
+        candidates = [replace(self, **{param: v}) for v in values]
         self._fit_candidates(candidates, *args, **kwargs)
         return candidates
 

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from causalrec.causal.debias import DebiasedRecommender, auto_exposure_weight
-from causalrec.causal.training import ExposureWeightPath, FitSettings, minibatches
+from causalrec.causal.training import FitSettings, OnePassPath, minibatches
 
 
 class UpliftMember:
@@ -265,7 +265,7 @@ def with_exposure_features(users: np.ndarray, items: np.ndarray, propensity: np.
 
 
 @dataclass
-class SharedUplift(ExposureWeightPath, FitSettings):
+class SharedUplift(OnePassPath, FitSettings):
     """The 'shared' learner's joint fit: relevance x (1 - organic share), fit on both arms, with an
     optional exposure head on the relevance factors (see the module docstring). `as_recommenders`
     hands the fitted relevance and organic models to `Shared` (for scoring and persistence)."""
@@ -283,7 +283,7 @@ class SharedUplift(ExposureWeightPath, FitSettings):
         import torch.nn.functional as F
 
         from causalrec.causal.debias import feature_matrix
-        from causalrec.causal.training import Stacked, adam, train_loop
+        from causalrec.causal.training import Stacked, adam, copy_decay, train_loop
         from causalrec.models.factor import FactorModel
         from causalrec.models.ids import IdIndex
 
@@ -305,7 +305,7 @@ class SharedUplift(ExposureWeightPath, FitSettings):
         relevance, organic, exposure = modules.values()
         with_head = bool((weights > 0).any())
         opt = adam([p for k, m in modules.items() if k != "exposure" or with_head for p in m.parameters()],
-                   self.lr, self.weight_decay)
+                   self.lr, copy_decay(candidates))
         u, i = torch.as_tensor(user_index.encode(users)), torch.as_tensor(item_index.encode(items))
         tt, yt = torch.as_tensor(t, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
         et = torch.as_tensor(e, dtype=torch.float32)

@@ -59,15 +59,17 @@ def _training_rows(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, tuple, t
 def make_model(name: str, params: Params):
     """`popularity`, or `<backbone>_<method>`: backbone mf (ids) or tt (two-tower: ids + text embeddings),
     method one of causalrec.causal.debias.METHODS."""
-    from causalrec.causal.debias import DebiasedRecommender, auto_exposure_weight
+    from causalrec.causal.debias import DebiasedRecommender, auto_exposure_weight, auto_weight_decay
     from causalrec.models import Popularity
 
     t = params.train
     if name == "popularity":
         return Popularity()
     method = name.split("_", 1)[1]
-    model = DebiasedRecommender(method=method, exposure_weight=0.0 if t.exposure_weight == "auto" else t.exposure_weight,
-                                **learner_settings(params))
+    settings = {**learner_settings(params), "exposure_weight": 0.0 if t.exposure_weight == "auto" else t.exposure_weight}
+    if t.weight_decay == "auto":
+        return auto_weight_decay(DebiasedRecommender(method=method, **{**settings, "weight_decay": 0.0}))
+    model = DebiasedRecommender(method=method, **settings)
     return auto_exposure_weight(model) if t.exposure_weight == "auto" else model
 
 
@@ -137,6 +139,7 @@ def train(params: Params) -> dict:
             curves += [{"model": name, **row} for row in model.history]
             summary[name] = {"epochs": len(model.history), "fit_rows": len(fit_rows), "val_rows": len(val_rows),
                              "exposure_weight": getattr(model, "exposure_weight_", None),
+                             "weight_decay": getattr(model, "weight_decay", None),
                              "validation_auc": _validation_auc(model, val_rows)}
         scored = [n for n in params.train.models if not np.isnan(summary[n]["validation_auc"])]
         if not scored:
