@@ -181,12 +181,9 @@ def test_exposure_head_lifts_relevance_when_the_policy_knew_preferences():
         DebiasedRecommender("naive", exposure_weight=-2).fit(users, items, y)
 
 
-@pytest.mark.parametrize("method", ["naive", "dr_jl"])
-def test_the_auto_search_in_one_pass_equals_a_fit_per_weight(method):
-    """`auto` trains its candidate weights side by side (stacked weights, one step for all): each
-    candidate must be what a fit of its own gives (same start, batches, samples; own early stopping)."""
-    from dataclasses import replace
-
+def _search_log():
+    """A small log where exposure follows preferences (fit args, fit kwargs with validation rows,
+    item features and the exposure log, all users, all items) for the one-pass search tests."""
     rng = np.random.default_rng(0)
     u, i = rng.integers(100, size=8000), rng.integers(60, size=8000)
     e = np.where((u % 2) == (i % 2), 0.8, 0.2)
@@ -197,19 +194,34 @@ def test_the_auto_search_in_one_pass_equals_a_fit_per_weight(method):
     item_features = pd.DataFrame(rng.normal(size=(60, 3)), index=[f"i{k}" for k in range(60)])
     args = (users[fit], items[fit], y[fit], e[fit])
     kwargs = {"val": (users[val], items[val], y[val], None), "item_features": item_features, "exposure_log": (users, items, e)}
-    base = DebiasedRecommender(method, dim=4, epochs=10, lr=0.03, batch_size=128, patience=2, seed=1)
-    weights = (0.0, 1.0, 30.0)
-    path = base.fit_path("exposure_weight", weights, *args, **kwargs)
+    return args, kwargs, users, items
+
+
+def _path_equals_fits_alone(base, param: str, values: tuple):
+    """base.fit_path(param, values) on _search_log: each candidate must be what a fit of its own gives
+    (same start, batches, samples; own early stopping), and the candidates must differ. Returns
+    (path, fit args, fit kwargs)."""
+    from dataclasses import replace
+
+    args, kwargs, users, items = _search_log()
+    path = base.fit_path(param, values, *args, **kwargs)
     some = (users[:200], items[:200])
-    for w, stacked in zip(weights, path):
-        alone = replace(base, exposure_weight=w).fit(*args, **kwargs)
-        assert stacked.exposure_weight_ == w and len(stacked.history) == len(alone.history) > 1
+    for value, stacked in zip(values, path):
+        alone = replace(base, **{param: value}).fit(*args, **kwargs)
+        assert getattr(stacked, param) == value and len(stacked.history) == len(alone.history) > 1
         np.testing.assert_allclose([r["val_loss"] for r in stacked.history], [r["val_loss"] for r in alone.history], atol=1e-5)
         np.testing.assert_allclose(stacked.predict(*some), alone.predict(*some), atol=1e-5)
-        assert hasattr(stacked, "head_") == (w > 0)
-    # the candidates differ (no weights shared between them), and each stopped on its own
-    assert not np.allclose(path[0].predict(*some), path[2].predict(*some), atol=1e-3)
-    assert len({len(m.history) for m in path}) > 1
+    assert not np.allclose(path[0].predict(*some), path[-1].predict(*some), atol=1e-3)  # no weights shared
+    return path, args, kwargs
+
+
+@pytest.mark.parametrize("method", ["naive", "dr_jl"])
+def test_the_auto_search_in_one_pass_equals_a_fit_per_weight(method):
+    """`auto` trains its candidate weights side by side (stacked weights, one step for all)."""
+    base = DebiasedRecommender(method, dim=4, epochs=10, lr=0.03, batch_size=128, patience=2, seed=1)
+    path, _, _ = _path_equals_fits_alone(base, "exposure_weight", (0.0, 1.0, 30.0))
+    assert [m.exposure_weight_ for m in path] == [0.0, 1.0, 30.0] and [hasattr(m, "head_") for m in path] == [False, True, True]
+    assert len({len(m.history) for m in path}) > 1  # each stopped on its own
 
 
 @pytest.mark.parametrize("method", ["naive", "dr_jl", "dr"])
@@ -217,30 +229,10 @@ def test_the_weight_decay_search_in_one_pass_equals_a_fit_per_value(method):
     """`weight_decay: auto` trains its candidates side by side too: Adam's L2 decay applied per copy
     (the tower, the exposure head and DR-JL's imputer included) gives each candidate what a fit of its
     own gives; DR's fixed imputer depends on the decay, so it falls back to one fit per value."""
-    from dataclasses import replace
-
     from causalrec.causal.debias import auto_weight_decay
 
-    rng = np.random.default_rng(0)
-    u, i = rng.integers(100, size=8000), rng.integers(60, size=8000)
-    e = np.where((u % 2) == (i % 2), 0.8, 0.2)
-    shown = rng.random(8000) < e
-    y = (rng.random(8000) < np.where((u % 3) == (i % 3), 0.6, 0.1)).astype(float)
-    users, items = np.array([f"u{x}" for x in u]), np.array([f"i{x}" for x in i])
-    fit, val = shown & (rng.random(8000) < 0.8), shown & (rng.random(8000) >= 0.8)
-    item_features = pd.DataFrame(rng.normal(size=(60, 3)), index=[f"i{k}" for k in range(60)])
-    args = (users[fit], items[fit], y[fit], e[fit])
-    kwargs = {"val": (users[val], items[val], y[val], None), "item_features": item_features, "exposure_log": (users, items, e)}
     base = DebiasedRecommender(method, dim=4, epochs=10, lr=0.03, batch_size=128, patience=2, seed=1, exposure_weight=1.0)
-    decays = (0.0, 0.003, 0.1)
-    path = base.fit_path("weight_decay", decays, *args, **kwargs)
-    some = (users[:200], items[:200])
-    for wd, stacked in zip(decays, path):
-        alone = replace(base, weight_decay=wd).fit(*args, **kwargs)
-        assert stacked.weight_decay == wd and len(stacked.history) == len(alone.history) > 1
-        np.testing.assert_allclose([r["val_loss"] for r in stacked.history], [r["val_loss"] for r in alone.history], atol=1e-5)
-        np.testing.assert_allclose(stacked.predict(*some), alone.predict(*some), atol=1e-5)
-    assert not np.allclose(path[0].predict(*some), path[2].predict(*some), atol=1e-3)
+    path, args, kwargs = _path_equals_fits_alone(base, "weight_decay", (0.0, 0.003, 0.1))
     # the search keeps the lowest validation loss, and says so
     search = auto_weight_decay(base).fit(*args, **kwargs)
     losses = {wd: min(r["val_loss"] for r in m.history) for wd, m in
