@@ -24,10 +24,12 @@ import pandas as pd
 from causalrec.config import Params
 
 
-def served_traffic(params: Params) -> pd.DataFrame:
+def served_traffic(params: Params, held_out: bool = True) -> pd.DataFrame:
     """The replayable rows of the latest partitions (those whose slate is known); with
-    promote.traffic = uniform, only the slates drawn uniformly at random, at most promote.max_slates
-    and promote.max_share of them (the ones ingest left out of training: data.feedback.gate_slates)."""
+    promote.traffic = uniform, only the slates drawn uniformly at random: with `held_out` (the gate)
+    at most promote.max_slates and promote.max_share of them, the ones ingest left out of training
+    (data.feedback.gate_slates), as the candidate was trained on the rest; without (the rollback
+    check) every one of them: neither the champion nor the one before it trained on this traffic."""
     from causalrec.data.feedback import gate_slates, read_partitions
 
     rows = read_partitions(params.paths.feedback_dir, last=params.promote.partitions)
@@ -35,7 +37,8 @@ def served_traffic(params: Params) -> pd.DataFrame:
         return pd.DataFrame()
     keep = (rows["slate_size"] > 0) & (rows["request_id"].astype(str) != "")
     if params.promote.traffic == "uniform":
-        keep &= gate_slates(rows, params.promote.max_slates, params.promote.max_share)
+        keep &= gate_slates(rows, params.promote.max_slates, params.promote.max_share) if held_out else \
+            gate_slates(rows)
     return rows[keep].reset_index(drop=True)
 
 
@@ -128,7 +131,7 @@ def check_champion(params: Params, locate=None) -> dict:
     own = latest[latest["model_version"] == champion["model_tag"]] if len(latest) else latest
     out = {"champion": champion["model_tag"], "previous": previous["model_tag"], "champion_events": len(own),
            "champion_live_outcome_rate": float(own["outcome"].mean()) if len(own) else None}
-    rows = served_traffic(params)
+    rows = served_traffic(params, held_out=False)
     n_slates = rows["request_id"].nunique() if len(rows) else 0
     dirs = {name: locate(e["model_tag"]) for name, e in (("champion", champion), ("previous", previous))}
     missing = [name for name, d in dirs.items() if d is None]
