@@ -59,10 +59,7 @@ LOOP_PARAMS = {
     "uplift": {"enabled": False},
     "analyze": {"enabled": False},          # the causal analysis is not part of the loop
     "package": {"build_bento": False},      # round 1's HTTP service runs the source tree pinned to the tags
-    # weight decay chosen by validation loss in every retrain (AUTO_WEIGHT_DECAYS): how far a user's vector may
-    # move from the few rows that user has decides how fast moved interests are relearned (benchmarks/
-    # drift_recovery.py); set before this run, not tuned on its outcome
-    "train": {"models": ["popularity", "tt_naive", "tt_ips"], "exposure_weight": 0.0, "weight_decay": "auto"},
+    "train": {"models": ["popularity", "tt_naive", "tt_ips"], "exposure_weight": 0.0},
     "ingest": {"window": 2},                # the base log, then the last two rounds' served traffic
 }
 # name -> (serve overrides, which scenario rounds apply, gate traffic); the rounds are --bad-candidate-round,

@@ -128,17 +128,19 @@ def test_gate_on_served_traffic_promotes_the_better_policy_and_covers_the_truth(
     good, bad = _good_and_bad(bundle, tmp_path)
     params = load_params(bundle[1].root / "params.yaml").model_copy(deep=True)
     params.paths.feedback_dir = tmp_path / "feedback_data"
-    # the gate on every explored slate: with params.yaml's share (half) these 92 slates leave the good
-    # candidate's lower bound at -0.005, the price of promote.max_share on this little traffic
-    params.promote.max_share = 1.0
+    # the gate on every explored slate (params.yaml's): with promote.max_share 0.5, 92 slates leave the
+    # good candidate's lower bound at -0.005, the price of the share on this little traffic
+    assert params.promote.max_share == 1.0
     world, users, served = _served_partition(bad, "bad", params, params.paths.feedback_dir)
     traffic = served_traffic(params)  # promote.traffic = uniform: the explored half of the 400 slates ...
     n_uniform = sum(s["uniform"] for s in served)
     n_gate = int(n_uniform * params.promote.max_share)  # ... the gate's share of them (ingest trains on the rest)
     assert 150 < n_uniform < 250 and 0 < n_gate <= n_uniform
     assert traffic["request_id"].nunique() == n_gate and len(traffic) == 5 * n_gate
-    # the rollback check replays every explored slate: neither model it compares trained on them
-    assert served_traffic(params, held_out=False)["request_id"].nunique() == n_uniform
+    # the rollback check replays every explored slate whatever the share: neither model it compares trained on them
+    half = params.model_copy(update={"promote": params.promote.model_copy(update={"max_share": 0.5})})
+    assert served_traffic(half)["request_id"].nunique() == int(n_uniform * 0.5)
+    assert served_traffic(half, held_out=False)["request_id"].nunique() == n_uniform
 
     up = decide(params, {"data_md5": "x"}, good, {"data_md5": "y"}, bad)
     down = decide(params, {"data_md5": "x"}, bad, {"data_md5": "y"}, good)

@@ -29,7 +29,8 @@ def served_traffic(params: Params, held_out: bool = True) -> pd.DataFrame:
     promote.traffic = uniform, only the slates drawn uniformly at random: with `held_out` (the gate)
     at most promote.max_slates and promote.max_share of them, the ones ingest left out of training
     (data.feedback.gate_slates), as the candidate was trained on the rest; without (the rollback
-    check) every one of them: neither the champion nor the one before it trained on this traffic."""
+    check) at most promote.max_slates whatever the share: neither the champion nor the one before it
+    trained on this traffic."""
     from causalrec.data.feedback import gate_slates, read_partitions
 
     rows = read_partitions(params.paths.feedback_dir, last=params.promote.partitions)
@@ -37,8 +38,7 @@ def served_traffic(params: Params, held_out: bool = True) -> pd.DataFrame:
         return pd.DataFrame()
     keep = (rows["slate_size"] > 0) & (rows["request_id"].astype(str) != "")
     if params.promote.traffic == "uniform":
-        keep &= gate_slates(rows, params.promote.max_slates, params.promote.max_share) if held_out else \
-            gate_slates(rows)
+        keep &= gate_slates(rows, params.promote.max_slates, params.promote.max_share if held_out else 1.0)
     return rows[keep].reset_index(drop=True)
 
 
