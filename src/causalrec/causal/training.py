@@ -6,13 +6,13 @@ step turns a batch into a loss (usually through `causalrec.causal.losses.LOSSES`
 batches come from (a permutation of rows in memory, record batches from parquet).
 
 `ValidationSearch` is the `auto` of exposure weights and weight decay: like scikit-learn's
-GridSearchCV with one validation split, it keeps the candidate value with the lowest validation loss. A learner with a
-`fit_path(param, values, ...)` trains all candidates in one pass (like LassoCV's regularisation
-path): their weights stacked on a new first axis (`Stacked`), every step one forward and one
-backward for all of them on the same batch, each candidate with its own early stopping. Each
-candidate sees exactly what a fit of its own would (the same initial weights, batches and samples;
-Adam is elementwise, so one optimiser over stacked weights is one per candidate): the pass shares
-the work, not the results.
+GridSearchCV with one validation split, it keeps the candidate value with the lowest validation
+loss. A learner with a `fit_path(param, values, ...)` trains all candidates in one pass (like
+LassoCV's regularisation path): their weights stacked on a new first axis (`Stacked`), every step
+one forward and one backward for all of them on the same batch, each candidate with its own early
+stopping. Each candidate sees exactly what a fit of its own would (the same initial weights, batches
+and samples; Adam is elementwise, so one optimiser over stacked weights is one per candidate, its
+weight decay applied per copy): the pass shares the work, not the results.
 Warm starts (each candidate from the previous one's optimum) were tried and dropped: from the
 outcome-only optimum, early stopping fires before an exposure head can move the factors (warm, the
 search chose no head on the informative log of tests/test_uplift.py, where cold fits rightly
