@@ -96,7 +96,8 @@ class DebiasedRecommender(OnePassPath, FitSettings):
         pass, in place (`fit`: self alone; `fit_path`: one copy per candidate value)."""
         for c in candidates:
             c._check(propensity)
-        if self.method == "dr" and isinstance(copy_decay(candidates), torch.Tensor):
+        decay = copy_decay(candidates)
+        if self.method == "dr" and isinstance(decay, torch.Tensor):
             # DR's fixed imputer is trained with the learner's weight decay: one per candidate, so one fit each
             for c in candidates:
                 c._fit_candidates([c], users, items, y, propensity, val, user_features, item_features, population,
@@ -120,7 +121,7 @@ class DebiasedRecommender(OnePassPath, FitSettings):
         modules = {"net": f}
         if self.method in DR_METHODS and self.method != "dr":  # joint learning: g trains beside f
             imputer = net(self.dim)
-            opt_g = adam(imputer.parameters(), self.lr, copy_decay(candidates))
+            opt_g = adam(imputer.parameters(), self.lr, decay)
         if (weights > 0).any():  # exposure head: own biases/feature terms + alpha x the shared interaction
             head = FactorModel(len(user_index), len(item_index), 0, X, Z)
             head.register_parameter("alpha", torch.nn.Parameter(torch.ones(1)))
@@ -128,7 +129,7 @@ class DebiasedRecommender(OnePassPath, FitSettings):
             eu = torch.as_tensor(user_index.encode(np.asarray(exposure_log[0]).astype(str)))
             ei = torch.as_tensor(item_index.encode(np.asarray(exposure_log[1]).astype(str)))
             ee = torch.as_tensor(np.clip(np.asarray(exposure_log[2], np.float64), 1e-4, 1 - 1e-4), dtype=torch.float32)
-        opt = adam([p for m in modules.values() for p in m.parameters()], self.lr, copy_decay(candidates))
+        opt = adam([p for m in modules.values() for p in m.parameters()], self.lr, decay)
         yt = torch.as_tensor(np.asarray(y, dtype=np.float32))
         p = torch.as_tensor(np.ones(len(yt)) if propensity is None else np.asarray(propensity, np.float64),
                             dtype=torch.float32)

@@ -65,12 +65,12 @@ def make_model(name: str, params: Params):
     t = params.train
     if name == "popularity":
         return Popularity()
-    method = name.split("_", 1)[1]
-    settings = {**learner_settings(params), "exposure_weight": 0.0 if t.exposure_weight == "auto" else t.exposure_weight}
-    if t.weight_decay == "auto":
-        return auto_weight_decay(DebiasedRecommender(method=method, **{**settings, "weight_decay": 0.0}))
-    model = DebiasedRecommender(method=method, **settings)
-    return auto_exposure_weight(model) if t.exposure_weight == "auto" else model
+    settings = {**learner_settings(params), "exposure_weight": t.exposure_weight}
+    # a setting left to the search is not the learner's: the search sets each candidate's value (config allows one)
+    model = DebiasedRecommender(method=name.split("_", 1)[1], **{k: v for k, v in settings.items() if v != "auto"})
+    if t.exposure_weight == "auto":
+        return auto_exposure_weight(model)
+    return auto_weight_decay(model) if t.weight_decay == "auto" else model
 
 
 def learner_settings(params: Params) -> dict:
