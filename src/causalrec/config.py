@@ -198,7 +198,7 @@ class Promote(_Section):
     max_slates: int = Field(ge=1)
     # and at most this share of them: the rest train and validate the candidate. After a drift mark the
     # latest partition's uniform slates are the only unbiased rows since the interests moved; with all of
-    # them held out the candidate was early-stopped and chosen on the old champion's own slates.
+    # them held out the candidate is early-stopped and chosen on the old champion's own slates.
     max_share: float = Field(gt=0, le=1)
     # After a promotion: roll back when the new champion's live outcome rate is below the previous
     # champion's by a one-sided Welch test at this level, once it has this many served events.

@@ -127,8 +127,9 @@ def merge_into(data_dir: str | Path, feedback_dir: str | Path, window: int | Non
     dropped and the last w partitions kept; None keeps all). With `since` (a partition name), the
     interactions logged before it, the base log's included, are dropped first: they record interests
     users no longer have. The uniformly drawn slates of the last `holdout` partitions (at most
-    `holdout_slates` of them and at most `holdout_share`: `gate_slates`) stay out: they are the promotion gate's evaluation set,
-    and a candidate trained on them would be scored on its own training data. Returns counts per table."""
+    `holdout_slates` of them and at most the share `holdout_share`: `gate_slates`) stay out: they are
+    the promotion gate's evaluation set, and a candidate trained on them would be scored on its own
+    training data. Returns counts per table."""
     import io
 
     data_dir, parts = Path(data_dir), partitions(feedback_dir)
