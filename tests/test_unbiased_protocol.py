@@ -84,7 +84,7 @@ def test_pipeline_on_coat_format_uses_attributes_and_the_uniform_sample(tmp_path
 
     data = write_coat_format(tmp_path / "coat")
     root = make_project(tmp_path / "p", tiny_encoder, git=False, ingest={"source": "coat", "source_path": str(data)},
-                        train={"models": ["popularity", "mf_naive", "tt_naive"], "exposure_weight": 0.0},
+                        train={"models": ["popularity", "mf_naive", "tt_naive", "ti_naive"], "exposure_weight": 0.0},
                         uplift={"enabled": False})
     params = load_params(root / "params.yaml")
     for stage in ("ingest", "validate", "embed", "propensity", "train", "evaluate"):
@@ -98,9 +98,15 @@ def test_pipeline_on_coat_format_uses_attributes_and_the_uniform_sample(tmp_path
     train = json.loads((root / "artifacts" / "models" / "train.json").read_text())
     assert train["chosen"]["validation"].startswith("uniform sample")
     metrics = json.loads((root / "artifacts" / "metrics.json").read_text())
-    assert metrics["chosen"]["model"] == max(("popularity", "mf_naive", "tt_naive"),
+    assert metrics["chosen"]["model"] == max(("popularity", "mf_naive", "tt_naive", "ti_naive"),
                                               key=lambda n: train[n]["validation_auc"])
     assert metrics["protocol"] == "randomized test pairs" and 0 <= metrics["models"]["tt_naive"]["auc"] <= 1
+    # the backbones' towers: tt reads both sides' features, ti the items' alone, mf none
+    from causalrec.persistence import load_model
+    nets = {n: load_model(root / "artifacts" / "models" / f"{n}.pt").net_ for n in ("mf_naive", "tt_naive", "ti_naive")}
+    widths = {n: (net.user_x.shape[1], net.item_z.shape[1]) for n, net in nets.items()}
+    n_user, n_item = features["user_features"].shape[1], features["item_features"].shape[1]
+    assert widths == {"mf_naive": (0, 0), "tt_naive": (n_user, n_item), "ti_naive": (0, n_item)} and n_user > 0
 
 
 def test_parquet_source_with_own_test_set_evaluates(tmp_path, tiny_encoder):

@@ -107,7 +107,8 @@ ExposureWeight = Annotated[float, Field(ge=0, le=100)] | Literal["auto"]
 
 class Train(_Section):
     models: list[Literal["popularity", "mf_naive", "mf_ips", "mf_snips", "mf_dr", "mf_dr_jl", "mf_mrdr_jl", "mf_sdr",
-                         "tt_naive", "tt_ips", "tt_snips", "tt_dr", "tt_dr_jl", "tt_mrdr_jl", "tt_sdr"]] = Field(min_length=1)
+                         "tt_naive", "tt_ips", "tt_snips", "tt_dr", "tt_dr_jl", "tt_mrdr_jl", "tt_sdr",
+                         "ti_naive", "ti_ips", "ti_snips", "ti_dr", "ti_dr_jl", "ti_mrdr_jl", "ti_sdr"]] = Field(min_length=1)
     dim: int = Field(ge=1, le=4096)
     epochs: int = Field(ge=1, le=10_000)
     lr: float = Field(gt=0, le=10)

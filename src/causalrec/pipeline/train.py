@@ -56,8 +56,13 @@ def _training_rows(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, tuple, t
     return fit, val, population, exposure_log, how
 
 
+# the feature towers of each backbone (mf: ids alone)
+TOWER_FEATURES = {"tt": ("user_features", "item_features"), "ti": ("item_features",)}
+
+
 def make_model(name: str, params: Params):
-    """`popularity`, or `<backbone>_<method>`: backbone mf (ids) or tt (two-tower: ids + text embeddings),
+    """`popularity`, or `<backbone>_<method>`: backbone mf (ids), tt (two-tower: ids + features of items and
+    users) or ti (ids + item features: a user is known by their rows alone, not a profile that may be stale),
     method one of causalrec.causal.debias.METHODS."""
     from causalrec.causal.debias import DebiasedRecommender, auto_exposure_weight, auto_weight_decay
     from causalrec.models import Popularity
@@ -117,8 +122,10 @@ def fit_model(params: Params, name: str, fit_rows: pd.DataFrame, val_rows: pd.Da
     extra = {} if population is None else {"population": population}
     if params.train.exposure_weight != 0:
         extra["exposure_log"] = exposure_log
-    if name.startswith("tt_"):
-        extra.update(text_features(params) if features is None else features)
+    sides = TOWER_FEATURES.get(name.split("_", 1)[0], ())
+    if sides:
+        features = text_features(params) if features is None else features
+        extra.update({side: features[side] for side in sides if side in features})
     model = make_model(name, params).fit(*(fit_rows[c].to_numpy() for c in cols), val=val, progress=progress, **extra)
     return getattr(model, "best_estimator_", model)  # exposure_weight auto: the search's choice
 
@@ -130,7 +137,7 @@ def train(params: Params) -> dict:
     d = stage_paths(params)
     fit_rows, val_rows, population, exposure_log, how = _training_rows(params)
     # the embeddings read once for every two-tower model (fit_model would read them per model)
-    features = text_features(params) if any(n.startswith("tt_") for n in params.train.models) else None
+    features = text_features(params) if any(n.split("_", 1)[0] in TOWER_FEATURES for n in params.train.models) else None
     summary, curves = {}, []
     with atomic_dir(d["models"]) as tmp:
         for name in params.train.models:
