@@ -62,20 +62,20 @@ def fit_and_score(params, name: str, truth: Truth, profile_text: bool, extra: pd
     from causalrec.pipeline.embed import text_features
     from causalrec.pipeline.train import _training_rows, _validation_auc, fit_model
 
-    fit, val, population, exposure_log, _ = _training_rows(params)
+    rows = _training_rows(params)
     if extra is not None and len(extra):  # half of the extra uniform rows validate, as the train stage splits them
         half = np.random.default_rng(params.seed).random(len(extra)) < 0.5
-        fit = pd.concat([fit, extra[~half]], ignore_index=True)
-        val = pd.concat([val, extra[half].assign(propensity=None)], ignore_index=True)
+        rows = rows._replace(fit=pd.concat([rows.fit, extra[~half]], ignore_index=True),
+                             val=pd.concat([rows.val, extra[half]], ignore_index=True))
     features = text_features(params) if name.startswith("tt_") else None
     if features is not None and not profile_text:
         features.pop("user_features", None)
     t0 = time.perf_counter()
-    model = fit_model(params, name, fit, val, population, exposure_log, features=features)
+    model = fit_model(params, name, rows, features=features)
     users = np.repeat(np.array(truth.users), len(truth.items))
     score = model.predict(users, np.tile(truth.items, len(truth.users))).reshape(len(truth.users), len(truth.items))
     return {"value_ratio": truth.value(truth.top(score)) / truth.value(truth.top(truth.p1)),
-            "validation_auc": _validation_auc(model, val), "fit_rows": len(fit), "seconds": round(time.perf_counter() - t0, 1)}
+            "validation_auc": _validation_auc(model, rows), "fit_rows": len(rows.fit), "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def extra_uniform(world, params, round: int, n: int, k: int, seed: int) -> pd.DataFrame:

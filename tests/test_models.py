@@ -262,3 +262,52 @@ def test_validation_search_fits_one_copy_per_value_without_a_path():
     assert search.best_estimator_.search_["chosen"] == 1.0
     tie = ValidationSearch(Quadratic(), "x", (3.0, 1.0, 0.0)).fit()  # 3 and 1 both at loss 2: the first
     assert tie.best_estimator_.x == 3.0
+
+
+@pytest.mark.parametrize("method", ["naive", "dr_jl"])
+def test_early_stopping_keeps_what_a_fit_of_best_epoch_epochs_ends_with(method):
+    """What a refit repeats (train.refit): the state early stopping restores is the state a fit
+    without validation rows reaches after best_epoch(history) epochs (same seed, same batches)."""
+    from dataclasses import replace
+
+    from causalrec.causal.training import best_epoch
+
+    args, kwargs, users, items = _search_log()
+    base = DebiasedRecommender(method, dim=8, epochs=30, lr=0.05, weight_decay=0.0, batch_size=128, patience=2, seed=1,
+                               exposure_weight=1.0)
+    stopped = replace(base).fit(*args, **kwargs)
+    n, losses = best_epoch(stopped.history), [r["val_loss"] for r in stopped.history]
+    assert 0 < n < len(stopped.history) and losses[n - 1] == min(losses)  # it overfitted, and kept an earlier epoch
+    plain = replace(base, epochs=n).fit(*args, **{k: v for k, v in kwargs.items() if k != "val"})
+    assert len(plain.history) == n
+    some = (users[:300], items[:300])
+    np.testing.assert_allclose(plain.predict(*some), stopped.predict(*some), atol=1e-5)
+    off_by_one = replace(base, epochs=n + 1).fit(*args, **{k: v for k, v in kwargs.items() if k != "val"})
+    assert not np.allclose(off_by_one.predict(*some), stopped.predict(*some), atol=1e-4)
+
+
+def test_refit_repeats_the_kept_epochs_on_the_fit_and_validation_rows():
+    """train.refit: the chosen model's settings (a search's choice too) fitted again without
+    validation on fit + validation rows, for the epochs its early stopping kept."""
+    from conftest import REPO
+
+    from causalrec.causal.training import best_epoch
+    from causalrec.config import load_params
+    from causalrec.pipeline.train import TrainingRows, fit_model, refit
+
+    args, kwargs, users, items = _search_log()
+    frame = lambda u, i, y, p: pd.DataFrame({"user_id": u, "item_id": i, "outcome": y, "propensity": p})  # noqa: E731
+    v = kwargs["val"]
+    rows = TrainingRows(frame(*args), frame(*v[:3], np.full(len(v[0]), 0.5)), False, None, kwargs["exposure_log"], "test")
+    params = load_params(REPO / "params.yaml")
+    params.train = params.train.model_copy(update={"exposure_weight": 0.0, "weight_decay": "auto", "dim": 8, "lr": 0.05,
+                                                   "epochs": 30, "patience": 2, "batch_size": 128})
+    stopped = fit_model(params, "mf_naive", rows)
+    n = best_epoch(stopped.history)
+    assert 0 < n < len(stopped.history) and stopped.search_["param"] == "weight_decay"
+    again = refit(params, "mf_naive", stopped, rows)
+    assert again.weight_decay == stopped.weight_decay_ and again.search_ == stopped.search_  # the search's choice
+    assert len(again.history) == n and all(r["rows"] == len(rows.fit) + len(rows.val) and "val_loss" not in r
+                                           for r in again.history)
+    some = (users[:300], items[:300])
+    assert not np.allclose(again.predict(*some), stopped.predict(*some), atol=1e-3)

@@ -119,6 +119,8 @@ class Train(_Section):
     patience: int = Field(ge=1)
     exposure_weight: ExposureWeight
     features: list[Literal["text", "attributes"]]
+    # true: the chosen model is fitted again on its fit + validation rows for the epochs early stopping kept
+    refit: bool
 
     @model_validator(mode="after")
     def _one_search(self) -> "Train":

@@ -177,6 +177,8 @@ def train_loop(step: Callable[[object], tuple[object, int]], batches: Callable[[
         for j in np.flatnonzero(active):
             histories[j][-1]["val_loss"] = float(val[j])
         better = active & (val < best - 1e-5)
+        for j in np.flatnonzero(better):  # the state kept so far is this epoch's (what a refit repeats: best_epoch)
+            histories[j][-1]["kept"] = True
         if better.any():
             best, best_state = np.where(better, val, best), keep(best_state, better)
         bad = np.where(better, 0, bad + active)
@@ -195,6 +197,11 @@ def train_loop(step: Callable[[object], tuple[object, int]], batches: Callable[[
 
 def best_val_loss(history: list[dict]) -> float:
     return min((row["val_loss"] for row in history if "val_loss" in row), default=np.inf)
+
+
+def best_epoch(history: list[dict]) -> int:
+    """The epochs behind the state early stopping kept (0: the starting point was never bettered)."""
+    return max((row["epoch"] for row in history if row.get("kept")), default=0)
 
 
 class OnePassPath:

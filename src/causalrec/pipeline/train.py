@@ -3,6 +3,7 @@ validation AUC; and the uplift learner."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -15,13 +16,27 @@ from causalrec.pipeline.embed import text_features
 from causalrec.pipeline.paths import StageError, require, stage_paths
 
 
-def _training_rows(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, tuple, tuple, str]:
-    """(fit rows, validation rows, population, exposure log, how validation was drawn).
+class TrainingRows(NamedTuple):
+    fit: pd.DataFrame        # user_id, item_id, outcome, propensity
+    val: pd.DataFrame        # the same columns (propensities as logged, used by a refit)
+    weighted_val: bool       # validation weighted by inverse propensity (the log has no uniform sample)
+    population: tuple | None  # (users, items) of every logged visit; None: every user x item pair
+    exposure_log: tuple      # (users, items, propensity) of every logged visit, for the exposure head
+    how: str                 # how the validation rows were drawn, in words
+
+    def val_tuple(self) -> tuple:
+        """The learners' `val`: (users, items, y, propensity or None when unweighted)."""
+        v = self.val
+        return (v["user_id"].to_numpy(), v["item_id"].to_numpy(), v["outcome"].to_numpy(),
+                v["propensity"].to_numpy() if self.weighted_val else None)
+
+
+def _training_rows(params: Params) -> TrainingRows:
+    """The exposed rows split for fitting and validation.
 
     Validation is unbiased where the log has uniformly exposed rows (policy "uniform", or served
     slates drawn uniformly: `uniform` = 1): half of them validate (unweighted), the other half
-    train. Otherwise a random share of the exposed rows validates with inverse-propensity weights
-    (`propensity` is set to None on uniform validation)."""
+    train. Otherwise a random share of the exposed rows validates with inverse-propensity weights."""
     from causalrec.data.sources import UNIFORM_POLICY
     from causalrec.data.split import split_randomized
 
@@ -41,19 +56,17 @@ def _training_rows(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, tuple, t
     if uniform.sum() >= 20:  # fewer uniform rows cannot validate anything; fall back to the weighted split
         uniform_fit, val = split_randomized(exposed[uniform][cols], 0.5, params.seed)
         fit = pd.concat([exposed[~uniform][cols], uniform_fit], ignore_index=True)
-        val = val.assign(propensity=None)
-        how = f"uniform sample ({len(val)} rows, unweighted)"
+        how, weighted = f"uniform sample ({len(val)} rows, unweighted)", False
     else:
         exposed = exposed[cols].reset_index(drop=True)
         is_val = np.random.default_rng(params.seed).random(len(exposed)) < params.train.val_fraction
         fit, val = exposed[~is_val], exposed[is_val]
-        how = f"random {params.train.val_fraction:.0%} of exposed rows ({len(val)}), inverse-propensity weighted"
+        how, weighted = f"random {params.train.val_fraction:.0%} of exposed rows ({len(val)}), inverse-propensity weighted", True
     # The population D the relevance estimand averages over: every logged visit, exposed or not; a log
     # of exposed rows only (ratings) has no visits to average over, so D is every user x item pair.
     visits = (inter["user_id"].to_numpy(), inter["item_id"].to_numpy())
     population = None if (inter["exposed"] == 1).all() else visits
-    exposure_log = (*visits, p)  # for the exposure head: every logged visit with its propensity
-    return fit, val, population, exposure_log, how
+    return TrainingRows(fit, val, weighted, population, (*visits, p), how)
 
 
 # the feature towers of each backbone (mf: ids alone)
@@ -104,30 +117,57 @@ def train_uplift(params: Params, path: Path) -> dict:
 
 
 
-def _validation_auc(model, val: pd.DataFrame) -> float:
+def _validation_auc(model, rows: TrainingRows) -> float:
     """The choice criterion: AUC on the validation rows, inverse-propensity weighted unless uniform."""
     from causalrec.evaluation.metrics import auc
 
-    weight = None if val["propensity"].isna().all() else 1.0 / val["propensity"].to_numpy(np.float64)
-    return auc(val["outcome"].to_numpy(), model.predict(val["user_id"].to_numpy(), val["item_id"].to_numpy()), weight)
+    users, items, y, p = rows.val_tuple()
+    return auc(y, model.predict(users, items), None if p is None else 1.0 / p.astype(np.float64))
 
 
-def fit_model(params: Params, name: str, fit_rows: pd.DataFrame, val_rows: pd.DataFrame, population=None,
-              exposure_log=None, features: dict | None = None, progress: bool = False):
-    """One model of train.models fitted as the stage fits it (validation rows for early stopping);
-    two-tower models get `features`, default the stage's text_features(params)."""
-    cols = ["user_id", "item_id", "outcome", "propensity"]
-    val = (*(val_rows[c].to_numpy() for c in cols[:3]),
-           None if val_rows["propensity"].isna().all() else val_rows["propensity"].to_numpy())
-    extra = {} if population is None else {"population": population}
+def _fit_inputs(params: Params, name: str, rows: TrainingRows, features: dict | None) -> dict:
+    """What a learner's fit takes besides the rows: population, exposure log, the backbone's features."""
+    extra = {} if rows.population is None else {"population": rows.population}
     if params.train.exposure_weight != 0:
-        extra["exposure_log"] = exposure_log
+        extra["exposure_log"] = rows.exposure_log
     sides = TOWER_FEATURES.get(name.split("_", 1)[0], ())
     if sides:
         features = text_features(params) if features is None else features
         extra.update({side: features[side] for side in sides if side in features})
-    model = make_model(name, params).fit(*(fit_rows[c].to_numpy() for c in cols), val=val, progress=progress, **extra)
-    return getattr(model, "best_estimator_", model)  # exposure_weight auto: the search's choice
+    return extra
+
+
+def _columns(frame: pd.DataFrame) -> list[np.ndarray]:
+    return [frame[c].to_numpy() for c in ("user_id", "item_id", "outcome", "propensity")]
+
+
+def fit_model(params: Params, name: str, rows: TrainingRows, features: dict | None = None, progress: bool = False):
+    """One model of train.models fitted as the stage fits it (validation rows for early stopping);
+    two-tower models get `features`, default the stage's text_features(params)."""
+    model = make_model(name, params).fit(*_columns(rows.fit), val=rows.val_tuple(), progress=progress,
+                                         **_fit_inputs(params, name, rows, features))
+    return getattr(model, "best_estimator_", model)  # a search (auto): its choice
+
+
+def refit(params: Params, name: str, model, rows: TrainingRows, features: dict | None = None, progress: bool = False):
+    """`model`'s settings (a search's choice included) fitted again on the fit and validation rows
+    together, for the epochs its early stopping kept (scikit-learn's refit). Validation rows are a
+    uniform sample where the log has one: the rows most like what the model will face, left out of
+    the fit only while a choice was being made on them."""
+    from dataclasses import replace
+
+    from causalrec.causal.training import best_epoch
+
+    both = pd.concat([rows.fit, rows.val], ignore_index=True)
+    if not hasattr(model, "history"):  # popularity: no epochs, counted on every row
+        return make_model(name, params).fit(*_columns(both))
+    epochs = best_epoch(model.history)
+    if epochs == 0:  # early stopping kept the starting point: nothing to repeat
+        return model
+    again = replace(model, epochs=epochs).fit(*_columns(both), progress=progress, **_fit_inputs(params, name, rows, features))
+    if hasattr(model, "search_"):
+        again.search_ = model.search_  # what chose its settings (saved with it)
+    return again
 
 
 def train(params: Params) -> dict:
@@ -135,25 +175,30 @@ def train(params: Params) -> dict:
     from causalrec.persistence import save_model
 
     d = stage_paths(params)
-    fit_rows, val_rows, population, exposure_log, how = _training_rows(params)
+    rows = _training_rows(params)
     # the embeddings read once for every two-tower model (fit_model would read them per model)
     features = text_features(params) if any(n.split("_", 1)[0] in TOWER_FEATURES for n in params.train.models) else None
-    summary, curves = {}, []
+    summary, curves, models = {}, [], {}
     with atomic_dir(d["models"]) as tmp:
         for name in params.train.models:
-            model = fit_model(params, name, fit_rows, val_rows, population, exposure_log, features, progress=True)
-            save_model(model, tmp / f"{name}.pt")
+            models[name] = model = fit_model(params, name, rows, features, progress=True)
             curves += [{"model": name, **row} for row in model.history]
-            summary[name] = {"epochs": len(model.history), "fit_rows": len(fit_rows), "val_rows": len(val_rows),
+            summary[name] = {"epochs": len(model.history), "fit_rows": len(rows.fit), "val_rows": len(rows.val),
                              "exposure_weight": getattr(model, "exposure_weight_", None),
                              "weight_decay": getattr(model, "weight_decay", None),
-                             "validation_auc": _validation_auc(model, val_rows)}
+                             "validation_auc": _validation_auc(model, rows)}
         scored = [n for n in params.train.models if not np.isnan(summary[n]["validation_auc"])]
         if not scored:
-            raise StageError(f"train: the validation rows ({how}) hold a single outcome; no model can be chosen")
+            raise StageError(f"train: the validation rows ({rows.how}) hold a single outcome; no model can be chosen")
         chosen = max(scored, key=lambda n: summary[n]["validation_auc"])
-        summary["chosen"] = {"model": chosen, "validation_auc": summary[chosen]["validation_auc"], "validation": how,
+        summary["chosen"] = {"model": chosen, "validation_auc": summary[chosen]["validation_auc"], "validation": rows.how,
                              "rule": "best validation AUC"}
+        if params.train.refit:  # the chosen model only: the others are reported, never shipped
+            stopped, models[chosen] = models[chosen], refit(params, chosen, models[chosen], rows, features, progress=True)
+            summary["chosen"]["refit"] = {"rows": len(rows.fit) + len(rows.val),  # not refitted (the start kept): None
+                                          "epochs": None if models[chosen] is stopped else len(getattr(models[chosen], "history", []))}
+        for name, model in models.items():
+            save_model(model, tmp / f"{name}.pt")
         if params.uplift.enabled:
             summary["uplift"] = train_uplift(params, tmp / "uplift.pt")
         curve = pd.DataFrame(curves, columns=["model", "epoch", "train_loss", "val_loss"])
