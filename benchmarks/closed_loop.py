@@ -59,7 +59,12 @@ LOOP_PARAMS = {
     "uplift": {"enabled": False},
     "analyze": {"enabled": False},          # the causal analysis is not part of the loop
     "package": {"build_bento": False},      # round 1's HTTP service runs the source tree pinned to the tags
-    "train": {"models": ["popularity", "tt_naive", "tt_ips"], "exposure_weight": 0.0},
+    # a two-tower on the item side too (ti: profiles written before interests move go stale); weight decay
+    # chosen by validation loss; the chosen model refitted on its validation rows (the uniform sample) too.
+    # Set before this run from a diagnosis of an earlier run's retrains (benchmarks/drift_recovery.py), not
+    # tuned on this run's outcome
+    "train": {"models": ["popularity", "tt_naive", "tt_ips", "ti_naive"], "exposure_weight": 0.0, "weight_decay": "auto",
+              "refit": True},
     "ingest": {"window": 2},                # the base log, then the last two rounds' served traffic
 }
 # name -> (serve overrides, which scenario rounds apply, gate traffic); the rounds are --bad-candidate-round,
