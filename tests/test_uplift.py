@@ -136,3 +136,49 @@ def test_shared_learner_search_in_one_pass_equals_a_fit_per_weight():
         for a, b in zip(stacked.as_recommenders(), alone.as_recommenders()):
             np.testing.assert_allclose(a.predict(*some), b.predict(*some), atol=1e-5)
         assert float(stacked.modules_["exposure"].alpha.detach()) == pytest.approx(float(alone.modules_["exposure"].alpha.detach()), abs=1e-5)
+
+
+def test_the_train_stage_fits_the_uplift_learner_beside_the_relevance_models_with_the_same_result(tmp_path, tiny_encoder,
+                                                                                                  monkeypatch):
+    """uplift.own_process on two cores: a spawned process, one core each, the same fitted model as in-process."""
+    import importlib
+    import time
+
+    import torch
+
+    from conftest import make_project
+
+    from causalrec import pipeline
+    from causalrec.config import load_params
+    from causalrec.persistence import load_model
+
+    train = importlib.import_module("causalrec.pipeline.train")
+    root = make_project(tmp_path / "p", tiny_encoder, git=False, train={"models": ["popularity", "mf_naive"]})
+    params = load_params(root / "params.yaml")
+    for stage in ("ingest", "embed", "propensity"):
+        pipeline.STAGES[stage](params)
+    threads, fitted, started = torch.get_num_threads(), {}, []
+    get_context = train.multiprocessing.get_context
+    monkeypatch.setattr(train.multiprocessing, "get_context", lambda method: started.append(method) or get_context(method))
+    try:
+        torch.set_num_threads(2)  # the suite runs torch on one thread: this path needs two
+        for own_process in (False, True):
+            params.uplift.own_process = own_process
+            summary = pipeline.STAGES["train"](params)
+            assert torch.get_num_threads() == 2  # the stage gives the cores back
+            fitted[own_process] = (summary["uplift"], load_model(params.paths.artifacts_dir / "models" / "uplift.pt"))
+            assert started == (["spawn"] if own_process else [])
+        # a failing stage does not wait for the fit beside it, and the fit never lands
+        start = time.perf_counter()
+        with pytest.raises(RuntimeError, match="relevance failed"):
+            with train.uplift_beside(params, tmp_path / "never.pt"):
+                raise RuntimeError("relevance failed")
+        assert time.perf_counter() - start < 5 and started == ["spawn", "spawn"]
+        time.sleep(1)
+        assert not (tmp_path / "never.pt").exists()
+    finally:
+        torch.set_num_threads(threads)
+    users, items = [f"u{u:06d}" for u in range(20)], [f"i{i:06d}" for i in range(30)]
+    (alone, a), (beside, b) = fitted[False], fitted[True]
+    assert alone == beside and alone["bootstrap_members"] == 2
+    np.testing.assert_allclose(a.score_matrix(users, items), b.score_matrix(users, items), atol=1e-6)

@@ -137,6 +137,8 @@ class Uplift(_Section):
     n_bootstrap: int = Field(ge=1, le=50)
     exposure_features: bool
     exposure_weight: ExposureWeight
+    # true: the train stage fits it in a process of its own beside the relevance models, the cores split
+    own_process: bool
 
 
 class Evaluate(_Section):
