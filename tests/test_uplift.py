@@ -141,7 +141,6 @@ def test_shared_learner_search_in_one_pass_equals_a_fit_per_weight():
 def test_the_train_stage_fits_the_uplift_learner_beside_the_relevance_models_with_the_same_result(tmp_path, tiny_encoder,
                                                                                                   monkeypatch):
     """uplift.own_process on two cores: a spawned process, one core each, the same fitted model as in-process."""
-    import importlib
     import time
 
     import torch
@@ -152,14 +151,15 @@ def test_the_train_stage_fits_the_uplift_learner_beside_the_relevance_models_wit
     from causalrec.config import load_params
     from causalrec.persistence import load_model
 
-    train = importlib.import_module("causalrec.pipeline.train")
+    from causalrec.pipeline import uplift
+    from causalrec.pipeline.train import learner_settings
     root = make_project(tmp_path / "p", tiny_encoder, git=False, train={"models": ["popularity", "mf_naive"]})
     params = load_params(root / "params.yaml")
     for stage in ("ingest", "embed", "propensity"):
         pipeline.STAGES[stage](params)
     threads, fitted, started = torch.get_num_threads(), {}, []
-    get_context = train.multiprocessing.get_context
-    monkeypatch.setattr(train.multiprocessing, "get_context", lambda method: started.append(method) or get_context(method))
+    get_context = uplift.multiprocessing.get_context
+    monkeypatch.setattr(uplift.multiprocessing, "get_context", lambda method: started.append(method) or get_context(method))
     try:
         torch.set_num_threads(2)  # the suite runs torch on one thread: this path needs two
         for own_process in (False, True):
@@ -171,7 +171,7 @@ def test_the_train_stage_fits_the_uplift_learner_beside_the_relevance_models_wit
         # a failing stage does not wait for the fit beside it, and the fit never lands
         start = time.perf_counter()
         with pytest.raises(RuntimeError, match="relevance failed"):
-            with train.uplift_beside(params, tmp_path / "never.pt"):
+            with uplift.uplift_beside(params, learner_settings(params), tmp_path / "never.pt"):
                 raise RuntimeError("relevance failed")
         assert time.perf_counter() - start < 5 and started == ["spawn", "spawn"]
         time.sleep(1)

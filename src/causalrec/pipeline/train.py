@@ -2,10 +2,7 @@
 validation AUC; and the uplift learner."""
 from __future__ import annotations
 
-import contextlib
-import multiprocessing
-from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -16,6 +13,7 @@ from causalrec.io import atomic_dir, atomic_write_json
 from causalrec.pipeline import plots
 from causalrec.pipeline.embed import text_features
 from causalrec.pipeline.paths import StageError, require, stage_paths
+from causalrec.pipeline.uplift import uplift_beside
 
 
 class TrainingRows(NamedTuple):
@@ -100,61 +98,6 @@ def learner_settings(params: Params) -> dict:
             "patience": t.patience, "seed": params.seed}
 
 
-def train_uplift(params: Params, path: Path) -> dict:
-    """Fit the uplift learner on every logged row (treated and untreated) and save it."""
-    from causalrec.causal.uplift import UpliftLearner
-    from causalrec.persistence import save_model
-
-    d = stage_paths(params)
-    inter = read_table(d["data"], INTERACTIONS)
-    if "treatment" not in inter or inter["treatment"].nunique() < 2:
-        return {"skipped": "the log has no treated-and-untreated 'treatment' column"}
-    p = pd.read_parquet(d["propensity"] / "propensities.parquet")["propensity"].to_numpy()
-    u = params.uplift
-    model = UpliftLearner(u.learner, n_bootstrap=u.n_bootstrap, arm_method=u.arm_method, exposure_features=u.exposure_features,
-                          exposure_weight=u.exposure_weight, **learner_settings(params))
-    model.fit(inter["user_id"], inter["item_id"], inter["treatment"], inter["outcome"], p, **text_features(params))
-    save_model(model, path)
-    return {"learner": u.learner, "rows": len(inter), "bootstrap_members": u.n_bootstrap}
-
-
-
-def _uplift_in_own_process(params: Params, path: Path, threads: int) -> dict:
-    """train_uplift in a spawned process, with its share of the cores; it dies with the stage."""
-    import torch
-
-    from causalrec.io import die_with_parent
-
-    die_with_parent()
-    torch.set_num_threads(threads)
-    return train_uplift(params, path)
-
-
-@contextlib.contextmanager
-def uplift_beside(params: Params, path: Path) -> Iterator[Callable[[], dict]]:
-    """Fit the uplift learner while the body fits the relevance models; yields a callable returning its summary.
-
-    Both are small-batch loops that use a second core poorly: with `uplift.own_process` on a machine of
-    two or more cores the uplift learner fits in a process of its own, the cores split between the two
-    (the default flow's fits: 42 s side by side against 63 s one after the other, BENCHMARKS.md)."""
-    import torch
-
-    cores = torch.get_num_threads()
-    if not (params.uplift.enabled and params.uplift.own_process and cores >= 2):
-        yield lambda: train_uplift(params, path) if params.uplift.enabled else {}
-        return
-    # spawn, not fork: the parent's OpenMP threads (embed ran in this process) do not survive a fork
-    pool = multiprocessing.get_context("spawn").Pool(1)
-    try:
-        job = pool.apply_async(_uplift_in_own_process, (params, path, cores // 2))
-        torch.set_num_threads(cores - cores // 2)
-        yield job.get
-    finally:
-        torch.set_num_threads(cores)
-        pool.terminate()  # after job.get, an idle worker; after a failure, a fit nobody waits for
-        pool.join()
-
-
 def _validation_auc(model, rows: TrainingRows) -> float:
     """The choice criterion: AUC on the validation rows, inverse-propensity weighted unless uniform."""
     from causalrec.evaluation.metrics import auc
@@ -217,7 +160,8 @@ def train(params: Params) -> dict:
     # the embeddings read once for every two-tower model (fit_model would read them per model)
     features = text_features(params) if any(n.split("_", 1)[0] in TOWER_FEATURES for n in params.train.models) else None
     summary, curves, models = {}, [], {}
-    with atomic_dir(d["models"]) as tmp, uplift_beside(params, tmp / "uplift.pt") as uplift_summary:
+    with atomic_dir(d["models"]) as tmp, \
+            uplift_beside(params, learner_settings(params), tmp / "uplift.pt") as uplift_summary:
         for name in params.train.models:
             models[name] = model = fit_model(params, name, rows, features, progress=True)
             curves += [{"model": name, **row} for row in model.history]
