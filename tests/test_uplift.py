@@ -150,9 +150,9 @@ def test_the_train_stage_fits_the_uplift_learner_beside_the_relevance_models_wit
     from causalrec import pipeline
     from causalrec.config import load_params
     from causalrec.persistence import load_model
-
     from causalrec.pipeline import uplift
     from causalrec.pipeline.train import learner_settings
+
     root = make_project(tmp_path / "p", tiny_encoder, git=False, train={"models": ["popularity", "mf_naive"]})
     params = load_params(root / "params.yaml")
     for stage in ("ingest", "embed", "propensity"):
