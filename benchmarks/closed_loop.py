@@ -251,7 +251,8 @@ def run_trajectory(name: str, workdir: Path, args, progress) -> dict:
     from causalrec.data.simulate import World
     from causalrec.evaluation.metrics import exposure_coverage, exposure_gini
     from causalrec.pipeline import STAGES
-    from causalrec.pipeline.package import champion_bundle, gate, model_path, promote_model, register_candidate
+    from causalrec.pipeline.package import gate, promote_model, register_candidate
+    from causalrec.pipeline.store import champion_bundle, model_path
     from causalrec.registry import Registry
     from causalrec.serving.core import RecommenderCore
     from causalrec.serving.feedback import FeedbackLog, export_feedback

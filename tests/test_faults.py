@@ -93,7 +93,7 @@ def test_package_prunes_what_it_created_and_no_longer_serves(tmp_path):
         import json
         from pathlib import Path
         import bentoml
-        from causalrec.pipeline.package import MODEL_STORE_NAME, _record_created, prune_store
+        from causalrec.pipeline.store import MODEL_STORE_NAME, _record_created, prune_store
         log = Path({str(tmp_path / "created.json")!r})
         tags = []
         for _ in range(3):

@@ -158,7 +158,7 @@ def test_a_fresh_machine_replays_the_champion_from_its_export(trained):
     import bentoml
 
     from causalrec.config import load_params
-    from causalrec.pipeline.package import model_path
+    from causalrec.pipeline.store import model_path
     from causalrec.registry import Registry
     from causalrec.serving.core import RecommenderCore
 

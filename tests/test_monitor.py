@@ -112,7 +112,7 @@ def test_live_drift_compares_the_explored_slates_so_a_new_champion_is_not_drift(
     kept = pd.read_parquet(tmp_path / "data" / "interactions.parquet")["event_id"].dropna().str[:2]
     assert set(kept) == ({"r2"} if world_moves else {"r1", "r2"})
     # the model trained on that cut data explores more (serve.epsilon_after_drift) until the next retrain
-    from causalrec.pipeline.package import exploration_boost
+    from causalrec.pipeline.bundle import exploration_boost
 
     boost = exploration_boost(params)
     assert boost == ({"epsilon": params.serve.epsilon_after_drift, "since_partition": "part-00002"} if world_moves else None)

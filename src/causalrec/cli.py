@@ -207,7 +207,7 @@ def explain(user: str = typer.Option(..., help="user id"), item: str = typer.Opt
     """Explain one recommendation as a page (what /explain answers, with the causal graph)."""
     from causalrec.config import ConfigError, load_params
     from causalrec.pipeline import StageError
-    from causalrec.pipeline.package import champion_bundle
+    from causalrec.pipeline.store import champion_bundle
     from causalrec.serving.core import NotFound, RecommenderCore
     from causalrec.serving.explain_page import write_explanation
 

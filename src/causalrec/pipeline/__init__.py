@@ -11,13 +11,15 @@ import logging
 
 from causalrec.config import Params
 from causalrec.pipeline.analyze import analyze
+from causalrec.pipeline.bundle import write_bundle, write_encoder_bundle
 from causalrec.pipeline.embed import embed, item_texts, text_features
 from causalrec.pipeline.evaluate import evaluate
 from causalrec.pipeline.ingest import ingest, validate
 from causalrec.pipeline.monitor import monitor
-from causalrec.pipeline.package import build_bento, package, write_bundle, write_encoder_bundle
+from causalrec.pipeline.package import package
 from causalrec.pipeline.paths import StageError, require, stage_paths
 from causalrec.pipeline.propensity import propensity
+from causalrec.pipeline.store import build_bento
 from causalrec.pipeline.train import make_model, train
 from causalrec.pipeline.versioning import data_hash, version_data
 

@@ -120,7 +120,7 @@ def check_champion(params: Params, locate=None) -> dict:
     from causalrec.registry import Registry
 
     if locate is None:
-        from causalrec.pipeline.package import model_path
+        from causalrec.pipeline.store import model_path
 
         locate = lambda tag: model_path(params, tag, missing_ok=True)  # noqa: E731
     cfg, registry = params.promote, Registry(params.paths.registry)
