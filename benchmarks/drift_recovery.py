@@ -60,9 +60,10 @@ def rebuild(src: Path, dst: Path, round: int, window: int):
 def fit_and_score(params, name: str, truth: Truth, profile_text: bool, extra: pd.DataFrame | None = None) -> dict:
     """The train stage's fit of `name` (optionally with extra uniform rows), scored by the truth."""
     from causalrec.pipeline.embed import text_features
-    from causalrec.pipeline.train import _training_rows, _validation_auc, fit_model
+    from causalrec.pipeline.rows import training_rows
+    from causalrec.pipeline.train import _validation_auc, fit_model
 
-    rows = _training_rows(params)
+    rows = training_rows(params)
     if extra is not None and len(extra):  # half of the extra uniform rows validate, as the train stage splits them
         half = np.random.default_rng(params.seed).random(len(extra)) < 0.5
         rows = rows._replace(fit=pd.concat([rows.fit, extra[~half]], ignore_index=True),

@@ -293,7 +293,8 @@ def test_refit_repeats_the_kept_epochs_on_the_fit_and_validation_rows():
 
     from causalrec.causal.training import best_epoch
     from causalrec.config import load_params
-    from causalrec.pipeline.train import TrainingRows, fit_model, refit
+    from causalrec.pipeline.rows import TrainingRows
+    from causalrec.pipeline.train import fit_model, refit
 
     args, kwargs, users, items = _search_log()
     frame = lambda u, i, y, p: pd.DataFrame({"user_id": u, "item_id": i, "outcome": y, "propensity": p})  # noqa: E731
