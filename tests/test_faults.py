@@ -93,14 +93,14 @@ def test_package_prunes_what_it_created_and_no_longer_serves(tmp_path):
         import json
         from pathlib import Path
         import bentoml
-        from causalrec.pipeline.store import MODEL_STORE_NAME, _record_created, prune_store
+        from causalrec.pipeline.store import MODEL_STORE_NAME, prune_store, record_created
         log = Path({str(tmp_path / "created.json")!r})
         tags = []
         for _ in range(3):
             with bentoml.models.create(MODEL_STORE_NAME) as m:
                 pass
             tags.append(str(m.tag))
-            _record_created(log, tags[-1])
+            record_created(log, tags[-1])
         with bentoml.models.create("someone-elses-model") as other:
             pass
         removed = prune_store({{tags[2], tags[1]}}, log)

@@ -8,8 +8,8 @@ from causalrec.config import Params
 from causalrec.io import atomic_dir, atomic_write_json
 from causalrec.pipeline.bundle import write_bundle, write_encoder_bundle
 from causalrec.pipeline.paths import require, stage_paths
-from causalrec.pipeline.store import (ENCODER_STORE_NAME, MODEL_STORE_NAME, _bentoml_env, _record_created, build_bento,
-                                      export_models, model_path, prune_store)
+from causalrec.pipeline.store import (ENCODER_STORE_NAME, MODEL_STORE_NAME, bentoml_env, build_bento, export_models,
+                                      model_path, prune_store, record_created)
 
 
 def package(params: Params) -> dict:
@@ -44,7 +44,7 @@ def register_candidate(params: Params, model_name: str, edit=None, label: str | 
     from causalrec.registry import Registry
 
     d = stage_paths(params)
-    _bentoml_env(params)
+    bentoml_env(params)
     import bentoml
 
     metrics = json.loads(require(d["metrics"], "package").read_text())
@@ -56,10 +56,10 @@ def register_candidate(params: Params, model_name: str, edit=None, label: str | 
         if edit is not None:
             edit(Path(bento_model.path))
     model_tag = str(bento_model.tag)
-    _record_created(d["store_tags"], model_tag)  # before anything can fail: a later run prunes it
+    record_created(d["store_tags"], model_tag)  # before anything can fail: a later run prunes it
     with bentoml.models.create(ENCODER_STORE_NAME, metadata={"fingerprint": (manifest["encoder"] or {}).get("fingerprint")}) as enc_model:
         write_encoder_bundle(params, Path(enc_model.path))
-    _record_created(d["store_tags"], str(enc_model.tag))
+    record_created(d["store_tags"], str(enc_model.tag))
     entry = {"model_tag": model_tag, "encoder_tag": str(enc_model.tag), "bento_tag": None, "model": label or model_name,
              "primary_metric": primary, "score": score, "metrics": metrics["models"][model_name],
              "data_md5": manifest["data_md5"], "params_sha256": params_hash(params), "git_sha": code_version(params.root)}
@@ -96,11 +96,11 @@ def promote_model(params: Params, model_tag: str, reason: str, by: str) -> dict:
     registry = Registry(params.paths.registry)
     entry = registry.get(model_tag)
     if entry.get("bento_tag") is None and params.package.build_bento:
-        _bentoml_env(params)
+        bentoml_env(params)
         for tag in (entry["model_tag"], entry["encoder_tag"]):
             model_path(params, tag)  # a clear error when neither the store nor an export has it
         bento_tag = build_bento(params.root, entry["model_tag"], entry["encoder_tag"])
-        _record_created(stage_paths(params)["store_tags"], bento_tag)
+        record_created(stage_paths(params)["store_tags"], bento_tag)
         registry.update(model_tag, bento_tag=bento_tag)
     event = registry.promote(model_tag, reason, by)
     export_models(params, registry.keep())  # the new champion travels with the data version

@@ -15,8 +15,9 @@ MODEL_STORE_NAME = "causalrec-recommender"
 ENCODER_STORE_NAME = "causalrec-encoder"
 
 
-def _bentoml_env(params: Params) -> None:
-    # The project keeps its own BentoML store unless the user points BENTOML_HOME elsewhere.
+def bentoml_env(params: Params) -> None:
+    """Before BentoML is used (called, never at import): the project keeps its own BentoML store
+    unless the user points BENTOML_HOME elsewhere."""
     os.environ.setdefault("BENTOML_HOME", str(params.root / ".bentoml"))
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 
@@ -27,7 +28,7 @@ def model_path(params: Params, tag: str, missing_ok: bool = False) -> Path | Non
     import bentoml
     from bentoml.exceptions import NotFound
 
-    _bentoml_env(params)
+    bentoml_env(params)
     try:
         return Path(bentoml.models.get(tag).path)
     except NotFound:
@@ -51,7 +52,7 @@ def export_models(params: Params, keep: set[str]) -> list[str]:
     no longer kept are removed. Returns the tags exported now."""
     import bentoml
 
-    _bentoml_env(params)
+    bentoml_env(params)
     root = params.paths.model_store
     root.mkdir(parents=True, exist_ok=True)
     wanted = {_export_file(params, t): t for t in keep if t.split(":")[0] in (MODEL_STORE_NAME, ENCODER_STORE_NAME)}
@@ -77,7 +78,8 @@ def champion_bundle(params: Params) -> Path:
     return model_path(params, champion["model_tag"])
 
 
-def _record_created(path: Path, tag: str) -> None:
+def record_created(path: Path, tag: str) -> None:
+    """Add a store tag this project created to `path` (what prune_store may delete later)."""
     created = json.loads(path.read_text()) if path.exists() else []
     atomic_write_json(path, [*created, tag])
 

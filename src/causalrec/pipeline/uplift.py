@@ -47,7 +47,8 @@ def _uplift_in_own_process(params: Params, settings: dict, path: Path, threads: 
 
 @contextlib.contextmanager
 def uplift_beside(params: Params, settings: dict, path: Path) -> Iterator[Callable[[], dict]]:
-    """Fit the uplift learner while the body fits the relevance models; yields a callable returning its summary.
+    """Fit the uplift learner while the body fits the relevance models; yields a callable returning its
+    summary (called only when uplift.enabled: a disabled learner is never fitted).
 
     Both are small-batch loops that use a second core poorly: with `uplift.own_process` on a machine of
     two or more cores the uplift learner fits in a process of its own, the cores split between the two
@@ -56,7 +57,7 @@ def uplift_beside(params: Params, settings: dict, path: Path) -> Iterator[Callab
 
     cores = torch.get_num_threads()
     if not (params.uplift.enabled and params.uplift.own_process and cores >= 2):
-        yield lambda: train_uplift(params, settings, path) if params.uplift.enabled else {}
+        yield lambda: train_uplift(params, settings, path)
         return
     # spawn, not fork: the parent's OpenMP threads (embed ran in this process) do not survive a fork
     pool = multiprocessing.get_context("spawn").Pool(1)
