@@ -312,3 +312,26 @@ def test_refit_repeats_the_kept_epochs_on_the_fit_and_validation_rows():
                                            for r in again.history)
     some = (users[:300], items[:300])
     assert not np.allclose(again.predict(*some), stopped.predict(*some), atol=1e-3)
+
+
+def test_minibatches_are_one_permutation_per_epoch_sliced_across_aligned_columns():
+    import platform
+
+    import torch
+
+    from causalrec.causal.training import keep_freed_memory, minibatches
+
+    ids = torch.arange(10)
+    labels = ids.float() * 10
+    epoch = minibatches(4, np.random.default_rng(0), ids, labels)
+    first, second = list(epoch()), list(epoch())
+    assert [len(b[0]) for b in first] == [4, 4, 2]
+    for batches in (first, second):
+        rows = torch.cat([b[0] for b in batches])
+        assert sorted(rows.tolist()) == list(range(10))  # every row once per epoch
+        assert all(torch.equal(b[1], b[0].float() * 10) for b in batches)  # the columns stay aligned
+    assert not torch.equal(torch.cat([b[0] for b in first]), torch.cat([b[0] for b in second]))  # a fresh order
+    # the same order as gathering each column per step with the generator's permutation
+    assert torch.equal(torch.cat([b[0] for b in first]), torch.as_tensor(np.random.default_rng(0).permutation(10)))
+    if platform.libc_ver()[0] == "glibc":
+        assert keep_freed_memory() is True  # mallopt accepted both settings

@@ -151,9 +151,10 @@ class DebiasedRecommender(OnePassPath, FitSettings):
                     users, items, y, None, val=val, user_features=user_features, item_features=item_features,
                     population=population).net_
 
-        def step(b):
+        def step(batch):
             # Every tensor below has one row per candidate (k, batch); the fixed DR imputer's broadcast.
-            n, ub, ib, pb = len(b), u[b], i[b], p[b]
+            ub, ib, pb, yb = batch
+            n = len(ub)
             if self.method in DR_METHODS:
                 # One forward over the observed pairs and a population sample (D = every user x item
                 # pair is sampled, never materialised): one gather and one scatter per table.
@@ -163,11 +164,11 @@ class DebiasedRecommender(OnePassPath, FitSettings):
                     si = torch.as_tensor(rng.integers(len(item_index), size=m))
                 else:
                     k = torch.as_tensor(rng.integers(len(pop_u), size=m))
-                    su, si = pop_u[k], pop_i[k]
+                    su, si = pop_u.index_select(0, k), pop_i.index_select(0, k)
                 uu, ii = torch.cat([ub, su]), torch.cat([ib, si])
                 out = f(uu, ii)
                 logits = out[:, :n]
-                e = self._loss(logits, yt[b].expand_as(logits))
+                e = self._loss(logits, yb.expand_as(logits))
                 if self.method != "dr":  # 1) joint learning: g learns to predict f's error on the observed pairs
                     g_obs = torch.sigmoid(imputer(ub, ib))
                     e_hat = F.binary_cross_entropy(torch.sigmoid(logits.detach()), g_obs, reduction="none")
@@ -180,19 +181,20 @@ class DebiasedRecommender(OnePassPath, FitSettings):
                 batch = Batch(e, pb, e_hat_obs=e_hat[:, :n], e_hat_pop=e_hat[:, n:], obs_share=obs_share)
             else:
                 logits = f(ub, ib)
-                batch = Batch(self._loss(logits, yt[b].expand_as(logits)), pb)
+                batch = Batch(self._loss(logits, yb.expand_as(logits)), pb)
             loss = LOSSES[self.method](batch)
             if "head" in modules:
-                k = torch.as_tensor(rng_exposure.integers(len(ee), size=len(b)))
-                P, _ = f.user_vectors(eu[k])
-                Q, _ = f.item_vectors(ei[k])
-                exposure_logit = head.alpha * (P * Q).sum(-1) + head(eu[k], ei[k])
-                target = ee[k].expand_as(exposure_logit)
+                k = torch.as_tensor(rng_exposure.integers(len(ee), size=n))
+                su, si = eu.index_select(0, k), ei.index_select(0, k)
+                P, _ = f.user_vectors(su)
+                Q, _ = f.item_vectors(si)
+                exposure_logit = head.alpha * (P * Q).sum(-1) + head(su, si)
+                target = ee.index_select(0, k).expand_as(exposure_logit)
                 loss = loss + weights * F.binary_cross_entropy_with_logits(exposure_logit, target, reduction="none").mean(-1)
             opt.zero_grad()
             loss.sum().backward()  # the candidates share no weights: each gets its own loss's gradient
             opt.step()
-            return loss.detach().numpy(), len(b)
+            return loss.detach().numpy(), n
 
         validate = None
         if val is not None:
@@ -204,7 +206,7 @@ class DebiasedRecommender(OnePassPath, FitSettings):
             def validate():
                 out = f(vu, vi)
                 return (self._loss(out, vy.expand_as(out)) * vw).sum(-1) / vw.sum()
-        histories = train_loop(step, minibatches(len(yt), self.batch_size, rng), self.epochs, modules, validate,
+        histories = train_loop(step, minibatches(self.batch_size, rng, u, i, p, yt), self.epochs, modules, validate,
                                self.patience, progress, f"train {self.method}", copies=len(candidates))
         trained_users, trained_items = np.zeros(len(user_index), bool), np.zeros(len(item_index), bool)
         trained_users[u.numpy()], trained_items[i.numpy()] = True, True

@@ -310,33 +310,34 @@ class SharedUplift(OnePassPath, FitSettings):
         tt, yt = torch.as_tensor(t, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
         et = torch.as_tensor(e, dtype=torch.float32)
 
-        def losses(idx):
+        def losses(ub, ib, tb, yb, eb):
             # one row per candidate: (outcome loss, training loss)
-            P, bu = relevance.user_vectors(u[idx])
-            Q, bi = relevance.item_vectors(i[idx])
+            P, bu = relevance.user_vectors(ub)
+            Q, bi = relevance.item_vectors(ib)
             interaction = (P * Q).sum(-1)
             r = torch.sigmoid(interaction + bu + bi + relevance.global_bias)
-            s = torch.sigmoid(organic(u[idx], i[idx]))
-            p = torch.where(tt[idx] == 1, r, r * s).clamp(1e-6, 1 - 1e-6)
-            outcome_nll = F.binary_cross_entropy(p, yt[idx].expand_as(p), reduction="none").mean(-1)
+            s = torch.sigmoid(organic(ub, ib))
+            p = torch.where(tb == 1, r, r * s).clamp(1e-6, 1 - 1e-6)
+            outcome_nll = F.binary_cross_entropy(p, yb.expand_as(p), reduction="none").mean(-1)
             if not with_head:
                 return outcome_nll, outcome_nll
-            exposure_logit = exposure.alpha * interaction + exposure(u[idx], i[idx])
-            exposure_nll = F.binary_cross_entropy_with_logits(exposure_logit, et[idx].expand_as(exposure_logit),
+            exposure_logit = exposure.alpha * interaction + exposure(ub, ib)
+            exposure_nll = F.binary_cross_entropy_with_logits(exposure_logit, eb.expand_as(exposure_logit),
                                                               reduction="none").mean(-1)
             return outcome_nll, outcome_nll + weights * exposure_nll
 
-        def step(b):
-            loss = losses(b)[1]
+        def step(batch):
+            loss = losses(*batch)[1]
             opt.zero_grad()
             loss.sum().backward()  # the candidates share no weights: each gets its own loss's gradient
             opt.step()
-            return loss.detach().numpy(), len(b)
+            return loss.detach().numpy(), len(batch[0])
 
+        columns = (u, i, tt, yt, et)
         fit_idx, val_idx = torch.as_tensor(np.flatnonzero(~val_mask)), torch.as_tensor(np.flatnonzero(val_mask))
-        batches = minibatches(len(fit_idx), self.batch_size, rng)
-        histories = train_loop(step, lambda: (fit_idx[b] for b in batches()), self.epochs, modules,
-                               lambda: losses(val_idx)[0], self.patience,  # early stopping watches the outcome only
+        fit_rows, val_rows = ([c.index_select(0, idx) for c in columns] for idx in (fit_idx, val_idx))
+        histories = train_loop(step, minibatches(self.batch_size, rng, *fit_rows), self.epochs, modules,
+                               lambda: losses(*val_rows)[0], self.patience,  # early stopping watches the outcome only
                                copies=len(candidates))
         for j, c in enumerate(candidates):
             c.users_, c.items_, c.history = user_index, item_index, histories[j]
