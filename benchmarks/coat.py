@@ -14,12 +14,21 @@ Choices, all on validation, before the test ratings are read (they stay sealed u
   2. `chosen`: the method with the best mean validation AUC (the headline, HEADLINE_RULE);
   3. `debias_vs_naive`: among the debiasing methods on the MF backbone (ids only), the one with the
      best mean validation AUC, compared with mf_naive on the same backbone and inputs: the paired
-     per-seed test differences (same splits), mean and sd.
+     per-seed test differences (same splits), mean and sd. Where the chosen one is an estimator with
+     the exposure head, `estimator_vs_head_alone` compares it with mf_naive_head the same way (what
+     the reweighting adds beyond the head).
 Then the test set is opened once: AUC over all test pairs; NDCG@5 and Recall@5 per user over that
 user's test items (binary relevance), averaged over users with a positive; MSE.
 Propensities: the data set's propensities.ascii when present (clipped at 0.01), else naive Bayes
 propensities P(O=1 | rating) fitted with the uniform sample. Backbones: mf (ids) and tt (ids +
 the user/item attributes, when the data set has them), every method on both.
+With a propensity file, every estimator on the MF backbone also runs with the exposure head
+(`mf_<estimator>_head`): the propensities of every user x item pair (the file's P(O=1 | u,i) plus
+p_uniform: every pair could have been rated) are a second target sharing the factors, the
+selection model learned jointly with relevance; its weight (0, 1, 3, 10) is chosen per fit by
+validation loss (`exposure_weight: auto`). mf_naive_head reads the propensities through the head
+only, so it counts as a debiasing method; mf_naive reads none. (Naive-Bayes propensities depend on
+the rating, unknown for unrated pairs: no head without a file.)
 """
 from __future__ import annotations
 
@@ -35,7 +44,7 @@ from tqdm.auto import tqdm
 
 from _common import REPO, write_result
 from causalrec.causal.debias import METHODS as ESTIMATORS
-from causalrec.causal.debias import DebiasedRecommender
+from causalrec.causal.debias import DebiasedRecommender, auto_exposure_weight
 from causalrec.causal.propensity import NaiveBayesPropensity
 from causalrec.data.sources import load_ratings_dir, pair_propensity
 from causalrec.data.split import split_randomized
@@ -62,11 +71,15 @@ class SealedTest:
         return self._labels
 
 
+HEAD = "_head"  # method-name suffix: with the exposure head over every user x item pair
+
+
 @dataclass
 class Split:
     fit: pd.DataFrame      # MNAR ratings + the uniform fitting sample, with `propensity`
     val: pd.DataFrame      # uniform validation ratings
     test: SealedTest
+    exposure_log: tuple | None = None  # (users, items, propensity) of every pair: the head's target
 
 
 def make_splits(data: dict, seeds: int, propensity: str = "file") -> list[Split]:
@@ -89,48 +102,62 @@ def make_splits(data: dict, seeds: int, propensity: str = "file") -> list[Split]
                          uniform_fit[cols].assign(propensity=p_mnar["uniform"] + p_uniform)], ignore_index=True)
         fit["propensity"] = fit["propensity"].clip(lower=CLIP, upper=1.0)
         val = uniform_val.assign(outcome=uniform_val["y1"].astype(np.float32))[["user_id", "item_id", "outcome"]]
-        out.append(Split(fit, val, SealedTest(test[["user_id", "item_id"]], test[["y1"]])))
+        exposure_log = None
+        if propensity == "file" and data["propensities"] is not None:
+            P = data["propensities"]
+            exposure_log = (np.repeat(P.index.to_numpy(), P.shape[1]), np.tile(P.columns.to_numpy(), P.shape[0]),
+                            np.clip(P.to_numpy().ravel() + p_uniform, CLIP, 1.0))
+        out.append(Split(fit, val, SealedTest(test[["user_id", "item_id"]], test[["y1"]]), exposure_log))
     return out
 
 
-def method_names(has_attributes: bool) -> list[str]:
+def method_names(has_attributes: bool, has_head: bool) -> list[str]:
     backbones = ["mf", "tt"] if has_attributes else ["mf"]
-    return ["popularity", *(f"{b}_{m}" for b in backbones for m in ESTIMATORS)]
+    return ["popularity", *(f"{b}_{m}" for b in backbones for m in ESTIMATORS),
+            *(f"mf_{m}{HEAD}" for m in ESTIMATORS if has_head)]
 
 
 def fit_method(name: str, hp: dict, split: Split, data: dict, seed: int):
     f, v = split.fit, split.val
     if name == "popularity":
         return Popularity().fit(f["user_id"], f["item_id"], f["outcome"])
-    backbone, method = name.split("_", 1)
+    backbone, method = name.removesuffix(HEAD).split("_", 1)
     features = ({"user_features": data["user_features"], "item_features": data["item_features"]}
                 if backbone == "tt" else {})
     model = DebiasedRecommender(method, dim=hp["dim"], weight_decay=hp["weight_decay"], lr=hp["lr"], batch_size=512,
                                 epochs=200, patience=8, seed=seed)
-    return model.fit(f["user_id"].to_numpy(), f["item_id"].to_numpy(), f["outcome"].to_numpy(),
-                     f["propensity"].to_numpy(), val=(v["user_id"].to_numpy(), v["item_id"].to_numpy(),
-                                                      v["outcome"].to_numpy(), None), **features)
+    if name.endswith(HEAD):
+        if split.exposure_log is None:
+            raise ValueError(f"{name} needs the data set's propensity file (the head's target for every pair)")
+        model, features = auto_exposure_weight(model), {**features, "exposure_log": split.exposure_log}
+    fitted = model.fit(f["user_id"].to_numpy(), f["item_id"].to_numpy(), f["outcome"].to_numpy(),
+                       f["propensity"].to_numpy(), val=(v["user_id"].to_numpy(), v["item_id"].to_numpy(),
+                                                        v["outcome"].to_numpy(), None), **features)
+    return getattr(fitted, "best_estimator_", fitted)
 
 
 def choose(data: dict, splits: list[Split], methods: list[str], grid: dict) -> tuple[dict, dict]:
     """Every choice, from the validation ratings only. Returns (choices, test predictions of every fit,
     keyed by (method, hyper-parameters), made from the test pairs' ids alone)."""
     configs = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
-    val_auc, predictions = {}, {}
+    val_auc, predictions, head_weights = {}, {}, {}
     for name in tqdm(methods, desc="methods"):
         for hp in ([{}] if name == "popularity" else configs):
             key = (name, tuple(hp.items()))
-            scores, preds = [], []
+            scores, preds, weights = [], [], []
             for seed, split in enumerate(splits):
                 model = fit_method(name, hp, split, data, seed)
                 scores.append(auc(split.val["outcome"], model.predict(split.val["user_id"].to_numpy(),
                                                                          split.val["item_id"].to_numpy())))
                 preds.append(model.predict(split.test.pairs["user_id"].to_numpy(), split.test.pairs["item_id"].to_numpy()))
-            val_auc[key], predictions[key] = float(np.mean(scores)), preds
+                weights.append(getattr(model, "exposure_weight_", None))
+            val_auc[key], predictions[key], head_weights[key] = float(np.mean(scores)), preds, weights
     tuned = {}
     for name in methods:
         key = max((k for k in val_auc if k[0] == name), key=val_auc.get)
         tuned[name] = {"hyperparameters": dict(key[1]), "validation_auc": val_auc[key], "key": key}
+        if name.endswith(HEAD):  # the head's weight each seed's fit chose by validation loss
+            tuned[name]["exposure_weight_per_seed"] = head_weights[key]
     chosen = max(tuned, key=lambda n: tuned[n]["validation_auc"])
     debiasing = [n for n in methods if n.startswith("mf_") and n != "mf_naive"]
     chosen_debiasing = max(debiasing, key=lambda n: tuned[n]["validation_auc"]) if debiasing else None
@@ -140,6 +167,15 @@ def choose(data: dict, splits: list[Split], methods: list[str], grid: dict) -> t
 def test_metrics(pred: np.ndarray, pairs: pd.DataFrame, y: np.ndarray) -> dict:
     ndcg, recall = per_user_ndcg_recall(pairs["user_id"].to_numpy(), pred, y, 5)
     return {"auc": auc(y, pred), "ndcg@5": ndcg, "recall@5": recall, "mse": mse(y, pred)}
+
+
+def paired(method: str, baseline: str, per_seed: dict) -> dict:
+    """Per-seed test differences method - baseline (the same splits), their mean and sd."""
+    diff = {m: np.array([a[m] - b[m] for a, b in zip(per_seed[method], per_seed[baseline])]) for m in ("auc", "ndcg@5")}
+    return {"method": method, "baseline": baseline,
+            **{m: {"mean": float(v.mean()), "sd": float(v.std(ddof=1)), "seeds_better": int((v > 0).sum())}
+               for m, v in diff.items()},
+            "better_by_more_than_sd": bool(all(v.mean() > v.std(ddof=1) for v in diff.values()))}
 
 
 def main() -> None:
@@ -157,7 +193,7 @@ def main() -> None:
     t0 = time.time()
     data = load_ratings_dir(args.data)
     has_attributes = data["item_features"] is not None
-    methods = args.methods or method_names(has_attributes)
+    methods = args.methods or method_names(has_attributes, args.propensity == "file" and data["propensities"] is not None)
     splits = make_splits(data, args.seeds, args.propensity)
     choices, predictions = choose(data, splits, methods, {**GRID, "dim": args.grid_dims})
     assert not any(s.test.opened for s in splits), "a choice read the test set"
@@ -173,7 +209,8 @@ def main() -> None:
         df = pd.DataFrame(rows)
         t = choices["tuned"][name]
         summary[name] = {**{k: float(df[k].mean()) for k in df}, **{f"{k}_sd": float(df[k].std(ddof=1)) for k in df},
-                         "validation_auc": t["validation_auc"], "hyperparameters": t["hyperparameters"]}
+                         "validation_auc": t["validation_auc"], "hyperparameters": t["hyperparameters"],
+                         **({"exposure_weight_per_seed": t["exposure_weight_per_seed"]} if name.endswith(HEAD) else {})}
     chosen = choices["chosen"]
     result = {"data": str(args.data), "protocol": __doc__.split("\n\n")[1].replace("\n", " "), "seeds": args.seeds,
               "grid": {**GRID, "dim": args.grid_dims}, "headline_rule": HEADLINE_RULE,
@@ -182,13 +219,12 @@ def main() -> None:
               "methods": summary,
               "chosen": {"method": chosen, "auc": summary[chosen]["auc"], "ndcg@5": summary[chosen]["ndcg@5"],
                          "hyperparameters": summary[chosen]["hyperparameters"]}}
-    if choices["chosen_debiasing"] and "mf_naive" in per_seed:
-        d = choices["chosen_debiasing"]
-        diff = {m: np.array([a[m] - b[m] for a, b in zip(per_seed[d], per_seed["mf_naive"])]) for m in ("auc", "ndcg@5")}
-        result["debias_vs_naive"] = {
-            "method": d, "baseline": "mf_naive", **{m: {"mean": float(v.mean()), "sd": float(v.std(ddof=1)),
-                                                        "seeds_better": int((v > 0).sum())} for m, v in diff.items()},
-            "beats_naive_by_more_than_sd": bool(all(v.mean() > v.std(ddof=1) for v in diff.values()))}
+    d = choices["chosen_debiasing"]
+    if d and "mf_naive" in per_seed:
+        result["debias_vs_naive"] = paired(d, "mf_naive", per_seed)
+        result["debias_vs_naive"]["beats_naive_by_more_than_sd"] = result["debias_vs_naive"].pop("better_by_more_than_sd")
+    if d and d.endswith(HEAD) and d != f"mf_naive{HEAD}" and f"mf_naive{HEAD}" in per_seed:
+        result["estimator_vs_head_alone"] = paired(d, f"mf_naive{HEAD}", per_seed)
     result["seconds"] = round(time.time() - t0, 1)
     write_result(args.name, result, args.out)
 
