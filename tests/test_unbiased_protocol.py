@@ -93,6 +93,13 @@ def test_pipeline_on_coat_format_uses_attributes_and_the_uniform_sample(tmp_path
     test = pd.read_parquet(root / "artifacts" / "ground_truth" / "test_pairs.parquet")
     uniform = inter[inter["policy"] == "uniform"]
     assert len(uniform) > 0 and uniform.merge(test, on=["user_id", "item_id"]).empty  # test rows never in data/
+    # The self-selection policy's log: every pair once, rated (exposed) or not, with the file's propensity.
+    mnar = inter[inter["policy"] != "uniform"]
+    assert len(mnar) == 40 * 30 and not mnar.duplicated(["user_id", "item_id"]).any()
+    assert 0 < (mnar["exposed"] == 0).sum() < len(mnar) and (mnar.loc[mnar["exposed"] == 0, "outcome"] == 0).all()
+    file_p = np.loadtxt(data / "propensities.ascii")
+    rows, cols = mnar["user_id"].str[1:].astype(int), mnar["item_id"].str[1:].astype(int)
+    np.testing.assert_allclose(mnar["propensity"], file_p[rows, cols], rtol=1e-6)
     features = pipeline.text_features(params)
     assert any(c.startswith("attr_") for c in features["item_features"].columns)
     train = json.loads((root / "artifacts" / "models" / "train.json").read_text())

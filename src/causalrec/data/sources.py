@@ -116,11 +116,31 @@ def with_attributes(table: pd.DataFrame, features: pd.DataFrame | None, key: str
     return table if features is None else table.merge(features, left_on=key, right_index=True, how="left")
 
 
+def _unrated_pairs(t: dict) -> pd.DataFrame:
+    """With a propensity file, the pairs the MNAR log did not rate, as unexposed rows with their
+    propensity: users chose what to rate from the whole catalogue, so every pair was a visit of the
+    self-selection policy. The population DR averages over and the exposure head's target are then
+    the selection model over every pair (benchmarks/coat.py's `_head` methods use the same). Their
+    timestamp is the log's first (when the catalogue was offered), no rating, and outcome 0: the
+    contract's outcome of an unexposed row is what happened without exposure, and an unchosen item
+    got no rating (the implicit-feedback convention; relevance learners read exposed rows only)."""
+    if t["propensities"] is None:
+        return pd.DataFrame()
+    P, rated = t["propensities"], t["interactions"]
+    users, items = np.repeat(P.index.to_numpy(), P.shape[1]), np.tile(P.columns.to_numpy(), P.shape[0])
+    keep = ~pd.MultiIndex.from_arrays([users, items]).isin(pd.MultiIndex.from_frame(rated[["user_id", "item_id"]]))
+    return pd.DataFrame({
+        "user_id": users[keep], "item_id": items[keep], "timestamp": rated["timestamp"].min(),
+        "exposed": np.zeros(keep.sum(), dtype=np.int8), "outcome": np.float32(0.0), "rating": np.float32(np.nan),
+        "policy": rated["policy"].iloc[0], "propensity": P.to_numpy().ravel()[keep].astype(np.float32)})
+
+
 def ingest_ratings(path: str | Path, data_dir: str | Path, truth_dir: str | Path, seed: int,
                    uniform_share: float = 0.1) -> dict:
-    """Coat-format ratings into the contract: the MNAR log, plus `uniform_share` of the randomized
-    ratings as logged rows of policy "uniform" (the unbiased sample that validation and debiasing
-    use; AutoDebias protocol: 5% fit + 5% validation), the rest as the test set in ground truth."""
+    """Coat-format ratings into the contract: the MNAR log (with a propensity file, its unrated pairs
+    too, unexposed: `_unrated_pairs`), plus `uniform_share` of the randomized ratings as logged rows of
+    policy "uniform" (the unbiased sample that validation and debiasing use; AutoDebias protocol: 5%
+    fit + 5% validation), the rest as the test set in ground truth."""
     from causalrec.data.split import split_randomized
 
     t = load_ratings_dir(path)
@@ -132,14 +152,15 @@ def ingest_ratings(path: str | Path, data_dir: str | Path, truth_dir: str | Path
         "rating": uniform["rating"], "policy": UNIFORM_POLICY,
         # The probability that the uniform policy put a pair into this log: the survey's rate x our share.
         **({"propensity": np.float32(t["uniform_rate"] * uniform_share)} if "propensity" in t["interactions"] else {})})
-    interactions = pd.concat([t["interactions"], uniform_rows], ignore_index=True)
+    interactions = pd.concat([t["interactions"], _unrated_pairs(t), uniform_rows], ignore_index=True)
     with atomic_dir(Path(data_dir)) as tmp:
         interactions.to_parquet(tmp / "interactions.parquet", index=False)
         with_attributes(t["items"], t["item_features"], "item_id").to_parquet(tmp / "items.parquet", index=False)
         with_attributes(t["users"], t["user_features"], "user_id").to_parquet(tmp / "users.parquet", index=False)
     with atomic_dir(Path(truth_dir)) as tmp:
         test.to_parquet(tmp / "test_pairs.parquet", index=False)
-    return {"interactions": len(interactions), "uniform_rows": len(uniform_rows), "items": len(t["items"]),
+    return {"interactions": len(interactions), "exposed": int(interactions["exposed"].sum()),
+            "uniform_rows": len(uniform_rows), "items": len(t["items"]),
             "users": len(t["users"]), "test": len(test)}
 
 
