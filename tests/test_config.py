@@ -14,6 +14,13 @@ def test_default_params_load_and_anchor_paths():
     assert params.validate_.max_examples >= 1
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "examples").glob("*/params.yaml")), ids=lambda p: p.parent.name)
+def test_every_example_params_file_loads(path):
+    """The examples are run by hand (README): a key added to the shipped params.yaml must reach them too."""
+    params = load_params(path, environ={})
+    assert params.paths.data_dir == path.parent / "data"
+
+
 @pytest.mark.parametrize("text, fragment", [
     ("seed: [unclosed", "not valid YAML"),
     ("- a\n- b\n", "top level must be a mapping"),
