@@ -82,7 +82,7 @@ class Split:
     exposure_log: tuple | None = None  # (users, items, propensity) of every pair: the head's target
 
 
-def make_splits(data: dict, seeds: int, propensity: str = "file") -> list[Split]:
+def make_splits(data: dict, seeds: int, propensity: str = "file", head_target: str = "propensity") -> list[Split]:
     out = []
     for seed in range(seeds):
         uniform, test = split_randomized(data["test"], UNIFORM_SHARE, seed)
@@ -105,8 +105,13 @@ def make_splits(data: dict, seeds: int, propensity: str = "file") -> list[Split]
         exposure_log = None
         if propensity == "file" and data["propensities"] is not None:
             P = data["propensities"]
-            exposure_log = (np.repeat(P.index.to_numpy(), P.shape[1]), np.tile(P.columns.to_numpy(), P.shape[0]),
-                            np.clip(P.to_numpy().ravel() + p_uniform, CLIP, 1.0))
+            users, items = np.repeat(P.index.to_numpy(), P.shape[1]), np.tile(P.columns.to_numpy(), P.shape[0])
+            if head_target == "observed":  # a control: which pairs the MNAR log rated, not the file's model of it
+                rated = pd.MultiIndex.from_frame(mnar[["user_id", "item_id"]])
+                target = pd.MultiIndex.from_arrays([users, items]).isin(rated).astype(np.float64)
+            else:
+                target = np.clip(P.to_numpy().ravel() + p_uniform, CLIP, 1.0)
+            exposure_log = (users, items, target)
         out.append(Split(fit, val, SealedTest(test[["user_id", "item_id"]], test[["y1"]]), exposure_log))
     return out
 
@@ -187,6 +192,8 @@ def main() -> None:
     ap.add_argument("--grid-dims", type=int, nargs="+", default=GRID["dim"])
     ap.add_argument("--propensity", choices=["file", "naive_bayes"], default="file",
                     help="file: the data set's propensities.ascii (naive Bayes when it has none)")
+    ap.add_argument("--head-target", choices=["propensity", "observed"], default="propensity",
+                    help="the exposure head's target: the file's propensities, or (a control) the 0/1 rated indicator")
     ap.add_argument("--name", default="coat")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -194,7 +201,7 @@ def main() -> None:
     data = load_ratings_dir(args.data)
     has_attributes = data["item_features"] is not None
     methods = args.methods or method_names(has_attributes, args.propensity == "file" and data["propensities"] is not None)
-    splits = make_splits(data, args.seeds, args.propensity)
+    splits = make_splits(data, args.seeds, args.propensity, args.head_target)
     choices, predictions = choose(data, splits, methods, {**GRID, "dim": args.grid_dims})
     assert not any(s.test.opened for s in splits), "a choice read the test set"
 
@@ -213,7 +220,7 @@ def main() -> None:
                          **({"exposure_weight_per_seed": t["exposure_weight_per_seed"]} if name.endswith(HEAD) else {})}
     chosen = choices["chosen"]
     result = {"data": str(args.data), "protocol": __doc__.split("\n\n")[1].replace("\n", " "), "seeds": args.seeds,
-              "grid": {**GRID, "dim": args.grid_dims}, "headline_rule": HEADLINE_RULE,
+              "grid": {**GRID, "dim": args.grid_dims}, "headline_rule": HEADLINE_RULE, "head_target": args.head_target,
               "propensities": ("propensities.ascii" if args.propensity == "file" and "propensity" in data["interactions"]
                                else "naive Bayes (uniform sample)"),
               "methods": summary,
