@@ -48,7 +48,7 @@ def test_coat_choices_never_read_the_test_labels(coat_bench, tmp_path):
 
     data = load_ratings_dir(write_coat_format(tmp_path / "d"))
     grid = {"dim": [2, 4], "weight_decay": [1e-3], "lr": [0.05]}
-    methods = ["popularity", "mf_naive", "mf_ips", "tt_naive"]
+    methods = ["popularity", "mf_naive", "mf_ips", "tt_naive", "mf_naive_head", "mf_ips_head"]
     splits = coat_bench.make_splits(data, 2)
     choices, _ = coat_bench.choose(data, splits, methods, grid)
     assert not any(s.test.opened for s in splits)  # the labels stayed sealed through every choice
@@ -59,8 +59,9 @@ def test_coat_choices_never_read_the_test_labels(coat_bench, tmp_path):
         split.test = coat_bench.SealedTest(split.test.pairs, 1 - split.test.open())
     again, _ = coat_bench.choose(data, splits, methods, grid)
     strip = lambda c: {k: v for k, v in c.items() if k != "tuned"} | {  # noqa: E731
-        n: t["hyperparameters"] for n, t in c["tuned"].items()}
-    assert strip(again) == strip(choices)
+        n: (t["hyperparameters"], t.get("exposure_weight_per_seed")) for n, t in c["tuned"].items()}
+    assert strip(again) == strip(choices)  # the head's weights too, chosen per fit by validation loss
+    assert all(w in (0.0, 1.0, 3.0, 10.0) for w in choices["tuned"]["mf_ips_head"]["exposure_weight_per_seed"])
 
 
 def test_coat_benchmark_takes_any_directory_in_the_format(tmp_path):
