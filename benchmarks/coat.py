@@ -46,7 +46,7 @@ from _common import REPO, write_result
 from causalrec.causal.debias import METHODS as ESTIMATORS
 from causalrec.causal.debias import DebiasedRecommender, auto_exposure_weight
 from causalrec.causal.propensity import NaiveBayesPropensity
-from causalrec.data.sources import load_ratings_dir, pair_propensity
+from causalrec.data.sources import every_pair, load_ratings_dir, pair_propensity, pairs_in
 from causalrec.data.split import split_randomized
 from causalrec.evaluation.metrics import auc, mse, per_user_ndcg_recall
 from causalrec.models import Popularity
@@ -104,13 +104,11 @@ def make_splits(data: dict, seeds: int, propensity: str = "file", head_target: s
         val = uniform_val.assign(outcome=uniform_val["y1"].astype(np.float32))[["user_id", "item_id", "outcome"]]
         exposure_log = None
         if propensity == "file" and data["propensities"] is not None:
-            P = data["propensities"]
-            users, items = np.repeat(P.index.to_numpy(), P.shape[1]), np.tile(P.columns.to_numpy(), P.shape[0])
+            users, items, p_file = every_pair(data["propensities"])
             if head_target == "observed":  # a control: which pairs the MNAR log rated, not the file's model of it
-                rated = pd.MultiIndex.from_frame(mnar[["user_id", "item_id"]])
-                target = pd.MultiIndex.from_arrays([users, items]).isin(rated).astype(np.float64)
+                target = pairs_in(users, items, mnar).astype(np.float64)
             else:
-                target = np.clip(P.to_numpy().ravel() + p_uniform, CLIP, 1.0)
+                target = np.clip(p_file + p_uniform, CLIP, 1.0)
             exposure_log = (users, items, target)
         out.append(Split(fit, val, SealedTest(test[["user_id", "item_id"]], test[["y1"]]), exposure_log))
     return out
@@ -174,13 +172,14 @@ def test_metrics(pred: np.ndarray, pairs: pd.DataFrame, y: np.ndarray) -> dict:
     return {"auc": auc(y, pred), "ndcg@5": ndcg, "recall@5": recall, "mse": mse(y, pred)}
 
 
-def paired(method: str, baseline: str, per_seed: dict) -> dict:
-    """Per-seed test differences method - baseline (the same splits), their mean and sd."""
+def paired(method: str, baseline: str, per_seed: dict, flag: str = "better_by_more_than_sd") -> dict:
+    """Per-seed test differences method - baseline (the same splits), their mean and sd; `flag`: whether
+    the mean exceeds the sd on both metrics."""
     diff = {m: np.array([a[m] - b[m] for a, b in zip(per_seed[method], per_seed[baseline])]) for m in ("auc", "ndcg@5")}
     return {"method": method, "baseline": baseline,
             **{m: {"mean": float(v.mean()), "sd": float(v.std(ddof=1)), "seeds_better": int((v > 0).sum())}
                for m, v in diff.items()},
-            "better_by_more_than_sd": bool(all(v.mean() > v.std(ddof=1) for v in diff.values()))}
+            flag: bool(all(v.mean() > v.std(ddof=1) for v in diff.values()))}
 
 
 def main() -> None:
@@ -228,8 +227,7 @@ def main() -> None:
                          "hyperparameters": summary[chosen]["hyperparameters"]}}
     d = choices["chosen_debiasing"]
     if d and "mf_naive" in per_seed:
-        result["debias_vs_naive"] = paired(d, "mf_naive", per_seed)
-        result["debias_vs_naive"]["beats_naive_by_more_than_sd"] = result["debias_vs_naive"].pop("better_by_more_than_sd")
+        result["debias_vs_naive"] = paired(d, "mf_naive", per_seed, flag="beats_naive_by_more_than_sd")
     if d and d.endswith(HEAD) and d != f"mf_naive{HEAD}" and f"mf_naive{HEAD}" in per_seed:
         result["estimator_vs_head_alone"] = paired(d, f"mf_naive{HEAD}", per_seed)
     result["seconds"] = round(time.time() - t0, 1)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from causalrec.causal.debias import DebiasedRecommender
 from causalrec.causal.losses import DR_METHODS, LOSSES, Batch, imputer_loss
-from causalrec.causal.training import adam, train_loop
+from causalrec.causal.training import adam, minibatches, train_loop
 from causalrec.models.factor import FactorModel
 from causalrec.models.ids import IdIndex
 
@@ -91,8 +91,8 @@ def open_log(interactions: str | Path) -> list[pq.ParquetFile]:
 
 
 def _chunks(source: list[pq.ParquetFile], chunk_rows: int, u_cat: pa.Array, i_cat: pa.Array, clip: float, exposed_only: bool,
-            rng: np.random.Generator, progress: bool, desc: str):
-    """Yield (u, i, exposed, y, p) per chunk as tensors, the chunk's rows in a random order."""
+            progress: bool, desc: str):
+    """Yield (u, i, exposed, y, p) per chunk as tensors."""
     from tqdm.auto import tqdm
 
     batches = (batch for f in source for batch in f.iter_batches(batch_size=chunk_rows, columns=COLUMNS))
@@ -108,8 +108,7 @@ def _chunks(source: list[pq.ParquetFile], chunk_rows: int, u_cat: pa.Array, i_ca
         o = batch["exposed"].to_numpy().astype(bool)
         y = np.nan_to_num(batch["outcome"].to_numpy(zero_copy_only=False).astype(np.float32))
         p = np.clip(batch["propensity"].to_numpy(zero_copy_only=False).astype(np.float32), clip, 1)
-        perm = torch.as_tensor(rng.permutation(len(u)))  # one gather per column and chunk; batches are slices of it
-        yield tuple(torch.as_tensor(c).index_select(0, perm) for c in (u, i, o, y, p))
+        yield tuple(torch.as_tensor(c) for c in (u, i, o, y, p))
 
 
 def fit_streaming(model: DebiasedRecommender, interactions: str | Path, user_ids, item_ids, chunk_rows: int = 1_000_000,
@@ -140,13 +139,12 @@ def fit_streaming(model: DebiasedRecommender, interactions: str | Path, user_ids
     def batches(exposed_only: bool, desc: str):
         def epoch():
             exposed_per_epoch.append(0)
-            for chunk in _chunks(source, chunk_rows, u_cat, i_cat, clip, exposed_only, rng, progress, desc):
+            for chunk in _chunks(source, chunk_rows, u_cat, i_cat, clip, exposed_only, progress, desc):
                 u, i, o = chunk[:3]
                 model.trained_users_[u[o].numpy()] = True
                 model.trained_items_[i[o].numpy()] = True
                 exposed_per_epoch[-1] += int(o.sum())
-                for s in range(0, len(u), model.batch_size):
-                    yield tuple(c[s:s + model.batch_size] for c in chunk)
+                yield from minibatches(model.batch_size, rng, *chunk)()  # the chunk's rows in a random order
         return epoch
 
     if doubly_robust:

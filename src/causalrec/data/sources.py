@@ -111,6 +111,17 @@ def pair_propensity(propensities: pd.DataFrame, users, items) -> np.ndarray:
     return propensities.to_numpy()[rows, cols]
 
 
+def every_pair(propensities: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(users, items, P(O=1 | u,i)) of every user x item pair of the full propensity matrix."""
+    P = propensities
+    return np.repeat(P.index.to_numpy(), P.shape[1]), np.tile(P.columns.to_numpy(), P.shape[0]), P.to_numpy().ravel()
+
+
+def pairs_in(users: np.ndarray, items: np.ndarray, rows: pd.DataFrame) -> np.ndarray:
+    """True where (users[k], items[k]) is one of `rows`' (user_id, item_id) pairs."""
+    return pd.MultiIndex.from_arrays([users, items]).isin(pd.MultiIndex.from_frame(rows[["user_id", "item_id"]]))
+
+
 def with_attributes(table: pd.DataFrame, features: pd.DataFrame | None, key: str) -> pd.DataFrame:
     """Attach numeric attribute columns (attr_*) to a contract table, keyed by its id column."""
     return table if features is None else table.merge(features, left_on=key, right_index=True, how="left")
@@ -126,13 +137,13 @@ def _unrated_pairs(t: dict) -> pd.DataFrame:
     got no rating (the implicit-feedback convention; relevance learners read exposed rows only)."""
     if t["propensities"] is None:
         return pd.DataFrame()
-    P, rated = t["propensities"], t["interactions"]
-    users, items = np.repeat(P.index.to_numpy(), P.shape[1]), np.tile(P.columns.to_numpy(), P.shape[0])
-    keep = ~pd.MultiIndex.from_arrays([users, items]).isin(pd.MultiIndex.from_frame(rated[["user_id", "item_id"]]))
+    rated = t["interactions"]
+    users, items, p = every_pair(t["propensities"])
+    keep = ~pairs_in(users, items, rated)
     return pd.DataFrame({
         "user_id": users[keep], "item_id": items[keep], "timestamp": rated["timestamp"].min(),
         "exposed": np.zeros(keep.sum(), dtype=np.int8), "outcome": np.float32(0.0), "rating": np.float32(np.nan),
-        "policy": rated["policy"].iloc[0], "propensity": P.to_numpy().ravel()[keep].astype(np.float32)})
+        "policy": rated["policy"].iloc[0], "propensity": p[keep].astype(np.float32)})
 
 
 def ingest_ratings(path: str | Path, data_dir: str | Path, truth_dir: str | Path, seed: int,
