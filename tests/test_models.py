@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -335,3 +337,28 @@ def test_minibatches_are_one_permutation_per_epoch_sliced_across_aligned_columns
     assert torch.equal(torch.cat([b[0] for b in first]), torch.as_tensor(np.random.default_rng(0).permutation(10)))
     if platform.libc_ver()[0] == "glibc":
         assert keep_freed_memory() is True  # mallopt accepted both settings
+
+
+def test_a_low_rank_feature_table_trains_through_its_row_space_with_the_same_scores_and_gradients():
+    """Users sharing a few profile texts: the tower maps the table's coordinates in its row space
+    (models.factor.row_space), with the scores and tower gradients of mapping the features."""
+    import torch
+
+    from causalrec.models.factor import FactorModel, row_space
+
+    gen = torch.Generator().manual_seed(0)
+    profiles = torch.randn(5, 32, generator=gen)
+    X = profiles[torch.randint(5, (60,), generator=gen)]  # 60 users, 5 distinct rows: rank 5
+    coords, basis = row_space(X)
+    assert basis.shape == (32, 5) and torch.allclose(coords @ basis.T, X, atol=1e-5)
+    assert row_space(torch.randn(60, 32, generator=gen)) is None  # full rank: nothing to gain
+    torch.manual_seed(1)
+    model = FactorModel(60, 40, 4, X, torch.randn(40, 8, generator=gen))
+    assert model.user_coords is not None and model.item_coords is None
+    plain = copy.deepcopy(model)
+    plain.user_coords = plain.user_basis = None  # the features mapped as they are
+    u, i = torch.randint(60, (25,), generator=gen), torch.randint(40, (25,), generator=gen)
+    for net in (model, plain):
+        net(u, i).pow(2).sum().backward()
+    assert torch.allclose(model(u, i), plain(u, i), atol=1e-5)
+    assert torch.allclose(model.user_tower.weight.grad, plain.user_tower.weight.grad, atol=1e-5)
