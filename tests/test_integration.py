@@ -165,12 +165,24 @@ def test_a_fresh_machine_replays_the_champion_from_its_export(trained):
     project, _ = trained
     params = load_params(project / "params.yaml")
     champion = Registry(params.paths.registry).champion
-    exports = {p.name for p in params.paths.model_store.glob("*.bentomodel")}
-    assert {f"{champion[k].replace(':', '-')}.bentomodel" for k in ("model_tag", "encoder_tag")} <= exports
+    exports = {p.name for p in params.paths.model_store.iterdir()}
+    assert {f"{champion[k].replace(':', '-')}.bentomodel.tar.gz" for k in ("model_tag", "encoder_tag")} <= exports
     bentoml.models.delete(champion["model_tag"])
     path = model_path(params, champion["model_tag"])
     assert str(bentoml.models.get(champion["model_tag"]).tag) == champion["model_tag"]
     assert RecommenderCore(path, seed=0).recommend("u000001", 3)["slate_size"] == 3
+
+    # an export an earlier version wrote (BentoML's xz, `<tag>.bentomodel`) is found when it is the only one
+    gz = params.paths.model_store / f"{champion['model_tag'].replace(':', '-')}.bentomodel.tar.gz"
+    legacy, aside = gz.with_name(gz.name.removesuffix(".tar.gz")), gz.with_name("aside")
+    bentoml.models.export_model(champion["model_tag"], str(legacy))
+    gz.rename(aside)
+    try:
+        bentoml.models.delete(champion["model_tag"])
+        assert RecommenderCore(model_path(params, champion["model_tag"]), seed=0).recommend("u000001", 3)["slate_size"] == 3
+    finally:
+        aside.rename(gz)
+        legacy.unlink()
 
 
 def test_bad_data_stops_flow_and_keeps_last_good_model(trained, tmp_path):

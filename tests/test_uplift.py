@@ -43,6 +43,26 @@ def test_bootstrap_interval_and_input_errors():
     assert (iv["lower"] <= iv["mean"]).all() and (iv["mean"] <= iv["upper"]).all()
     with pytest.raises(ValueError, match="both treated and untreated"):
         UpliftLearner("t_learner").fit(users, items, np.ones_like(t), y, e)
+
+
+def test_a_saved_bootstrap_learner_holds_its_feature_tables_once(tmp_path):
+    """Every member and part carries the same feature tables: the file stores them once, and the
+    loaded learner scores as the fitted one."""
+    import pandas as pd
+
+    from causalrec.persistence import load_model, save_model
+
+    users, items, t, y, e = _log(n=8000)
+    rng = np.random.default_rng(0)
+    feats = pd.DataFrame(rng.normal(size=(40, 1024)), index=[f"u{k}" for k in range(40)]).astype(np.float32)
+    m = UpliftLearner("t_learner", dim=2, epochs=2, batch_size=512, n_bootstrap=3).fit(users, items, t, y, e,
+                                                                                         user_features=feats)
+    save_model(m, tmp_path / "uplift.pt")
+    one_table = 40 * 1025 * 4  # the features and the exposure column, float32: held by 3 x 2 parts
+    assert (tmp_path / "uplift.pt").stat().st_size < 2 * one_table  # with the six towers (3 x 1025 each)
+    again = load_model(tmp_path / "uplift.pt")
+    ids, cols = [f"u{k}" for k in range(5)], [f"i{k}" for k in range(20)]
+    assert np.array_equal(again.score_matrix(ids, cols), m.score_matrix(ids, cols))
     with pytest.raises(ValueError, match="unknown uplift learner"):
         UpliftLearner("magic").fit(users, items, t, y, e)
 

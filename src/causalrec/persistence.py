@@ -6,6 +6,7 @@ module (above models/ and causal/) owns the kind -> class table. A new model kin
 """
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -24,8 +25,29 @@ def save_model(model, path: str | Path) -> None:
     if kind is None:
         raise TypeError(f"cannot save a {type(model).__name__}; known kinds: {sorted(KINDS)}")
     buf = io.BytesIO()
-    torch.save({"kind": kind, "state": model.to_state()}, buf)
+    torch.save({"kind": kind, "state": _stored_once(model.to_state())}, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def _stored_once(tree):
+    """`tree` with equal tensors replaced by one of them: torch.save writes a storage once, however many
+    entries hold it. An uplift learner's bootstrap members and parts each carry the same feature tables
+    (six copies of 3 MB in the default flow's); loaded, they share one read-only buffer."""
+    seen: dict[tuple, torch.Tensor] = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return type(node)(walk(v) for v in node)
+        if not isinstance(node, torch.Tensor) or node.numel() < 4096:
+            return node
+        data = node.detach().contiguous()
+        key = (data.dtype, tuple(data.shape), hashlib.blake2b(data.view(torch.uint8).numpy(), digest_size=16).digest())
+        first = seen.setdefault(key, node)
+        return first if torch.equal(first, node) else node
+
+    return walk(tree)
 
 
 def load_model(path: str | Path):
