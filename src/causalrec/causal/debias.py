@@ -151,6 +151,21 @@ class DebiasedRecommender(OnePassPath, FitSettings):
                     users, items, y, None, val=val, user_features=user_features, item_features=item_features,
                     population=population).net_
 
+        def forward(u, i, n_exposure):
+            """f's logits on the rows (u, i) and, with the exposure head on, the head's loss on `n_exposure`
+            rows of the exposure log: one pass through f's towers for both (the item table projected once)."""
+            if "head" not in modules:
+                return f(u, i), None
+            k = torch.as_tensor(rng_exposure.integers(len(ee), size=n_exposure))
+            hu, hi = eu.index_select(0, k), ei.index_select(0, k)
+            P, bu = f.user_vectors(torch.cat([u, hu]))
+            Q, bi = f.item_vectors(torch.cat([i, hi]))
+            interaction, n = (P * Q).sum(-1), len(u)
+            out = interaction[:, :n] + bu[:, :n] + bi[:, :n] + f.global_bias
+            exposure_logit = head.alpha * interaction[:, n:] + head(hu, hi)
+            target = ee.index_select(0, k).expand_as(exposure_logit)
+            return out, weights * F.binary_cross_entropy_with_logits(exposure_logit, target, reduction="none").mean(-1)
+
         def step(batch):
             # Every tensor below has one row per candidate (k, batch); the fixed DR imputer's broadcast.
             ub, ib, pb, yb = batch
@@ -166,7 +181,7 @@ class DebiasedRecommender(OnePassPath, FitSettings):
                     k = torch.as_tensor(rng.integers(len(pop_u), size=m))
                     su, si = pop_u.index_select(0, k), pop_i.index_select(0, k)
                 uu, ii = torch.cat([ub, su]), torch.cat([ib, si])
-                out = f(uu, ii)
+                out, exposure_loss = forward(uu, ii, n)
                 logits = out[:, :n]
                 e = self._loss(logits, yb.expand_as(logits))
                 if self.method != "dr":  # 1) joint learning: g learns to predict f's error on the observed pairs
@@ -180,17 +195,11 @@ class DebiasedRecommender(OnePassPath, FitSettings):
                 e_hat = F.binary_cross_entropy_with_logits(out, g, reduction="none")
                 batch = Batch(e, pb, e_hat_obs=e_hat[:, :n], e_hat_pop=e_hat[:, n:], obs_share=obs_share)
             else:
-                logits = f(ub, ib)
+                logits, exposure_loss = forward(ub, ib, n)
                 batch = Batch(self._loss(logits, yb.expand_as(logits)), pb)
             loss = LOSSES[self.method](batch)
-            if "head" in modules:
-                k = torch.as_tensor(rng_exposure.integers(len(ee), size=n))
-                su, si = eu.index_select(0, k), ei.index_select(0, k)
-                P, _ = f.user_vectors(su)
-                Q, _ = f.item_vectors(si)
-                exposure_logit = head.alpha * (P * Q).sum(-1) + head(su, si)
-                target = ee.index_select(0, k).expand_as(exposure_logit)
-                loss = loss + weights * F.binary_cross_entropy_with_logits(exposure_logit, target, reduction="none").mean(-1)
+            if exposure_loss is not None:
+                loss = loss + exposure_loss
             opt.zero_grad()
             loss.sum().backward()  # the candidates share no weights: each gets its own loss's gradient
             opt.step()
