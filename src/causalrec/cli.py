@@ -63,15 +63,29 @@ def simulate(out: Path = typer.Option(Path("data"), help="directory for the thre
     typer.echo(json.dumps(run(p.simulation_config(), out, truth), indent=2))
 
 
+# What the flows and their stages import (validate: great_expectations, embed: transformers, train: torch,
+# monitor: evidently, package: bentoml): imported while the flow's API server starts (flows.api).
+FLOW_LIBRARIES = ("prefect", "causalrec.flows.retrain", "causalrec.flows.monitor", "torch", "transformers",
+                  "great_expectations", "evidently", "bentoml")
+
+
+def _import_flow_libraries() -> None:
+    import importlib
+
+    for name in FLOW_LIBRARIES:
+        importlib.import_module(name)
+
+
 @app.command()
 def retrain(params: Path = PARAMS, version: bool = typer.Option(True, help="dvc add + push data/ first"),
             force: bool = typer.Option(False, help="rerun every stage, not only those whose inputs changed")) -> None:
     """Run the Prefect retrain flow (on a Prefect API server started for the run, which dies with it,
     unless PREFECT_API_URL is set)."""
     from causalrec.flows.api import run_api_server
-    from causalrec.flows.retrain import retrain_flow
 
-    with run_api_server():
+    with run_api_server(meanwhile=_import_flow_libraries):
+        from causalrec.flows.retrain import retrain_flow
+
         result = retrain_flow(params_path=str(params), version=version, force=force)
     typer.echo(json.dumps(result, indent=2, default=str))
 
@@ -82,9 +96,10 @@ def monitor_flow(params: Path = PARAMS) -> None:
     champion against the previous one on that traffic (rollback on a drop); drift emits the event the retrain deployment's
     trigger in prefect.yaml answers (`prefect deploy --all` on a server)."""
     from causalrec.flows.api import run_api_server
-    from causalrec.flows.monitor import monitor_flow as flow
 
-    with run_api_server():
+    with run_api_server(meanwhile=_import_flow_libraries):
+        from causalrec.flows.monitor import monitor_flow as flow
+
         result = flow(params_path=str(params))
     typer.echo(json.dumps(result, indent=2, default=str))
 

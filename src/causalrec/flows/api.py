@@ -6,6 +6,10 @@ server itself, as a child that receives SIGKILL when the run dies (causalrec.io.
 parent-death signal), waits for it to answer (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
 default 120 s: a busy 2-core machine needs more than Prefect's 20 s), and points the flow at it.
 With PREFECT_API_URL set (a `prefect server start` of your own) it does nothing.
+
+The server takes about 8 s to answer on a fresh PREFECT_HOME (its database migrations), on a core of
+its own: `meanwhile` runs in that time (the CLI imports the flow and the stages' libraries there,
+which it would otherwise do afterwards: about 7 s of the default flow).
 """
 from __future__ import annotations
 
@@ -16,15 +20,18 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from causalrec.io import die_with_parent, free_port, stop_child
 
 
 @contextlib.contextmanager
-def run_api_server(log_dir: Path | None = None) -> Iterator[str | None]:
-    """Yield the API URL the flow reports to: PREFECT_API_URL when set, else a server started here."""
+def run_api_server(log_dir: Path | None = None, meanwhile: Callable[[], object] | None = None) -> Iterator[str | None]:
+    """Yield the API URL the flow reports to: PREFECT_API_URL when set, else a server started here.
+    `meanwhile` is called once before the URL is yielded (while the server starts)."""
     if os.environ.get("PREFECT_API_URL"):
+        if meanwhile is not None:
+            meanwhile()
         yield os.environ["PREFECT_API_URL"]
         return
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -36,6 +43,8 @@ def run_api_server(log_dir: Path | None = None) -> Iterator[str | None]:
            "--host", "127.0.0.1", "--port", str(port), "--log-level", "error"]
     proc = subprocess.Popen(cmd, stdout=log, stderr=log, preexec_fn=die_with_parent)
     try:
+        if meanwhile is not None:
+            meanwhile()
         deadline = time.time() + float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"))
         while True:
             if proc.poll() is not None:
