@@ -155,8 +155,8 @@ def test_a_finished_run_sends_its_logs_before_its_server_stops(tmp_path):
     "Error logging to API")."""
     flow_code = "\n".join([
         "import time", "from prefect import flow, get_run_logger", "from causalrec.flows.api import run_api_server",
-        "@flow", "def chatty():", "    for i in range(50): get_run_logger().info('line %d', i)",
-        "with run_api_server(): chatty()", "print(time.time(), flush=True)"])
+        "@flow", "def chatty():", "    print('flow', flush=True)", "    for i in range(50): get_run_logger().info('line %d', i)",
+        "with run_api_server(meanwhile=lambda: print('meanwhile', flush=True)): chatty()", "print(time.time(), flush=True)"])
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_LOGGING_LEVEL": "INFO"}
     env.pop("PREFECT_API_URL", None)
     proc = subprocess.run([sys.executable, "-c", flow_code], capture_output=True, text=True, env=env, timeout=300)
@@ -164,3 +164,5 @@ def test_a_finished_run_sends_its_logs_before_its_server_stops(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Error logging to API" not in proc.stderr and "connection attempts failed" not in proc.stderr
     assert exited - float(proc.stdout.split()[-1]) < 5, "the process lingered after its flow and server had finished"
+    # what the CLI does while the server starts (import the stages' libraries) ran once, before the flow
+    assert [w for w in proc.stdout.split() if w in ("meanwhile", "flow")] == ["meanwhile", "flow"]
