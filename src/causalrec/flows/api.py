@@ -9,7 +9,9 @@ With PREFECT_API_URL set (a `prefect server start` of your own) it does nothing.
 
 The server takes about 8 s to answer on a fresh PREFECT_HOME (its database migrations), on a core of
 its own: `meanwhile` runs in that time (the CLI imports the flow and the stages' libraries there,
-which it would otherwise do afterwards: about 7 s of the default flow).
+which it would otherwise do afterwards: about 7 s of the default flow). The price: a rerun whose
+stages are all skipped (cached) imports them for nothing, and its server, on an existing database,
+answers in about 3 s: such a rerun starts its flow about 4 s later than it would.
 """
 from __future__ import annotations
 
