@@ -69,3 +69,15 @@ def test_client_errors_are_one_line_without_input_and_server_errors_keep_the_tra
     assert "-> 400 InvalidArgument: k=0 is below 1" in named.getMessage() and named.exc_info is None
     crash = record_for(RuntimeError("boom"))
     assert crash.levelname == "ERROR" and "Traceback" in logging.Formatter().format(crash)
+
+
+def test_the_console_script_ends_with_its_status_and_all_it_printed(tmp_path):
+    """The console script ends the process without the interpreter's teardown (cli._end_process), with
+    the command's own status (0; 2 on bad input) and its output whole."""
+    proc = subprocess.run([CLI, "simulate-funnel", "--out", str(tmp_path / "f"), "--truth", str(tmp_path / "t")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert set(json.loads(proc.stdout)) >= {"config", "effects"}
+    failed = subprocess.run([CLI, "graph", "--spec", str(tmp_path / "missing.yaml")], capture_output=True, text=True,
+                            timeout=120)
+    assert failed.returncode == 2 and "missing.yaml" in failed.stderr

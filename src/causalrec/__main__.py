@@ -1,3 +1,3 @@
-from causalrec.cli import app
+from causalrec.cli import main
 
-app()
+main()
