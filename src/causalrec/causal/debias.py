@@ -158,10 +158,9 @@ class DebiasedRecommender(OnePassPath, FitSettings):
                 return f(u, i), None
             k = torch.as_tensor(rng_exposure.integers(len(ee), size=n_exposure))
             hu, hi = eu.index_select(0, k), ei.index_select(0, k)
-            P, bu = f.user_vectors(torch.cat([u, hu]))
-            Q, bi = f.item_vectors(torch.cat([i, hi]))
-            interaction, n = (P * Q).sum(-1), len(u)
-            out = interaction[:, :n] + bu[:, :n] + bi[:, :n] + f.global_bias
+            interaction, bias = f.score_terms(torch.cat([u, hu]), torch.cat([i, hi]))
+            n = len(u)
+            out = interaction[:, :n] + bias[:, :n]
             exposure_logit = head.alpha * interaction[:, n:] + head(hu, hi)
             target = ee.index_select(0, k).expand_as(exposure_logit)
             return out, weights * F.binary_cross_entropy_with_logits(exposure_logit, target, reduction="none").mean(-1)

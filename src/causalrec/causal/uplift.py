@@ -312,10 +312,8 @@ class SharedUplift(OnePassPath, FitSettings):
 
         def losses(ub, ib, tb, yb, eb):
             # one row per candidate: (outcome loss, training loss)
-            P, bu = relevance.user_vectors(ub)
-            Q, bi = relevance.item_vectors(ib)
-            interaction = (P * Q).sum(-1)
-            r = torch.sigmoid(interaction + bu + bi + relevance.global_bias)
+            interaction, bias = relevance.score_terms(ub, ib)
+            r = torch.sigmoid(interaction + bias)
             s = torch.sigmoid(organic(ub, ib))
             p = torch.where(tb == 1, r, r * s).clamp(1e-6, 1 - 1e-6)
             outcome_nll = F.binary_cross_entropy(p, yb.expand_as(p), reduction="none").mean(-1)

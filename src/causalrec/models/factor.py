@@ -45,13 +45,13 @@ def row_space(x: torch.Tensor, tol: float = 1e-6) -> tuple[torch.Tensor, torch.T
     n, d = x.shape
     if d < 2 or n == 0:
         return None
-    gram = x.double().T @ x.double()  # (d, d): cheaper than an SVD of x, exact enough at this tolerance
-    eigenvalues, vectors = torch.linalg.eigh(gram)
+    x64 = x.double()
+    eigenvalues, vectors = torch.linalg.eigh(x64.T @ x64)  # of the (d, d) Gram matrix: cheaper than an SVD of x
     keep = eigenvalues > (tol ** 2) * eigenvalues[-1].clamp(min=0)
     if not eigenvalues[-1] > 0 or keep.sum() > d // 2:
         return None
     basis = vectors[:, keep]
-    return (x.double() @ basis).float(), basis.float()
+    return (x64 @ basis).float(), basis.float()
 
 
 class FactorModel(nn.Module):
@@ -116,7 +116,13 @@ class FactorModel(nn.Module):
         return self._side(self.item, self.item_bias, self.item_tower, self.item_z, (self.item_coords, self.item_basis),
                           i, known)
 
-    def forward(self, u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    def score_terms(self, u: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(<p_u, q_i>, b_u + b_i + b) of the rows (u, i): the score's two terms, for a learner that also
+        uses the interaction on its own (an exposure head: alpha x <p_u, q_i> + its own biases)."""
         p, bu = self.user_vectors(u)
         q, bi = self.item_vectors(i)
-        return (p * q).sum(-1) + bu + bi + self.global_bias
+        return (p * q).sum(-1), bu + bi + self.global_bias
+
+    def forward(self, u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        interaction, bias = self.score_terms(u, i)
+        return interaction + bias

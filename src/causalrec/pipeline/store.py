@@ -32,7 +32,7 @@ def model_path(params: Params, tag: str, missing_ok: bool = False) -> Path | Non
     try:
         return Path(bentoml.models.get(tag).path)
     except NotFound:
-        export = next((f for f in _export_files(params, tag) if f.exists()), None)
+        export = _existing_export(params, tag)
         if export is not None:  # the format follows the name (.tar.gz: gzip; .bentomodel: xz)
             return Path(bentoml.models.import_model(str(export)).path)
         if missing_ok:
@@ -51,6 +51,10 @@ def _export_files(params: Params, tag: str) -> list[Path]:
     return [params.paths.model_store / f"{tag.replace(':', '-')}{suffix}" for suffix in EXPORT_SUFFIXES]
 
 
+def _existing_export(params: Params, tag: str) -> Path | None:
+    return next((f for f in _export_files(params, tag) if f.exists()), None)
+
+
 def export_models(params: Params, keep: set[str]) -> list[str]:
     """The models the registry keeps (every champion and the challenger: what a gate or a rollback
     may replay), exported from BentoML's store into paths.model_store, a directory versioned with the
@@ -61,13 +65,13 @@ def export_models(params: Params, keep: set[str]) -> list[str]:
     bentoml_env(params)
     root = params.paths.model_store
     root.mkdir(parents=True, exist_ok=True)
-    wanted = {t: _export_files(params, t) for t in keep if t.split(":")[0] in (MODEL_STORE_NAME, ENCODER_STORE_NAME)}
+    wanted = [t for t in keep if t.split(":")[0] in (MODEL_STORE_NAME, ENCODER_STORE_NAME)]
     exported, present = [], set()
-    for tag, files in wanted.items():
-        export = next((f for f in files if f.exists()), None)  # an earlier xz export stays (maybe its only copy)
+    for tag in wanted:
+        export = _existing_export(params, tag)  # an earlier xz export stays (maybe its only copy)
         if export is None:
             # written beside the target under another name, then renamed: an export is whole or absent
-            export = files[0]
+            export = _export_files(params, tag)[0]
             written = bentoml.models.export_model(tag, str(export.with_name(f".tmp-{export.name}")))
             os.replace(written, export)
             exported.append(tag)
