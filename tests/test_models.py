@@ -339,9 +339,10 @@ def test_minibatches_are_one_permutation_per_epoch_sliced_across_aligned_columns
         assert keep_freed_memory() is True  # mallopt accepted both settings
 
 
-def test_a_low_rank_feature_table_trains_through_its_row_space_with_the_same_scores_and_gradients():
-    """Users sharing a few profile texts: the tower maps the table's coordinates in its row space
-    (models.factor.row_space), with the scores and tower gradients of mapping the features."""
+def test_a_feature_table_of_few_distinct_rows_or_low_rank_trains_with_the_same_scores_and_gradients():
+    """Users sharing a few profile texts: the tower maps each distinct row once (models.factor.distinct_rows),
+    in coordinates of the table's row space (row_space), with the scores and tower gradients of mapping the
+    features row by row."""
     import torch
 
     from causalrec.models.factor import FactorModel, row_space
@@ -353,12 +354,20 @@ def test_a_low_rank_feature_table_trains_through_its_row_space_with_the_same_sco
     assert basis.shape == (32, 5) and torch.allclose(coords @ basis.T, X, atol=1e-5)
     assert row_space(torch.randn(60, 32, generator=gen)) is None  # full rank: nothing to gain
     torch.manual_seed(1)
-    model = FactorModel(60, 40, 4, X, torch.randn(40, 8, generator=gen))
-    assert model.user_coords is not None and model.item_coords is None
+    # items: 40 rows of 8 features, 20 distinct (full rank: no row space, each distinct row mapped once)
+    Z = torch.randn(20, 8, generator=gen)[torch.randperm(40, generator=gen) % 20]
+    model = FactorModel(60, 40, 4, X, Z)
+    assert model.user_table.shape == (5, 5) and len(model.user_row_of) == 60  # 5 distinct rows, 5 coordinates
+    assert model.item_table.shape == (20, 8) and model.item_basis is None
+    assert torch.equal(model.item_table[model.item_row_of], Z)
+    assert FactorModel(60, 40, 4, None, torch.randn(40, 8, generator=gen)).item_table is None  # nothing to gain
     plain = copy.deepcopy(model)
-    plain.user_coords = plain.user_basis = None  # the features mapped as they are
-    u, i = torch.randint(60, (25,), generator=gen), torch.randint(40, (25,), generator=gen)
-    for net in (model, plain):
-        net(u, i).pow(2).sum().backward()
-    assert torch.allclose(model(u, i), plain(u, i), atol=1e-5)
-    assert torch.allclose(model.user_tower.weight.grad, plain.user_tower.weight.grad, atol=1e-5)
+    plain.user_table = plain.user_basis = plain.user_row_of = plain.item_table = plain.item_row_of = None  # as they are
+    for n in (25, 120):  # fewer rows than the tables (map the rows), more (map the table, then gather)
+        u, i = torch.randint(60, (n,), generator=gen), torch.randint(40, (n,), generator=gen)
+        for net in (model, plain):
+            net.zero_grad()
+            net(u, i).pow(2).sum().backward()
+        assert torch.allclose(model(u, i), plain(u, i), atol=1e-5)
+        for tower in ("user_tower", "item_tower"):
+            assert torch.allclose(getattr(model, tower).weight.grad, getattr(plain, tower).weight.grad, atol=1e-4)
