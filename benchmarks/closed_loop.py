@@ -475,7 +475,7 @@ def run_all(names: list[str], workdir: Path, argv: list[str], jobs: int) -> dict
             threads = str(max(1, (os.cpu_count() or 1) // min(jobs, len(names))))
             running[name] = subprocess.Popen(cmd, cwd=Path(__file__).parent,
                                              env={**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
-        time.sleep(2)
+        time.sleep(0.2)  # a finished trajectory frees its slot (and the run ends) within 0.2 s
         for name, proc in list(running.items()):
             if proc.poll() is not None:
                 del running[name]
