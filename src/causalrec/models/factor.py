@@ -87,8 +87,8 @@ class FactorModel(nn.Module):
         for name, x in (("user", self.user_x), ("item", self.item_z)):
             rows, row_of = distinct_rows(x) or (x, None)
             coords, basis = row_space(rows) or (None, None)
-            self.register_buffer(f"{name}_table", coords if coords is not None else (rows if row_of is not None else None),
-                                 persistent=False)
+            table = coords if coords is not None else (rows if row_of is not None else None)
+            self.register_buffer(f"{name}_table", table, persistent=False)
             self.register_buffer(f"{name}_basis", basis, persistent=False)
             self.register_buffer(f"{name}_row_of", row_of, persistent=False)
         self.user_tower = nn.Linear(self.user_x.shape[1], dim + 1, bias=False) if self.user_x.shape[1] else None
@@ -99,7 +99,7 @@ class FactorModel(nn.Module):
 
     @staticmethod
     def _side(table: nn.Embedding, bias: nn.Embedding, tower: nn.Linear | None, features: torch.Tensor,
-              factors: tuple, idx: torch.Tensor, known: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+              tower_input: tuple, idx: torch.Tensor, known: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         # index_select's backward (index_add) is about 25% faster on CPU than the dense embedding
         # backward; sparse tables keep the embedding op (sparse gradients for SparseAdam).
         # Written for weights with a leading axis of copies too (causalrec.causal.training.Stacked):
@@ -109,27 +109,28 @@ class FactorModel(nn.Module):
         if known is not None:
             v, b = v * known[:, None], b * known
         if tower is not None:
-            table, basis, row_of = factors
-            x = features if table is None else table  # features == (table @ basis.T)[row_of]: distinct_rows, row_space
+            mapped, basis, row_of = tower_input
+            x = features if mapped is None else mapped  # features == (mapped @ basis.T)[row_of]
             weight = tower.weight if basis is None else tower.weight @ basis
-            rows = idx if row_of is None else row_of.index_select(0, idx)
-            # The tower is linear, so tower(x)[rows] == tower(x[rows]): with at least as many rows in the
+            at = idx if row_of is None else row_of.index_select(0, idx)  # the batch's rows of x
+            # The tower is linear, so tower(x)[at] == tower(x[at]): with at least as many rows in the
             # batch as in the table, projecting the table and gathering the narrow result is the cheaper
             # order (5,120 DR rows over 1,000 items: the 384-wide gather per row was most of a step).
-            t = (gather_rows(project(x, weight), rows) if len(rows) >= len(x)
-                 else project(x.index_select(0, rows), weight))
+            t = gather_rows(project(x, weight), at) if len(at) >= len(x) else project(x.index_select(0, at), weight)
             v, b = v + t[..., :-1], b + t[..., -1]
         return v, b
 
+    def _tower_input(self, side: str) -> tuple:
+        """(table, basis, row_of) of a side's features (see __init__)."""
+        return tuple(getattr(self, f"{side}_{part}") for part in ("table", "basis", "row_of"))
+
     def user_vectors(self, u: torch.Tensor, known: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(embedding, bias) of user rows u; `known` = False zeroes the id part (cold users)."""
-        return self._side(self.user, self.user_bias, self.user_tower, self.user_x, (self.user_table, self.user_basis, self.user_row_of),
-                          u, known)
+        return self._side(self.user, self.user_bias, self.user_tower, self.user_x, self._tower_input("user"), u, known)
 
     def item_vectors(self, i: torch.Tensor, known: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(embedding, bias) of item rows i; `known` = False zeroes the id part (cold items)."""
-        return self._side(self.item, self.item_bias, self.item_tower, self.item_z, (self.item_table, self.item_basis, self.item_row_of),
-                          i, known)
+        return self._side(self.item, self.item_bias, self.item_tower, self.item_z, self._tower_input("item"), i, known)
 
     def score_terms(self, u: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(<p_u, q_i>, b_u + b_i + b) of the rows (u, i): the score's two terms, for a learner that also
