@@ -67,6 +67,23 @@ def test_a_saved_bootstrap_learner_holds_its_feature_tables_once(tmp_path):
         UpliftLearner("magic").fit(users, items, t, y, e)
 
 
+def test_a_learner_over_a_large_catalogue_without_item_features_saves_and_loads(tmp_path):
+    """Without item features the item table is the exposure column alone, (n_items, 1) built by a
+    transpose: serving_load.py's 100k-item bundle failed to save it (hashing a column whose stride
+    was the row's) while every smaller test passed."""
+    from causalrec.persistence import load_model, save_model
+
+    rng = np.random.default_rng(1)
+    n, n_items = 12_000, 4200  # a column of >= 4,096 entries is hashed (smaller ones are kept as they are)
+    users = np.array([f"u{x}" for x in rng.integers(30, size=n)])
+    items = np.array([f"i{x}" for x in np.concatenate([np.arange(n_items), rng.integers(n_items, size=n - n_items)])])
+    t, y = rng.integers(2, size=n), rng.integers(2, size=n).astype(float)
+    m = UpliftLearner("t_learner", dim=2, epochs=1, batch_size=2048).fit(users, items, t, y, np.full(n, 0.5))
+    save_model(m, tmp_path / "uplift.pt")
+    ids, cols = [f"u{k}" for k in range(3)], [f"i{k}" for k in range(0, n_items, 7)]
+    assert np.array_equal(load_model(tmp_path / "uplift.pt").score_matrix(ids, cols), m.score_matrix(ids, cols))
+
+
 def test_exposure_features_are_standardised_per_user_and_item():
     import pandas as pd
 

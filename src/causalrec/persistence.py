@@ -42,8 +42,10 @@ def _stored_once(tree):
             return type(node)(walk(v) for v in node)
         if not isinstance(node, torch.Tensor) or node.numel() < 4096:
             return node
-        data = node.detach().contiguous()
-        key = (data.dtype, tuple(data.shape), hashlib.blake2b(data.view(torch.uint8).numpy(), digest_size=16).digest())
+        # flattened: a contiguous (n, 1) column may keep the stride of the row it was transposed from,
+        # and viewing it as bytes needs a unit stride
+        data = node.detach().contiguous().reshape(-1)
+        key = (data.dtype, tuple(node.shape), hashlib.blake2b(data.view(torch.uint8).numpy(), digest_size=16).digest())
         first = seen.setdefault(key, node)
         return first if torch.equal(first, node) else node
 
