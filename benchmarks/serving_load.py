@@ -25,14 +25,14 @@ from causalrec.serving.launch import BentoServer
 BENCH = Path(__file__).resolve().parent
 
 
-def build_store(home: Path, n_items: int) -> None:
+def build_store(home: Path, n_items: int, n_interactions: int = 300_000) -> None:
     """Simulate, train and save the recommender + encoder models into BENTOML_HOME=home."""
     import yaml
 
     root = home.parent / "project"
     (root).mkdir(parents=True)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["simulate"].update({"n_users": 2000, "n_items": n_items, "n_interactions": 300_000})
+    params["simulate"].update({"n_users": 2000, "n_items": n_items, "n_interactions": n_interactions})
     params["train"].update({"models": ["mf_naive"], "epochs": 5, "exposure_weight": 0.0})
     params["uplift"].update({"learner": "t_learner", "n_bootstrap": 1})
     params["analyze"]["enabled"] = False  # the bundle's causal summary (/explain's mediation) is not what is timed

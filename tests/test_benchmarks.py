@@ -98,3 +98,19 @@ def test_closed_loop_benchmark_tiny(tmp_path, tiny_encoder):
     assert train["chosen"]["validation"].startswith("uniform sample")
     assert (tmp_path / "closed_loop.png").stat().st_size > 0
     assert (tmp_path / "closed_loop_rounds.csv").read_text().startswith("round,epsilon_greedy,logging_policy")
+
+
+def test_serving_benchmark_builds_its_store(tmp_path):
+    """The part of serving_load.py no other test runs (simulate, train MF + a T-learner, save both
+    models into a BentoML store), on a tiny world: it had gone stale twice unnoticed (the bundle's
+    analysis report, a transposed column in persistence). The servers and the load run in the
+    integration tests' own probes."""
+    import importlib.util
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("serving_load", REPO / "benchmarks" / "serving_load.py")
+    serving_load = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serving_load)
+    serving_load.build_store(tmp_path / "bentoml", 300, n_interactions=4000)
+    stored = {p.name for p in (tmp_path / "bentoml" / "models").iterdir()}
+    assert stored == {"causalrec-recommender", "causalrec-encoder"}, stored
