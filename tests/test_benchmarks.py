@@ -100,6 +100,7 @@ def test_closed_loop_benchmark_tiny(tmp_path, tiny_encoder):
     assert (tmp_path / "closed_loop_rounds.csv").read_text().startswith("round,epsilon_greedy,logging_policy")
 
 
+@pytest.mark.slow
 def test_serving_benchmark_builds_its_store(tmp_path):
     """The part of serving_load.py no other test runs (simulate, train MF + a T-learner, save both
     models into a BentoML store), on a tiny world: it had gone stale twice unnoticed (the bundle's
