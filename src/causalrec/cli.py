@@ -63,9 +63,9 @@ def simulate(out: Path = typer.Option(Path("data"), help="directory for the thre
     typer.echo(json.dumps(run(p.simulation_config(), out, truth), indent=2))
 
 
-# What the flows and their stages import (validate: great_expectations, embed: transformers, train: torch
-# and torch._dynamo, which torch.optim imports at the first optimizer: ~1.3 s; monitor: evidently, package:
-# bentoml): imported while the flow's API server starts (flows.api).
+# What the flows and their stages import (validate: great_expectations, embed: transformers, train: torch;
+# torch._dynamo, ~1.3 s, comes with transformers' first model load or torch.optim's first optimiser;
+# monitor: evidently, package: bentoml): imported while the flow's API server starts (flows.api).
 FLOW_LIBRARIES = ("prefect", "causalrec.flows.retrain", "causalrec.flows.monitor", "torch", "torch._dynamo",
                   "transformers", "great_expectations", "evidently", "bentoml")
 
