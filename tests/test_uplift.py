@@ -43,6 +43,8 @@ def test_bootstrap_interval_and_input_errors():
     assert (iv["lower"] <= iv["mean"]).all() and (iv["mean"] <= iv["upper"]).all()
     with pytest.raises(ValueError, match="both treated and untreated"):
         UpliftLearner("t_learner").fit(users, items, np.ones_like(t), y, e)
+    with pytest.raises(ValueError, match="unknown uplift learner"):
+        UpliftLearner("magic").fit(users, items, t, y, e)
 
 
 def test_a_saved_bootstrap_learner_holds_its_feature_tables_once(tmp_path):
@@ -63,8 +65,6 @@ def test_a_saved_bootstrap_learner_holds_its_feature_tables_once(tmp_path):
     again = load_model(tmp_path / "uplift.pt")
     ids, cols = [f"u{k}" for k in range(5)], [f"i{k}" for k in range(20)]
     assert np.array_equal(again.score_matrix(ids, cols), m.score_matrix(ids, cols))
-    with pytest.raises(ValueError, match="unknown uplift learner"):
-        UpliftLearner("magic").fit(users, items, t, y, e)
 
 
 def test_a_learner_over_a_large_catalogue_without_item_features_saves_and_loads(tmp_path):
