@@ -56,6 +56,18 @@ def tiny_encoder(tmp_path_factory) -> Path:
     return out
 
 
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (its own imports, e.g. `_common`, resolve from benchmarks/)."""
+    import importlib.util
+
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def write_params(root: Path, **sections) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["simulate"].update(SMALL)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_benchmark
 
 
 def _run(args, out, env=None):
@@ -106,12 +106,6 @@ def test_serving_benchmark_builds_its_store(tmp_path):
     models into a BentoML store), on a tiny world: it had gone stale twice unnoticed (the bundle's
     analysis report, a transposed column in persistence). The servers and the load run in the
     integration tests' own probes."""
-    import importlib.util
-
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("serving_load", REPO / "benchmarks" / "serving_load.py")
-    serving_load = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(serving_load)
-    serving_load.build_store(tmp_path / "bentoml", 300, n_interactions=4000)
+    load_benchmark("serving_load").build_store(tmp_path / "bentoml", 300, n_interactions=4000)
     stored = {p.name for p in (tmp_path / "bentoml" / "models").iterdir()}
     assert stored == {"causalrec-recommender", "causalrec-encoder"}, stored
