@@ -11,7 +11,8 @@ The server takes about 8 s to answer on a fresh PREFECT_HOME (its database migra
 its own: `meanwhile` runs in that time (the CLI imports the flow and the stages' libraries there,
 which it would otherwise do afterwards: about 7 s of the default flow). The price: a rerun whose
 stages are all skipped (cached) imports them for nothing, and its server, on an existing database,
-answers in about 3 s: such a rerun starts its flow about 4 s later than it would.
+answers in about 3 s: such a rerun takes about 3 s longer (13.2–13.8 s against 9.9–11.1 s with nothing
+imported meanwhile, the default project, all stages cached).
 """
 from __future__ import annotations
 
