@@ -16,6 +16,7 @@ def _run(args, out, env=None):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
+@pytest.mark.slow  # a benchmark script in its own process, like every test here
 def test_encoder_benchmark_tiny(tmp_path):
     _run(["encoder_gpu.py", "--device", "cpu", "--tiny", "--n-texts", "40", "--finetune-steps", "1",
           "--variants", "bert-base:eager", "--name", "smoke"], tmp_path)

@@ -64,6 +64,7 @@ def test_coat_choices_never_read_the_test_labels(coat_bench, tmp_path):
     assert all(w in (0.0, 1.0, 3.0, 10.0) for w in choices["tuned"]["mf_ips_head"]["exposure_weight_per_seed"])
 
 
+@pytest.mark.slow  # the benchmark script in its own process (tests/test_benchmarks.py's are slow too)
 def test_coat_benchmark_takes_any_directory_in_the_format(tmp_path):
     data = write_coat_format(tmp_path / "other", features=False)
     proc = subprocess.run([sys.executable, "coat.py", "--data", str(data), "--seeds", "2", "--grid-dims", "2",
