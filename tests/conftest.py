@@ -28,6 +28,13 @@ if "PYTEST_XDIST_WORKER" in os.environ:  # `make test` runs two workers on two c
 sys.path.insert(0, str(REPO))  # flows/ and bentos/ live at the top level
 sys.path.insert(0, str(REPO / "benchmarks"))  # benchmark helpers some tests reuse (closed_loop.reverse_scores)
 
+
+def pytest_unconfigure(config):
+    """The session's Prefect and BentoML homes end with it (one per pytest process, up to 20 MB each:
+    they were left in the temp directory by every run)."""
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
+
+
 @pytest.hookimpl(trylast=True)  # after `-m "not slow"` has deselected
 def pytest_collection_modifyitems(items):
     """Modules with the most slow tests first, then the most tests: pytest-xdist (`--dist loadfile
