@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import os
-from collections import Counter
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -44,9 +44,9 @@ def pytest_collection_modifyitems(items):
     time where 190 s suffice (the durations of one `make test`)."""
     slow, count = Counter(), Counter()
     for item in items:
-        count[item.module.__name__] += 1
-        slow[item.module.__name__] += item.get_closest_marker("slow") is not None
-    items.sort(key=lambda item: (-slow[item.module.__name__], -count[item.module.__name__]))  # stable within modules
+        count[item.path] += 1
+        slow[item.path] += item.get_closest_marker("slow") is not None
+    items.sort(key=lambda item: (-slow[item.path], -count[item.path]))  # stable: a module's order stays
 
 
 SMALL = {"n_users": 120, "n_items": 80, "n_interactions": 6000, "n_topics": 6, "n_test_pairs_per_user": 10}
