@@ -60,6 +60,19 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture
+def prefect_events(request):
+    """Prefect's `asserting_events_worker` (prefect.testing.fixtures): every event the code emits, kept for
+    the test to read. That module joins as a plugin on first use rather than being imported by a test
+    module, which every pytest process did while collecting (3.4 s each, also under `-m "not slow"`)."""
+    plugins = request.config.pluginmanager
+    if not plugins.has_plugin("prefect_fixtures"):
+        import prefect_fixtures
+
+        plugins.register(prefect_fixtures, "prefect_fixtures")
+    return request.getfixturevalue("asserting_events_worker")
+
+
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory) -> Path:
     """A random-initialised 2-layer BERT with the MiniLM tokenizer: fast, offline, deterministic."""

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import requests
 from conftest import REPO, load_benchmark, make_project
-from prefect.testing.fixtures import asserting_events_worker  # noqa: F401  (Prefect's own fixture)
 
 from causalrec.serving.launch import BentoServer
 
@@ -52,7 +51,7 @@ def test_flow_versions_data_and_produces_every_artifact(trained):
     assert "<html" in (project / "artifacts" / "monitor" / "drift_report.html").read_text()[:2000].lower()
 
 
-def test_live_drift_emits_the_event_the_retrain_trigger_answers(trained, tmp_path, asserting_events_worker):
+def test_live_drift_emits_the_event_the_retrain_trigger_answers(trained, tmp_path, prefect_events):
     """The monitor flow on a copy of the project: without served feedback it compares the training log's
     windows (a stationary world: no drift, no event); then served traffic from a world whose users'
     interests moved arrives as a feedback partition: Evidently's test on history_similarity fails on
@@ -96,7 +95,7 @@ def test_live_drift_emits_the_event_the_retrain_trigger_answers(trained, tmp_pat
     assert moved["monitor"]["compared"].startswith("live traffic (part-00001)")
     assert moved["monitor"]["drift_detected"] is True and moved["monitor"]["key_columns_drifted"] == ["history_similarity"]
     assert moved["event"]["event"] == DRIFT_EVENT
-    asserting_events_worker.drain()
+    prefect_events.drain()
     emitted = [e for client in AssertingEventsClient.all for e in client.events if e.event == DRIFT_EVENT]
     assert len(emitted) == 1 and emitted[0].resource.id == f"causalrec.project.{project.name}"
     assert emitted[0].payload["key_columns_drifted"] == ["history_similarity"]
