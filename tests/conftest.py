@@ -26,7 +26,7 @@ os.environ.pop("PREFECT_API_URL", None)
 if "PYTEST_XDIST_WORKER" in os.environ:  # `make test` runs two workers on two cores: one thread each,
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # for torch here and in every stage/server started
 sys.path.insert(0, str(REPO))  # flows/ and bentos/ live at the top level
-sys.path.insert(0, str(REPO / "benchmarks"))  # benchmark helpers some tests reuse (closed_loop.reverse_scores)
+sys.path.insert(0, str(REPO / "benchmarks"))  # benchmark scripts some tests import (closed_loop, coat, reliability, serving_load)
 
 
 def pytest_unconfigure(config):
@@ -89,18 +89,6 @@ def tiny_encoder(tmp_path_factory) -> Path:
     BertModel(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
-
-
-def load_benchmark(name: str):
-    """benchmarks/<name>.py as a module (its own imports, e.g. `_common`, resolve from benchmarks/)."""
-    import importlib.util
-
-    if str(REPO / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_params(root: Path, **sections) -> Path:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, load_benchmark
+from conftest import REPO
 
 
 def _run(args, out, env=None):
@@ -111,6 +111,8 @@ def test_serving_benchmark_builds_its_store(tmp_path):
     models into a BentoML store), on a tiny world: it had gone stale twice unnoticed (the bundle's
     analysis report, a transposed column in persistence). The servers and the load run in the
     integration tests' own probes."""
-    load_benchmark("serving_load").build_store(tmp_path / "bentoml", 300, n_interactions=4000)
+    from serving_load import build_store
+
+    build_store(tmp_path / "bentoml", 300, n_interactions=4000)
     stored = {p.name for p in (tmp_path / "bentoml" / "models").iterdir()}
     assert stored == {"causalrec-recommender", "causalrec-encoder"}, stored

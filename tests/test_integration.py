@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import requests
-from conftest import REPO, load_benchmark, make_project
+from conftest import REPO, make_project
 
 from causalrec.serving.launch import BentoServer
 
@@ -342,8 +342,10 @@ def test_reliability_probes_on_the_served_api(trained, tmp_path):
     """benchmarks/reliability.py on tiny inputs against this project's bento: schemathesis (all checks,
     with and without the key) gets no 5xx; a planted e-mail address is in no log; every feedback event
     acknowledged before a SIGKILL is stored once."""
+    import reliability  # benchmarks/reliability.py (conftest puts benchmarks/ on the path)
+
     project, result = trained
-    figures = load_benchmark("reliability").main(["--project", str(project), "--bento", result["package"]["bento_tag"], "--examples", "8",
+    figures = reliability.main(["--project", str(project), "--bento", result["package"]["bento_tag"], "--examples", "8",
                                 "--rounds", "1", "--events", "60", "--no-pytest-probes", "--out", str(tmp_path)])
     fuzz = figures["schemathesis"]
     assert fuzz["requests"] > 200 and fuzz["server_errors"] == 0
