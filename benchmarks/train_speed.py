@@ -9,7 +9,9 @@ exposed rows with the log as the DR population, the streaming one reads the parq
 Per method, trainer and batch size: `observed_rows_per_second` (exposed training rows / seconds of
 the fastest epoch) and `rows_per_second` (every row the epoch's loss runs over; for the DR family
 that includes the population rows). Set-up (id encoding, the frozen imputer of `dr`) is per fit,
-not per epoch, and is excluded. The goal in issue #11 is >= 500,000 rows/s for every method on 2 cores.
+not per epoch, and is excluded. The goal in issue #11 is >= 500,000 training rows/s for every method on
+2 cores; `headline` checks it as declared below (HEADLINE_UNIT, headline_batch_sizes) and every other cell
+is reported beside it (`meets_goal_at_batch_size`).
 
 `auto_search`: `exposure_weight: auto` as the train stage runs it (the product's learner settings,
 a log of the default flow's size, a 10% validation split) in one pass (the candidate weights
@@ -29,13 +31,36 @@ import numpy as np
 import pandas as pd
 import torch
 
-from _common import write_result
+from _common import REPO, write_result
 from causalrec.causal.debias import AUTO_EXPOSURE_WEIGHTS, DebiasedRecommender, auto_exposure_weight
 from causalrec.causal.losses import DR_METHODS, METHODS
 from causalrec.causal.streaming import fit_streaming
+from causalrec.causal.training import FitSettings
+from causalrec.config import load_params
 from causalrec.data.simulate import SimulationConfig, simulate
 
 GOAL = 500_000
+# The goal's check, declared here, not chosen per run: the rows an epoch trains on (the DR family's population
+# rows are training rows: its imputed-error term trains f on them), at each trainer's default batch size.
+HEADLINE_UNIT = "rows_per_second"
+
+
+def headline_batch_sizes() -> dict[str, int]:
+    """The in-memory trainer at params.yaml's train.batch_size (what the train stage runs); the streaming
+    trainer, which no stage runs (a library API for logs larger than memory), at the learners' default."""
+    return {"in_memory": load_params(REPO / "params.yaml").train.batch_size, "streaming": FitSettings().batch_size}
+
+
+def headline(results: dict, batch_sizes: dict[str, int]) -> dict:
+    """Per trainer, the methods below GOAL in HEADLINE_UNIT at its headline batch size."""
+    missing = {kind: bs for kind, bs in batch_sizes.items()
+               if any(str(bs) not in per for per in results[kind].values())}
+    if missing:
+        return {"unit": HEADLINE_UNIT, "batch_size": batch_sizes, "not_measured": missing}
+    below = {kind: sorted(m for m, per in results[kind].items() if per[str(bs)][HEADLINE_UNIT] < GOAL)
+             for kind, bs in batch_sizes.items()}
+    return {"unit": HEADLINE_UNIT, "batch_size": batch_sizes, "below_goal": below,
+            "every_method_meets_goal": not any(below.values())}
 
 
 def main() -> None:
@@ -85,7 +110,7 @@ def main() -> None:
         "unit": "rows per second of the fastest epoch: observed (exposed) rows, and every row the epoch's loss "
                 "runs over (for the DR family also the population rows: imputation_ratio sampled pairs per observed "
                 "row in memory, every logged row when streaming)", "torch_threads": torch.get_num_threads(),
-        "rows_per_second": results, "goal": GOAL,
+        "rows_per_second": results, "goal": GOAL, "headline": headline(results, headline_batch_sizes()),
         "meets_goal_at_batch_size": {str(bs): {kind: {unit: sorted(m for m, r in per.items() if r[str(bs)][unit] >= GOAL)
                                                       for unit in ("observed_rows_per_second", "rows_per_second")}
                                                for kind, per in results.items()} for bs in args.batch_sizes},
