@@ -8,7 +8,7 @@ Each trajectory is its own project (git + DVC with a local remote, registry, Ben
 each round r of it runs what an operator's loop runs:
 
   serve     N requests (users drawn by the world's activity) through the champion's serving core
-            (round 1 also through the real HTTP service: `bentoml serve` of bentos/service.py pinned
+            (round 1 also through the real HTTP service: `bentoml serve` of causalrec.service pinned
             to the champion's tags, /recommend then /feedback)
   feedback  the OnlineWorld answers every served item with a draw of its true Y(1) at round r; a
             slate's outcomes are acknowledged once FeedbackLog.append_many has fsynced them, and a
@@ -193,7 +193,7 @@ def serve_round(core, world, log, round: int, n: int, k: int, rng, resend: float
 
 
 def serve_http(project: Path, champion: dict, world, round: int, n: int, k: int, rng, feedback_log: Path) -> dict:
-    """n requests through the real HTTP service (bentos/service.py, pinned to the champion's tags)."""
+    """n requests through the real HTTP service (causalrec.service, pinned to the champion's tags)."""
     import requests
 
     from causalrec.serving.launch import BentoServer
@@ -201,7 +201,7 @@ def serve_http(project: Path, champion: dict, world, round: int, n: int, k: int,
     env = {"CAUSALREC_API_KEY": API_KEY, "CAUSALREC_FEEDBACK_LOG": str(feedback_log),
            "CAUSALREC_CATALOGUE": str(feedback_log.parent / "catalogue.sqlite")}
     acknowledged, sent = set(), 0
-    with BentoServer("bentos/service.py", project, project / "serve.log", env, ready_timeout=180,
+    with BentoServer("causalrec.service:Recommender", project, project / "serve.log", env, ready_timeout=180,
                      args={"recommender": champion["model_tag"], "encoder": champion["encoder_tag"]}) as server:
         http = requests.Session()
         for u in rng.choice(world.n_users, size=n, p=world.activity):

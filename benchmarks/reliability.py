@@ -52,6 +52,12 @@ def fuzz(url: str, key: str | None, examples: int, seed: int) -> dict:
             "summary": proc.stdout[-1500:] if proc.returncode else ""}
 
 
+def recommender_workers(log: Path) -> int:
+    """The recommender workers that started (BentoML logs each one's index as it initialises)."""
+    return len(set(re.findall(r"\[entry_service:causalrec-recommender:(\d+)\] Service causalrec-recommender initialized",
+                              log.read_text(errors="replace"))))
+
+
 def server_errors(log: Path) -> int:
     """5xx answers in BentoML's access log lines (`... (status=503,...`)."""
     return len(re.findall(r"\(status=5\d\d", log.read_text(errors="replace")))
@@ -144,8 +150,10 @@ def main(argv: list[str] | None = None) -> dict:
     tag = args.bento or Registry(project / "registry.json").champion["bento_tag"]
     work = Path(tempfile.mkdtemp(prefix="reliability-"))
     feedback = work / "feedback" / "fb.jsonl"
+    # two recommender workers (concurrent writers of one feedback log), set through BentoML's own configuration
     env = {"CAUSALREC_API_KEY": KEY, "CAUSALREC_FEEDBACK_LOG": str(feedback),
-           "CAUSALREC_CATALOGUE": str(work / "feedback" / "catalogue.sqlite"), "CAUSALREC_RECOMMENDER_WORKERS": "2"}
+           "CAUSALREC_CATALOGUE": str(work / "feedback" / "catalogue.sqlite"),
+           "BENTOML_CONFIG_OVERRIDES": json.dumps({"services": {"causalrec-recommender": {"workers": 2}}})}
     server = BentoServer(tag, project, work / "serve.log", env)
     with server:
         runs = [fuzz(server.url, KEY, args.examples, 1), fuzz(server.url, None, args.examples, 2)]
@@ -155,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     figures = {
         "schemathesis": {"requests": sum(r["requests"] for r in runs), "server_errors": server_errors(work / "serve.log"),
                          "runs": runs, "checks": "all", "phases": "examples, coverage, fuzzing, stateful",
-                         "with_key_and_without": True, "recommender_workers": 2},
+                         "with_key_and_without": True, "recommender_workers": recommender_workers(work / "serve.log")},
         "privacy": {"planted_email_found": logs.count(PLANTED), "planted_statuses": planted,
                     "planted_feedback_stored_as": stored_planted[0]["user_id"][:5] + "..." if stored_planted else None,
                     "tracebacks_in_log": logs.count("Traceback")},

@@ -4,7 +4,7 @@ baseline (one request = one full Python loop over the catalogue), in the same ru
     python benchmarks/serving_load.py [--items 100000] [--seconds 20] [--users 16]
 
 Builds a bundle (MF relevance + T-learner uplift on simulated data with `--items` items) in a
-temporary BentoML store, serves `bentos.service:Recommender` and `benchmarks/naive_service.py`
+temporary BentoML store, serves `causalrec.service:Recommender` and `benchmarks/naive_service.py`
 on 127.0.0.1 one after the other, and drives each with locust (headless, as a command, bounded
 in time). Writes results/serving.json: rps, p50_ms, p99_ms, errors for both.
 """
@@ -74,7 +74,7 @@ def serve(target: str, home: Path, cwd: Path, log: Path) -> BentoServer:
     env = {"BENTOML_HOME": str(home), "CAUSALREC_FEEDBACK_LOG": str(log.parent / "fb.jsonl"), "BENTOML_DO_NOT_TRACK": "True"}
     # the temporary store holds one model of each: the source-tree service is pinned to them
     pins = {"recommender": "causalrec-recommender:latest", "encoder": "causalrec-encoder:latest"}
-    return BentoServer(target, cwd, log, env, args=pins if target.startswith("bentos.") else None).start()
+    return BentoServer(target, cwd, log, env, args=pins if target.startswith("causalrec.") else None).start()
 
 
 def load(url: str, users: int, seconds: int, out: Path) -> dict:
@@ -103,7 +103,7 @@ def main() -> None:
     results = {}
     # Both services get the same load (users and spawn rate); only the serving code differs.
     for name, target, cwd, users, seconds in (
-            ("causalrec", "bentos.service:Recommender", REPO, args.users, args.seconds),
+            ("causalrec", "causalrec.service:Recommender", REPO, args.users, args.seconds),
             ("naive_baseline", "naive_service:NaiveRecommender", BENCH, args.users, args.baseline_seconds)):
         server = serve(target, home, cwd, work / f"{name}.log")
         url = server.url

@@ -44,7 +44,13 @@ def test_flow_versions_data_and_produces_every_artifact(trained):
     for row in metrics["models"].values():
         assert {"auc", "ndcg@10", "recall@10", "cp@10"} <= set(row)
         assert 0 <= row["auc"] <= 1 and 0 <= row["ndcg@10"] <= 1
-    assert result["package"]["promoted"] and result["package"]["bento_tag"].startswith("causalrec:")
+    assert result["package"]["promoted"] and result["package"]["bento_tag"].startswith("causalrec-bento:")
+    import bentoml
+
+    # the package at the root of the bento's sources, where BentoML imports the service from: the bento
+    # serves the code it was built with, not whatever causalrec is installed beside it
+    sources = Path(bentoml.bentos.get(result["package"]["bento_tag"]).path) / "src"
+    assert (sources / "causalrec" / "service.py").is_file() and not (sources / "src").exists()
     drift = json.loads((project / "artifacts" / "monitor" / "drift.json").read_text())
     assert drift["drift_detected"] is False and drift["key_columns_drifted"] == []  # a stationary world
     assert {"prediction", "history_similarity"} <= set(drift["columns"])
@@ -349,6 +355,7 @@ def test_reliability_probes_on_the_served_api(trained, tmp_path):
                                 "--rounds", "1", "--events", "60", "--no-pytest-probes", "--out", str(tmp_path)])
     fuzz = figures["schemathesis"]
     assert fuzz["requests"] > 200 and fuzz["server_errors"] == 0
+    assert fuzz["recommender_workers"] == 2  # set through BentoML's configuration (BENTOML_CONFIG_OVERRIDES)
     assert [r["exit_code"] for r in fuzz["runs"]] == [0, 0], fuzz["runs"]
     privacy = figures["privacy"]
     assert 200 in privacy["planted_statuses"] and 400 in privacy["planted_statuses"]  # good and bad requests

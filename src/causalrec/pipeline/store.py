@@ -120,10 +120,11 @@ def prune_store(keep: set[str], created_path: Path) -> list[str]:
 
 
 def build_bento(root: Path, model_tag: str, encoder_tag: str) -> str:
-    """`bentoml build` of bentos/bentofile.yaml with the project root as build context, pinning the
-    models it serves as bento arguments (stored in the bento, restored when it is served)."""
+    """`bentoml build` of bentos/bentofile.yaml with the project's src/ as build context (the package
+    at the root of the bento's sources), pinning the models it serves as bento arguments (stored in the
+    bento, restored when it is served)."""
     cmd = [sys.executable, "-m", "bentoml", "build", "-f", "bentos/bentofile.yaml", "--output", "tag",
-           "--arg", f"recommender={model_tag}", "--arg", f"encoder={encoder_tag}", "."]
+           "--arg", f"recommender={model_tag}", "--arg", f"encoder={encoder_tag}", "src"]
     proc = run_child(cmd, cwd=root, capture_output=True, text=True, env={**os.environ, "BENTOML_DO_NOT_TRACK": "True"})
     if proc.returncode != 0:
         raise StageError(f"bentoml build failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

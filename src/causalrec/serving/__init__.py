@@ -1,1 +1,1 @@
-"""Service logic used by bentos/: load a packaged bundle, recommend, fall back for cold start."""
+"""Service logic used by the BentoML services (causalrec.service): load a packaged bundle, recommend, fall back for cold start."""

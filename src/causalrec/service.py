@@ -1,8 +1,12 @@
 """BentoML services: a thin shell over causalrec.serving (all logic lives in the library).
 
-    bentoml serve causalrec:<tag>                       # a built bento: the registry's champion (make serve)
-    bentoml serve bentos.service:Recommender --arg recommender=causalrec-recommender:<tag> \
-        --arg encoder=causalrec-encoder:<tag>           # from the source tree
+    bentoml serve causalrec-bento:<version>            # a built bento: the registry's champion (make serve)
+    bentoml serve causalrec.service:Recommender --arg recommender=causalrec-recommender:<tag> \
+        --arg encoder=causalrec-encoder:<tag>           # from the installed package
+
+A bento holds this package at the root of its sources (bentos/bentofile.yaml, built with src/ as the
+context), which BentoML puts first on the import path when it serves the bento: a bento serves the
+library code it was built with, whatever version is installed beside it.
 
 Which models a bento serves is fixed when it is built: `causalrec package` passes the candidate's
 model tags as bento arguments (`bentoml build --arg`), which BentoML stores in the bento and restores
@@ -13,35 +17,32 @@ Environment: CAUSALREC_API_KEY (required for POST /feedback and /items), CAUSALR
 CAUSALREC_CATALOGUE (items added through POST /items, SQLite; default serve.catalogue),
 CAUSALREC_INT8_ENCODER=1 (dynamic int8 encoder on CPU), CAUSALREC_LOG_LEVEL (default INFO),
 CAUSALREC_MAX_REQUEST_BYTES (default 1 MiB; larger POST bodies get 413, non-JSON ones 415).
+Workers, timeouts and the rest of BentoML's runtime settings: BentoML's own configuration, read when it
+serves (a BENTOML_CONFIG file, or BENTOML_CONFIG_OVERRIDES, e.g.
+'{"services": {"causalrec-recommender": {"workers": 2}}}'), over the defaults in the decorators below.
 """
 from __future__ import annotations
 
 import os
-import sys
 from datetime import datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated
 
-# The bento ships the library sources under src/ (see bentofile.yaml `include`).
-_SRC = Path(__file__).resolve().parents[1] / "src"
-if _SRC.is_dir() and str(_SRC) not in sys.path:
-    sys.path.insert(0, str(_SRC))
+import bentoml
+import numpy as np
+from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
+from pydantic import BaseModel, Field
 
-import bentoml  # noqa: E402
-import numpy as np  # noqa: E402
-from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound  # noqa: E402
-from pydantic import BaseModel, Field  # noqa: E402
-
-from causalrec.data.rules import OUTCOME_BOUND  # noqa: E402
-from causalrec.logs import configure as configure_logging  # noqa: E402
-from causalrec.logs import one_line_client_errors  # noqa: E402
-from causalrec.serving.catalogue import CatalogueStore, Conflict  # noqa: E402
-from causalrec.serving.core import NotFound as UnknownId  # noqa: E402
-from causalrec.serving.core import RecommenderCore  # noqa: E402
-from causalrec.serving.feedback import FeedbackLog  # noqa: E402
-from causalrec.serving.limits import ErrorContract, RequestLimits  # noqa: E402
-from causalrec.serving.privacy import api_key_matches, pseudonym_key  # noqa: E402
+from causalrec.data.rules import OUTCOME_BOUND
+from causalrec.logs import configure as configure_logging
+from causalrec.logs import one_line_client_errors
+from causalrec.serving.catalogue import CatalogueStore, Conflict
+from causalrec.serving.core import NotFound as UnknownId
+from causalrec.serving.core import RecommenderCore
+from causalrec.serving.feedback import FeedbackLog
+from causalrec.serving.limits import ErrorContract, RequestLimits
+from causalrec.serving.privacy import api_key_matches, pseudonym_key
 
 class Pins(BaseModel):
     """The bento arguments: the model store tags this bento serves (set by `causalrec package`)."""
@@ -97,8 +98,7 @@ class Encoder:
         return self.encoder.embed(texts)
 
 
-@bentoml.service(name="causalrec-recommender", traffic={"timeout": 30},
-                 workers=int(os.environ.get("CAUSALREC_RECOMMENDER_WORKERS", "1")))
+@bentoml.service(name="causalrec-recommender", traffic={"timeout": 30}, workers=1)
 class Recommender:
     bundle = bentoml.models.BentoModel(PINS.recommender)
     encoder = bentoml.depends(Encoder)
