@@ -58,6 +58,18 @@ def text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def pad_batch(ids: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id sequences right-padded to the longest, and their attention mask (int64; on `device`, copied
+    without waiting, when given): the embedding batches and the fine-tuning batches."""
+    width = max(len(x) for x in ids)
+    arr = np.full((len(ids), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(ids), width), dtype=np.int64)
+    for row, x in enumerate(ids):
+        arr[row, : len(x)], mask[row, : len(x)] = x, 1
+    out = torch.from_numpy(arr), torch.from_numpy(mask)
+    return out if device is None else tuple(t.to(device, non_blocking=True) for t in out)
+
+
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     if how == "cls":
         return hidden[:, 0]
@@ -138,13 +150,7 @@ class TextEncoder:
         pad = self._tokenizer.pad_token_id or 0
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            width = max(len(ids[i]) for i in idx)
-            arr = np.full((len(idx), width), pad, dtype=np.int64)
-            mask = np.zeros((len(idx), width), dtype=np.int64)
-            for row, i in enumerate(idx):
-                arr[row, : len(ids[i])] = ids[i]
-                mask[row, : len(ids[i])] = 1
-            yield idx, torch.from_numpy(arr), torch.from_numpy(mask)
+            yield idx, *pad_batch([ids[i] for i in idx], pad)
 
     @torch.inference_mode()
     def _embed_uncached(self, texts: Sequence[str]) -> np.ndarray:

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from causalrec.text.encoder import default_model_path, pool
+from causalrec.text.encoder import default_model_path, pad_batch, pool
 
 
 @dataclass
@@ -77,15 +77,6 @@ def _dist() -> tuple[int, int, int]:
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return world, rank, local
-
-
-def pad_batch(ids: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(x) for x in ids)
-    arr = np.full((len(ids), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(ids), width), dtype=np.int64)
-    for row, x in enumerate(ids):
-        arr[row, : len(x)], mask[row, : len(x)] = x, 1
-    return torch.from_numpy(arr).to(device, non_blocking=True), torch.from_numpy(mask).to(device, non_blocking=True)
 
 
 def embed_ids(model, input_ids: torch.Tensor, mask: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
