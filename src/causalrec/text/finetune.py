@@ -173,7 +173,8 @@ def finetune(pairs: pd.DataFrame, out_dir: str | Path, model_path: str | Path | 
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
     state = {"step": 0, "epoch": 0, "best": -1.0, "bad": 0, "history": [], "step_losses": []}
     if resume:
-        saved = torch.load(last / "trainer_state.pt", weights_only=False)
+        # the optimiser's and scheduler's state dicts and our counters: tensors and plain types only
+        saved = torch.load(last / "trainer_state.pt", weights_only=True)
         opt.load_state_dict(saved["optimizer"]), sched.load_state_dict(saved["scheduler"])
         state = {"step_losses": [], **saved["state"]}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and dev.type == "cuda")
