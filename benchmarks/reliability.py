@@ -52,15 +52,14 @@ def fuzz(url: str, key: str | None, examples: int, seed: int) -> dict:
             "summary": proc.stdout[-1500:] if proc.returncode else ""}
 
 
-def recommender_workers(log: Path) -> int:
+def recommender_workers(log: str) -> int:
     """The recommender workers that started (BentoML logs each one's index as it initialises)."""
-    return len(set(re.findall(r"\[entry_service:causalrec-recommender:(\d+)\] Service causalrec-recommender initialized",
-                              log.read_text(errors="replace"))))
+    return len(set(re.findall(r"\[entry_service:causalrec-recommender:(\d+)\] Service causalrec-recommender initialized", log)))
 
 
-def server_errors(log: Path) -> int:
+def server_errors(log: str) -> int:
     """5xx answers in BentoML's access log lines (`... (status=503,...`)."""
-    return len(re.findall(r"\(status=5\d\d", log.read_text(errors="replace")))
+    return len(re.findall(r"\(status=5\d\d", log))
 
 
 def plant_email(url: str) -> list[int]:
@@ -159,11 +158,12 @@ def main(argv: list[str] | None = None) -> dict:
         runs = [fuzz(server.url, KEY, args.examples, 1), fuzz(server.url, None, args.examples, 2)]
         planted = plant_email(server.url)
     stored_planted = [e for e in read_events(feedback) if e["event_id"] == "planted-2"]
-    logs = (work / "serve.log").read_text(errors="replace") + feedback.read_text(errors="replace")
+    serve_log = (work / "serve.log").read_text(errors="replace")
+    logs = serve_log + feedback.read_text(errors="replace")
     figures = {
-        "schemathesis": {"requests": sum(r["requests"] for r in runs), "server_errors": server_errors(work / "serve.log"),
+        "schemathesis": {"requests": sum(r["requests"] for r in runs), "server_errors": server_errors(serve_log),
                          "runs": runs, "checks": "all", "phases": "examples, coverage, fuzzing, stateful",
-                         "with_key_and_without": True, "recommender_workers": recommender_workers(work / "serve.log")},
+                         "with_key_and_without": True, "recommender_workers": recommender_workers(serve_log)},
         "privacy": {"planted_email_found": logs.count(PLANTED), "planted_statuses": planted,
                     "planted_feedback_stored_as": stored_planted[0]["user_id"][:5] + "..." if stored_planted else None,
                     "tracebacks_in_log": logs.count("Traceback")},
