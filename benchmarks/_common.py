@@ -1,17 +1,29 @@
 """Shared by the benchmark scripts: where results go and what every result records."""
 from __future__ import annotations
 
+import atexit
 import datetime as _dt
 import json
 import os
 import platform
 import shlex
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A working directory that is removed when this process exits, however the script ends (but a
+    kill): the scripts' simulated worlds, bento stores, clones and logs (5 MB to several GB a run) were
+    left in the temp directory, and the test suite runs several scripts on every `make test`."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def machine() -> dict:

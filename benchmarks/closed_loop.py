@@ -41,7 +41,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from _common import REPO, RESULTS, write_result
+from _common import REPO, RESULTS, scratch_dir, write_result
 
 # The loop's settings on top of params.yaml (declared; see the module docstring).
 LOOP_PARAMS = {
@@ -519,7 +518,7 @@ def main(argv=None) -> dict:
     if ({"drift", "drift_without_boost"} & set(names) and args.rounds < args.drift_round
             or "epsilon_greedy" in names and args.rounds <= max(args.bad_candidate_round, args.bad_champion_round)):
         ap.error("--rounds must reach the scenarios' rounds (and one round after the bad champion's)")
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="closed-loop-"))
+    workdir = Path(args.workdir) if args.workdir else scratch_dir("closed-loop-")
     if args.only:  # one trajectory in this process (its own BentoML store), its run written to a file
         os.environ["BENTOML_HOME"] = str(workdir / f"bentoml-{args.only}")
         os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")

@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import write_result  # noqa: E402
+from _common import scratch_dir, write_result  # noqa: E402
 from causalrec.text.encoder import TextEncoder, default_model_path  # noqa: E402
 from causalrec.text.finetune import contrastive_loss, train_flops_per_token  # noqa: E402
 
@@ -216,9 +216,7 @@ def main() -> None:
     device = torch.device(args.device)
     model_path = args.model or default_model_path()
     if args.tiny:
-        import tempfile
-
-        model_path = tiny_model(Path(tempfile.mkdtemp()))
+        model_path = tiny_model(scratch_dir("tiny-encoder-"))
     texts = make_texts(args.n_texts)
     figures = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
                "model_path": str(model_path)}

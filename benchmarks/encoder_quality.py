@@ -15,13 +15,12 @@ no text, so a constant score with random tie-breaking (AUC 0.5 by construction):
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from _common import REPO, write_result
+from _common import REPO, scratch_dir, write_result
 from causalrec.evaluation.metrics import auc, per_user_ndcg_recall
 from causalrec.text import TextEncoder
 from causalrec.text.finetune import FinetuneConfig, finetune, mine_pairs
@@ -41,7 +40,7 @@ def coat(path: Path) -> dict:
 def simulator(seed: int = 7) -> dict:
     from causalrec.data.simulate import SimulationConfig, simulate
 
-    root = Path(tempfile.mkdtemp(prefix="encq-sim-"))
+    root = scratch_dir("encq-sim-")
     simulate(SimulationConfig(seed=seed), root / "data", root / "truth", progress=False)
     inter = pd.read_parquet(root / "data" / "interactions.parquet")
     items = pd.read_parquet(root / "data" / "items.parquet")
@@ -75,7 +74,7 @@ def one_seed(data: dict, seed: int, model_path, cfg: FinetuneConfig, max_pairs: 
     pairs = mine_pairs(train, seen_text, data["user_text"], seed=seed)
     if len(pairs) > max_pairs:
         pairs = pairs.sample(max_pairs, random_state=seed).reset_index(drop=True)
-    out_dir = Path(tempfile.mkdtemp(prefix="encq-ft-"))
+    out_dir = scratch_dir("encq-ft-")
     ft = finetune(pairs, out_dir, model_path, FinetuneConfig(**{**cfg.__dict__, "seed": seed}))
     results = {}
     user_ids = sorted(data["user_text"])

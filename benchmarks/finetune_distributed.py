@@ -13,13 +13,12 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from _common import REPO, write_result
+from _common import REPO, scratch_dir, write_result
 from causalrec.data.simulate import SimulationConfig, simulate
 from causalrec.text.finetune import mine_pairs
 
@@ -33,7 +32,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="ftdist-"))
+    root = scratch_dir("ftdist-")
     simulate(SimulationConfig(), root / "data", root / "truth", progress=False)
     inter = pd.read_parquet(root / "data" / "interactions.parquet")
     items = pd.read_parquet(root / "data" / "items.parquet")

@@ -16,11 +16,10 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, write_result
+from _common import REPO, scratch_dir, write_result
 
 
 def _code_version(env_bin: Path, env: dict) -> str:
@@ -41,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     project = args.project
     if project is None:
-        project = Path(tempfile.mkdtemp(prefix="causalrec-time-")) / "clone"
+        project = scratch_dir("causalrec-time-") / "clone"
         subprocess.run(["git", "clone", "-q", str(REPO), str(project)], check=True)
     env_bin, setup_seconds = Path(sys.executable).parent, None
     if args.measure_setup:

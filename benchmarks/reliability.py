@@ -23,7 +23,6 @@ import json
 import re
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import requests
 
-from _common import REPO, write_result
+from _common import REPO, scratch_dir, write_result
 from causalrec.registry import Registry
 from causalrec.serving.feedback import read_events
 from causalrec.serving.launch import BentoServer
@@ -147,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     project = Path(args.project).resolve()
     tag = args.bento or Registry(project / "registry.json").champion["bento_tag"]
-    work = Path(tempfile.mkdtemp(prefix="reliability-"))
+    work = scratch_dir("reliability-")
     feedback = work / "feedback" / "fb.jsonl"
     # two recommender workers (concurrent writers of one feedback log), set through BentoML's own configuration
     env = {"CAUSALREC_API_KEY": KEY, "CAUSALREC_FEEDBACK_LOG": str(feedback),

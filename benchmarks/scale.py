@@ -14,11 +14,10 @@ import json
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from _common import write_result
+from _common import scratch_dir, write_result
 
 SHAPES = {100_000: (2000, 1000), 1_000_000: (20_000, 5000), 10_000_000: (100_000, 20_000)}
 
@@ -29,7 +28,7 @@ def one(size: int, epochs: int, method: str) -> dict:
     from causalrec.data.simulate import SimulationConfig, simulate
 
     n_users, n_items = SHAPES.get(size, (max(2, size // 50), max(2, size // 100)))
-    root = Path(tempfile.mkdtemp(prefix="scale-"))
+    root = scratch_dir("scale-")  # one process per size: removed before the next
     t = time.perf_counter()
     simulate(SimulationConfig(n_users=n_users, n_items=n_items, n_interactions=size, n_test_pairs_per_user=1,
                               chunk_rows=500_000), root / "data", root / "truth", progress=False)

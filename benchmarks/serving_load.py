@@ -14,11 +14,10 @@ import argparse
 import csv
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import requests
-from _common import REPO, write_result
+from _common import REPO, scratch_dir, write_result
 
 from causalrec.serving.launch import BentoServer
 
@@ -97,7 +96,7 @@ def main() -> None:
     ap.add_argument("--baseline-seconds", type=int, default=20)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="serving-load-"))
+    work = scratch_dir("serving-load-")
     home = work / "bentoml"
     build_store(home, args.items)
     results = {}

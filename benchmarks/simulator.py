@@ -25,14 +25,13 @@ worlds, cold start.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from _common import REPO, write_result
+from _common import REPO, scratch_dir, write_result
 from causalrec.causal.debias import DebiasedRecommender, auto_exposure_weight
 from causalrec.causal.uplift import UpliftLearner
 from causalrec.config import load_params
@@ -200,7 +199,7 @@ def main() -> None:
     ap.add_argument("--uplift-batch-size", type=int, default=1024)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="simbench-"))
+    root = scratch_dir("simbench-")
     cfg = SimulationConfig(n_interactions=args.interactions)
     simulate(cfg, root / "data", root / "truth", progress=False)
     inter = pd.read_parquet(root / "data" / "interactions.parquet")
