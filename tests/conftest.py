@@ -29,6 +29,20 @@ sys.path.insert(0, str(REPO))  # flows/ (prefect.yaml's entrypoints) lives at th
 sys.path.insert(0, str(REPO / "benchmarks"))  # benchmark scripts some tests import (closed_loop, coat, reliability, serving_load)
 
 
+# The most the suite holds in the temp directory at once (`make test`, sampled every 2 s: 0.15 GB), with
+# room for what other processes on a shared disk write meanwhile.
+DISK_NEEDED_GB = 0.5
+
+
+def pytest_configure(config):
+    """A disk too full for the suite is said once, before any test: the landing CI, on a shared disk with
+    a few MB left, failed 98 set-ups and 6 tests with scattered `No space left on device` errors."""
+    free_gb = shutil.disk_usage(_SESSION_HOME).free / 1e9
+    if free_gb < DISK_NEEDED_GB and "PYTEST_XDIST_WORKER" not in os.environ:
+        raise pytest.UsageError(f"{free_gb:.2f} GB free on the disk of {_SESSION_HOME.parent}; "
+                                f"the test suite needs about {DISK_NEEDED_GB} GB there")
+
+
 def pytest_unconfigure(config):
     """The session's Prefect and BentoML homes end with it (one per pytest process, up to 20 MB each:
     they were left in the temp directory by every run)."""
