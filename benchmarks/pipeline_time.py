@@ -3,7 +3,7 @@
     python benchmarks/pipeline_time.py [--project DIR] [--measure-setup]
     PYTHONPATH=<other checkout>/src python benchmarks/pipeline_time.py --project <other checkout>   # older code
 
-Runs `causalrec retrain` in DIR (default: a fresh clone of this repository in a temp directory,
+Runs `causalrec retrain` in DIR (default: a fresh clone of this repository in a temp directory, removed at exit,
 so the timing includes DVC init-free versioning, GE, embedding from an empty cache, training,
 `bentoml build` and Evidently) and records the wall time of the whole flow. With --measure-setup
 it first times `make setup` in that clone (a fresh .venv from constraints.txt) and runs the flow
