@@ -506,7 +506,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--bad-champion-round", type=int, default=5, help="a reversed model is forced into production")
     ap.add_argument("--drift-round", type=int, default=6, help="the drift trajectory's interests move from this round")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workdir", default=None, help="where the projects go and stay (default: a temporary directory, removed at exit)")
+    ap.add_argument("--workdir", default=None,
+                    help="where the projects go and stay (default: a temporary directory, removed at exit)")
     ap.add_argument("--jobs", type=int, default=2, help="trajectories run side by side, each in its own process")
     ap.add_argument("--only", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None)
