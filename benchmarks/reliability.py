@@ -31,6 +31,8 @@ from pathlib import Path
 import requests
 
 from _common import REPO, scratch_dir, write_result
+from causalrec.config import load_params
+from causalrec.pipeline.store import bentoml_env
 from causalrec.registry import Registry
 from causalrec.serving.feedback import read_events
 from causalrec.serving.launch import BentoServer
@@ -145,7 +147,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     project = Path(args.project).resolve()
-    tag = args.bento or Registry(project / "registry.json").champion["bento_tag"]
+    params = load_params(project / "params.yaml")
+    bentoml_env(params)  # the project's own BentoML store, where `make run` built the bento (unless BENTOML_HOME is set)
+    tag = args.bento or Registry(params.paths.registry).champion["bento_tag"]
     work = scratch_dir("reliability-")
     feedback = work / "feedback" / "fb.jsonl"
     # two recommender workers (concurrent writers of one feedback log), set through BentoML's own configuration
