@@ -69,11 +69,13 @@ with bentoml.models.create('causalrec-encoder') as em:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
 
 
-def serve(target: str, home: Path, cwd: Path, log: Path) -> BentoServer:
+# the temporary store holds one model of each: the service from the package is pinned to them
+PINS = {"recommender": "causalrec-recommender:latest", "encoder": "causalrec-encoder:latest"}
+
+
+def serve(target: str, home: Path, cwd: Path, log: Path, pins: dict[str, str] | None) -> BentoServer:
     env = {"BENTOML_HOME": str(home), "CAUSALREC_FEEDBACK_LOG": str(log.parent / "fb.jsonl"), "BENTOML_DO_NOT_TRACK": "True"}
-    # the temporary store holds one model of each: the source-tree service is pinned to them
-    pins = {"recommender": "causalrec-recommender:latest", "encoder": "causalrec-encoder:latest"}
-    return BentoServer(target, cwd, log, env, args=pins if target.startswith("causalrec.") else None).start()
+    return BentoServer(target, cwd, log, env, args=pins).start()
 
 
 def load(url: str, users: int, seconds: int, out: Path) -> dict:
@@ -101,10 +103,10 @@ def main() -> None:
     build_store(home, args.items)
     results = {}
     # Both services get the same load (users and spawn rate); only the serving code differs.
-    for name, target, cwd, users, seconds in (
-            ("causalrec", "causalrec.service:Recommender", REPO, args.users, args.seconds),
-            ("naive_baseline", "naive_service:NaiveRecommender", BENCH, args.users, args.baseline_seconds)):
-        server = serve(target, home, cwd, work / f"{name}.log")
+    for name, target, pins, cwd, users, seconds in (
+            ("causalrec", "causalrec.service:Recommender", PINS, REPO, args.users, args.seconds),
+            ("naive_baseline", "naive_service:NaiveRecommender", None, BENCH, args.users, args.baseline_seconds)):
+        server = serve(target, home, cwd, work / f"{name}.log", pins)
         url = server.url
         try:
             r = requests.post(f"{url}/recommend", json={"user_id": "u000001", "k": 10}, timeout=60)
