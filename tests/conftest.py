@@ -25,7 +25,6 @@ os.environ["DVC_NO_ANALYTICS"] = "1"
 os.environ.pop("PREFECT_API_URL", None)
 if "PYTEST_XDIST_WORKER" in os.environ:  # `make test` runs two workers on two cores: one thread each,
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # for torch here and in every stage/server started
-sys.path.insert(0, str(REPO))  # flows/ (prefect.yaml's entrypoints) lives at the top level
 sys.path.insert(0, str(REPO / "benchmarks"))  # benchmark scripts some tests import (closed_loop, coat, reliability, serving_load)
 
 
