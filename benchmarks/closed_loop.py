@@ -320,8 +320,9 @@ def run_trajectory(name: str, workdir: Path, args, progress) -> dict:
         t1 = time.perf_counter()
         export = export_feedback(log_path, params.paths.data_dir, params.paths.feedback_dir,
                                  params.paths.artifacts_dir / "validation" / "feedback", key=key,
-                                 known_versions=set(registry.state()["models"]))
-        row["partition"] = Path(export["partition"]).name
+                                 known_versions=set(registry.state()["models"]),
+                                 max_quarantine_share=params.feedback.max_quarantine_share)
+        row["partition"], row["quarantined"] = Path(export["partition"]).name, export["quarantined"]
         clock["export"] = time.perf_counter() - t1
         t1 = time.perf_counter()
         monitor = STAGES["monitor"](params)

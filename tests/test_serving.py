@@ -1,5 +1,6 @@
 """Serving library: exploration propensities, durable feedback, privacy, the recommender core."""
 import json
+import re
 import threading
 
 import numpy as np
@@ -107,9 +108,10 @@ def test_export_writes_each_event_once_as_a_new_validated_partition(tmp_path):
     """Export never touches data/: each run writes the events no partition holds yet as the next
     partition (after the feedback suite), and ingest's merge appends them all to the base tables."""
     from causalrec.data.feedback import drift_mark, mark_drift, merge_into, partitions
+    from causalrec.data.quarantine import Quarantine
     from causalrec.data.schema import DataError
     from causalrec.data.simulate import SimulationConfig, simulate
-    from causalrec.validation import ValidationFailed
+    from causalrec.serving.feedback import TooMuchQuarantined
 
     simulate(SimulationConfig(n_users=20, n_items=10, n_interactions=200), tmp_path / "data", tmp_path / "truth", progress=False)
     base = (tmp_path / "data" / "interactions.parquet").read_bytes()
@@ -122,12 +124,17 @@ def test_export_writes_each_event_once_as_a_new_validated_partition(tmp_path):
     assert first["exported"] == 3 and second["exported"] == 0 and second["partition"] is None
     assert (tmp_path / "data" / "interactions.parquet").read_bytes() == base  # the serving side never writes data/
     log.append(_event(3, user_id="u000002", model_version="m-unknown"))
-    with pytest.raises(ValidationFailed, match="model_version"):
-        export(known_versions={"m1"})  # a version the registry does not know: nothing is written
-    assert len(partitions(tmp_path / "fbdata")) == 1
+    with pytest.raises(TooMuchQuarantined, match="max_quarantine_share"):  # all of the batch is bad: stop, write nothing
+        export(known_versions={"m1"}, max_quarantine_share=0.5)
+    assert not (tmp_path / "fbdata" / "quarantine").exists()
+    held = export(known_versions={"m1"})  # a version the registry does not know: set aside, not exported
+    assert (held["exported"], held["quarantined"], held["partition"]) == (0, 1, None)
+    assert held["quarantined_by_rule"] == {"model_version must be a model version the registry knows": 1}
+    assert len(partitions(tmp_path / "fbdata")) == 1 and export(known_versions={"m1"})["quarantined"] == 0  # held once
+    Quarantine(tmp_path / "fbdata").decide("release", ["e3"], "m-unknown was registered")
     log.append(_event(4, user_id="u000002", uniform=True, request_id="r4", slate_size=1))  # an explored slate
     third = export(known_versions={"m1", "m-unknown"})
-    assert third["exported"] == 2 and third["partition"].endswith("part-00002")
+    assert third["exported"] == 2 and third["partition"].endswith("part-00002") and third["retried_from_quarantine"] == 1
     # a training window of the last w logs, the base log counting as the oldest
     for window, rows, base_kept in ((1, 2, False), (2, 5, False), (3, 205, True)):
         (tmp_path / "data" / "interactions.parquet").write_bytes(base)  # ingest rewrites the base first
@@ -243,20 +250,32 @@ def test_export_feedback_command(tmp_path):
     assert res.exit_code == 2 and "not found" in res.output
 
 
-@pytest.mark.parametrize("when, propensity, outcome, fragment", [
-    ("9999-12-31T23:59:59+00:00", 0.5, 1.0, "timestamp must be between"),
-    ("1970-01-01T00:00:00", 0.5, 1.0, "timestamp must be between"),
-    ("2026-01-02T03:04:05", 0.0, 1.0, "propensity must be a probability"),
-    ("2026-01-02T03:04:05", float("nan"), 1.0, "propensity must be a probability"),
-    ("2026-01-02T03:04:05", 0.5, float("inf"), "outcome must be a finite number"),
+@pytest.mark.parametrize("field, value, fragment", [
+    ("timestamp", "9999-12-31T23:59:59+00:00", "timestamp must be an ISO 8601 time between"),
+    ("timestamp", "1970-01-01T00:00:00", "timestamp must be an ISO 8601 time between"),
+    ("timestamp", 1767225600, "timestamp must be an ISO 8601 time"),
+    ("propensity", 0.0, "propensity must be a probability"),
+    ("propensity", float("nan"), "propensity must be a probability"),
+    ("outcome", float("inf"), "outcome must be one of [0, 1]"),
+    ("outcome", 2.0, "outcome must be one of [0, 1]"),
+    ("outcome", -1, "outcome must be one of [0, 1]"),
+    ("outcome", 1e9, "outcome must be one of [0, 1]"),
+    ("item_id", "i999999", "item_id must be an item of the catalogue"),
+    ("model_version", "m-unknown", "model_version must be a model version the registry knows"),
+    ("event_id", "alice@example.com", "event_id must be 1-256 letters"),
+    ("request_id", "bob smith", "request_id must be empty or an id"),
+    ("position", True, "position must be an integer"),
 ])
-def test_feedback_rules_reject_what_the_pipeline_would(when, propensity, outcome, fragment):
-    from datetime import datetime
+def test_the_rule_book_names_field_and_rule_never_the_value(field, value, fragment):
+    from causalrec.data.rules import EventRules
 
-    from causalrec.data.rules import check_event
-
-    with pytest.raises(ValueError, match=fragment):
-        check_event(datetime.fromisoformat(when), propensity, outcome)
+    rules = EventRules(known_items={"i000001"}, known_versions={"m1"})
+    good = _event(1)
+    assert rules.broken(good) == []
+    with pytest.raises(ValueError, match=re.escape(fragment)) as err:
+        rules.check({**good, field: value})
+    if isinstance(value, str):  # messages are logged: never the value sent (it may be personal data)
+        assert value not in str(err.value)
 
 
 def test_accepted_feedback_always_exports_and_validates(tmp_path):
@@ -265,7 +284,7 @@ def test_accepted_feedback_always_exports_and_validates(tmp_path):
     from datetime import datetime
 
     from causalrec.data.feedback import merge_into
-    from causalrec.data.rules import check_event
+    from causalrec.data.rules import utc_iso
     from causalrec.data.simulate import SimulationConfig, simulate
     from causalrec.serving.feedback import FeedbackLog, export_feedback
     from causalrec.validation import validate_data
@@ -275,7 +294,7 @@ def test_accepted_feedback_always_exports_and_validates(tmp_path):
     log = FeedbackLog(tmp_path / "fb.jsonl")
     for i, (when, p) in enumerate([("2026-03-01T10:00:00", 0.2), ("2026-03-01T12:00:00+02:00", 1e-300),
                                    ("2026-03-01T10:00:00Z", 0.9)]):
-        ts = check_event(datetime.fromisoformat(when.replace("Z", "+00:00")), p, 1.0)
+        ts = utc_iso(datetime.fromisoformat(when.replace("Z", "+00:00")))
         log.append({"event_id": f"e{i}", "user_id": "u000001", "item_id": "i000002", "outcome": 1.0,
                     "propensity": p, "timestamp": ts, "position": 1, "policy": "epsilon_greedy", "model_version": "m1"})
     assert export_feedback(tmp_path / "fb.jsonl", tmp_path / "data", tmp_path / "fb", tmp_path / "v")["exported"] == 3
@@ -310,7 +329,7 @@ def test_items_added_at_serving_time_are_shared_durable_and_become_data(bundle, 
     and feedback on both validates (cold-start ids are data, not referential errors)."""
     from datetime import datetime
 
-    from causalrec.data.rules import check_event
+    from causalrec.data.rules import utc_iso
     from causalrec.data.simulate import SimulationConfig, simulate
     from causalrec.serving.catalogue import CatalogueStore
     from causalrec.serving.core import RecommenderCore
@@ -332,7 +351,7 @@ def test_items_added_at_serving_time_are_shared_durable_and_become_data(bundle, 
              tmp_path / "data", tmp_path / "truth", progress=False)
     log = FeedbackLog(tmp_path / "fb.jsonl")
     log.append({"event_id": "e1", "user_id": "someone-new", "item_id": "tent-1", "outcome": 1.0, "propensity": 0.3,
-                "timestamp": check_event(datetime(2026, 3, 1, 10), 0.3, 1.0), "position": 1, "policy": "softmax",
+                "timestamp": utc_iso(datetime(2026, 3, 1, 10)), "position": 1, "policy": "softmax",
                 "model_version": "m1"})
     out = export_feedback(tmp_path / "fb.jsonl", tmp_path / "data", tmp_path / "fb", tmp_path / "v", store)
     assert (out["exported"], out["new_items"], out["new_users"]) == (1, 1, 1)
@@ -352,7 +371,7 @@ def test_feedback_stores_pseudonyms_that_export_maps_back(bundle, tmp_path, monk
     resolves for that person: no raw id of a new user is ever written."""
     from datetime import datetime
 
-    from causalrec.data.rules import check_event
+    from causalrec.data.rules import utc_iso
     from causalrec.data.simulate import SimulationConfig, simulate
     from causalrec.serving.core import RecommenderCore
     from causalrec.serving.privacy import is_pseudonym, pseudonym_key
@@ -366,7 +385,7 @@ def test_feedback_stores_pseudonyms_that_export_maps_back(bundle, tmp_path, monk
     log = FeedbackLog(tmp_path / "feedback" / "fb.jsonl")
     for i, who in enumerate(["u000001", "alice@example.com"]):
         log.append({"event_id": f"e{i}", "user_id": core.pseudonym(who), "item_id": "i000002", "outcome": 1.0,
-                    "propensity": 0.3, "timestamp": check_event(datetime(2026, 3, 1, 10), 0.3, 1.0), "position": 1,
+                    "propensity": 0.3, "timestamp": utc_iso(datetime(2026, 3, 1, 10)), "position": 1,
                     "model_version": "m1"})
     stored = (tmp_path / "feedback" / "fb.jsonl").read_text()
     assert "alice" not in stored and "u000001" not in stored
@@ -476,4 +495,4 @@ def test_explanation_quotes_the_mediation_split_of_the_users_segment(bundle, tmp
     assert (out / "graph.png").stat().st_size > 1000 and (out / "drivers.png").stat().st_size > 1000
     assert json.loads((out / "explanation.json").read_text())["mediation"] == returning
     bad = CliRunner().invoke(app, ["explain", "--bundle", str(path), "--user", "u000001", "--item", "nope", "--out", str(out)])
-    assert bad.exit_code == 2 and "unknown item_id 'nope'" in bad.output
+    assert bad.exit_code == 2 and "unknown item_id" in bad.output

@@ -110,9 +110,10 @@ def export_feedback_cmd(log: Path = typer.Option(..., help="feedback log (JSON l
                         catalogue: Path = typer.Option(None, help="the service's item store (serve.catalogue): items "
                                                                   "added through POST /items join the partition"),
                         params: Path = PARAMS) -> None:
-    """Served feedback not exported yet becomes the next partition of paths.feedback_dir (checked by the
-    feedback suite first: unique new event ids, propensities in (0, 1], sane timestamps, model versions
-    the registry knows); the next ingest appends every partition to the data."""
+    """Served feedback not exported yet becomes the next partition of paths.feedback_dir; the next ingest
+    appends every partition to the data. Events that break the rule book (data.rules: the service's own
+    checks, against the catalogue and the registry) are quarantined with the rule each broke (`causalrec
+    quarantine`), the rest exported; above feedback.max_quarantine_share of a batch nothing is written."""
     from causalrec.config import ConfigError, load_params
     from causalrec.data.schema import DataError
     from causalrec.registry import Registry, RegistryError
@@ -128,11 +129,74 @@ def export_feedback_cmd(log: Path = typer.Option(..., help="feedback log (JSON l
         registry = Registry(p.paths.registry)
         known = set(registry.state()["models"]) if registry.path.exists() else None
         result = export_feedback(log, p.paths.data_dir, p.paths.feedback_dir,
-                                 p.paths.artifacts_dir / "validation_feedback", catalogue, known_versions=known)
+                                 p.paths.artifacts_dir / "validation_feedback", catalogue, known_versions=known,
+                                 max_quarantine_share=p.feedback.max_quarantine_share)
     except (ConfigError, DataError, RegistryError, ValidationFailed, KeyError, ValueError) as exc:
         typer.secho(f"causalrec export-feedback: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     typer.echo(json.dumps(result, indent=2))
+
+
+quarantine_app = typer.Typer(help="Feedback events export set aside (each with the rule it broke): list, release, drop.")
+app.add_typer(quarantine_app, name="quarantine")
+
+
+def _quarantine(params: Path):
+    from causalrec.config import ConfigError, load_params
+    from causalrec.data.quarantine import Quarantine
+
+    try:
+        return Quarantine(load_params(params).paths.feedback_dir)
+    except ConfigError as exc:
+        typer.secho(f"causalrec quarantine: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+@quarantine_app.command("list")
+def quarantine_list(params: Path = PARAMS, status: str = typer.Option("held", help="held | released | dropped | all")) -> None:
+    """Quarantined events: id, status, when held, the rules each broke."""
+    from causalrec.data.schema import DataError
+
+    try:
+        state = _quarantine(params).state()
+    except DataError as exc:
+        typer.secho(f"causalrec quarantine: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    rows = state if status == "all" else state[state["status"] == status]
+    for row in rows.itertuples():
+        typer.echo(f"{row.event_id:<40} {row.status:<9} {row.held_at}  {row.rules}")
+    typer.echo(json.dumps({s: int((state["status"] == s).sum()) for s in ("held", "released", "dropped")}))
+
+
+def _decide(action: str, params: Path, event_ids: list[str], every: bool, reason: str) -> None:
+    from causalrec.data.schema import DataError
+
+    if bool(event_ids) == every:
+        typer.secho(f"causalrec quarantine {action}: name event ids or --all (not both)", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    try:
+        record = _quarantine(params).decide(action, None if every else event_ids, reason)
+    except DataError as exc:
+        typer.secho(f"causalrec quarantine {action}: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps({**record, "event_ids": len(record["event_ids"])}, indent=2))
+
+
+@quarantine_app.command("release")
+def quarantine_release(event_ids: list[str] = typer.Argument(None, help="held event ids"), params: Path = PARAMS,
+                       every: bool = typer.Option(False, "--all", help="every held event"),
+                       reason: str = typer.Option(..., help="why (kept with the data), e.g. 'item added to the catalogue'")) -> None:
+    """Let held events be checked again at the next export-feedback (after the cause was fixed: the
+    item added, the model registered); one that still breaks a rule is held again."""
+    _decide("release", params, event_ids, every, reason)
+
+
+@quarantine_app.command("drop")
+def quarantine_drop(event_ids: list[str] = typer.Argument(None, help="held event ids"), params: Path = PARAMS,
+                    every: bool = typer.Option(False, "--all", help="every held event"),
+                    reason: str = typer.Option(..., help="why (kept with the data)")) -> None:
+    """Never export these held events (they stay in the quarantine's record)."""
+    _decide("drop", params, event_ids, every, reason)
 
 
 @app.command("rotate-feedback")
@@ -357,7 +421,8 @@ def registry_rollback(reason: str = typer.Option("manual rollback", help="record
 
 @app.command()
 def serve(params: Path = PARAMS, host: str = "127.0.0.1", port: int = 3000) -> None:
-    """Serve the registry's champion: `bentoml serve <its bento tag>` (never `:latest`)."""
+    """Serve the registry's champion: `bentoml serve <its bento tag>` (never `:latest`). Its workers die
+    with it, `kill -9` included; its temp directory is removed at the next start."""
     import os
     import sys
 
@@ -368,6 +433,11 @@ def serve(params: Path = PARAMS, host: str = "127.0.0.1", port: int = 3000) -> N
                     fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
     os.environ.setdefault("BENTOML_HOME", str(p.root / ".bentoml"))
+    from causalrec.serving.launch import serve_env
+
+    # a temp directory of its own (removed at a later start once this server is gone), and its pid, which
+    # the workers check: they die with it (io.die_with_parent); exec keeps the pid
+    os.environ.update(serve_env(os.getpid(), server_pid=os.getpid()))
     os.execv(sys.executable, [sys.executable, "-m", "bentoml", "serve", champion["bento_tag"], "--host", host,
                               "--port", str(port)])
 

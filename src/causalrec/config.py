@@ -44,6 +44,9 @@ class Paths(_Section):
     registry: Path               # the model registry file (committed beside dvc.lock)
     model_store: Path            # the registry's models exported from BentoML's store (DVC-tracked)
     allow_outside_project: bool  # the paths above may resolve outside the project (written to!)
+    # directories outside the project that inputs (ingest.source_path / test_path, analyze.graph / data)
+    # may be read from; anything else must lie in the project (or allow_outside_project: true)
+    input_dirs: list[Path]
 
 
 class Ingest(_Section):
@@ -182,6 +185,12 @@ class Serve(_Section):
         return self
 
 
+class Feedback(_Section):
+    # export-feedback sets aside events that break a rule (data.quarantine) and exports the rest; above
+    # this share of a batch something is wrong upstream: the export stops and says so, writing nothing
+    max_quarantine_share: float = Field(ge=0, le=1)
+
+
 class Monitor(_Section):
     window_fraction: float = Field(gt=0, le=0.5)
     drift_share: float = Field(gt=0, le=1)
@@ -241,6 +250,7 @@ class Params(_Section):
     package: Package
     promote: Promote
     serve: Serve
+    feedback: Feedback
     monitor: Monitor
     analyze: Analyze
 
@@ -258,14 +268,15 @@ class Params(_Section):
         """Return a copy whose relative paths are anchored at `root` (the project directory: where dvc
         and bentoml run, whatever the data directory is)."""
         dirs = {k: (v if Path(v).is_absolute() else root / v) for k, v in self.paths.model_dump().items()
-                if k != "allow_outside_project"}
+                if k not in ("allow_outside_project", "input_dirs")}
         if not self.paths.allow_outside_project:  # stages write there: stay inside the project
             for key, path in dirs.items():
                 if not Path(path).resolve().is_relative_to(Path(root).resolve()):
                     raise ConfigError(f"paths.{key} = {self.paths.model_dump()[key]} resolves to {Path(path).resolve()}, "
                                       f"outside the project {Path(root).resolve()}; set paths.allow_outside_project: "
                                       "true to write there")
-        paths = Paths(**dirs, allow_outside_project=self.paths.allow_outside_project)
+        input_dirs = [d if Path(d).is_absolute() else root / d for d in self.paths.input_dirs]
+        paths = Paths(**dirs, allow_outside_project=self.paths.allow_outside_project, input_dirs=input_dirs)
         # The service's durable state (feedback log, catalogue store) is anchored at the project too, so
         # every bento version and worker shares one log whatever directory `bentoml serve` runs in.
         stores = {k: (v if Path(v).is_absolute() else root / v) for k, v in
@@ -278,8 +289,18 @@ class Params(_Section):
                                       "true, or CAUSALREC_FEEDBACK_LOG / CAUSALREC_CATALOGUE at serving time")
         inputs = {k: (v if v is None or Path(v).is_absolute() else root / v) for k, v in
                   (("graph", self.analyze.graph), ("data", self.analyze.data))}
+        sources = {k: (v if v is None or Path(v).is_absolute() else root / v) for k, v in
+                   (("source_path", self.ingest.source_path), ("test_path", self.ingest.test_path))}
+        if not self.paths.allow_outside_project:  # inputs are read: from the project or a declared directory
+            allowed = [Path(root).resolve(), *(Path(d).resolve() for d in input_dirs)]
+            for key, path in [*(("analyze." + k, v) for k, v in inputs.items()),
+                              *(("ingest." + k, v) for k, v in sources.items())]:
+                if path is not None and not any(Path(path).resolve().is_relative_to(a) for a in allowed):
+                    raise ConfigError(f"{key} resolves to {Path(path).resolve()}, outside the project "
+                                      f"{Path(root).resolve()}; add its directory to paths.input_dirs to read from there")
         resolved = self.model_copy(update={"paths": paths, "serve": self.serve.model_copy(update=stores),
-                                           "analyze": self.analyze.model_copy(update=inputs)})
+                                           "analyze": self.analyze.model_copy(update=inputs),
+                                           "ingest": self.ingest.model_copy(update=sources)})
         resolved._root = root
         return resolved
 

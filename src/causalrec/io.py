@@ -28,6 +28,32 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+PARENT_ENV = "CAUSALREC_SERVE_PID"  # set by `causalrec serve` (serving.launch.serve_env): the server's pid
+
+
+def die_with_parent() -> None:
+    """Tie this process's life to its parent's: the kernel sends SIGKILL when the parent dies
+    (Linux PR_SET_PDEATHSIG), however it dies, `kill -9` included. BentoML's workers are started by
+    circus, which puts each in a session of its own (setsid), so a kill of the server's process group
+    does not reach them, and BentoML offers no setting for it: each service calls this first in its
+    `__init__`. A parent that died before the call (the worker was re-parented) ends this one now.
+    Elsewhere than Linux: nothing."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_PDEATHSIG = 1
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    expected = os.environ.get(PARENT_ENV)
+    parent = os.getppid()
+    if parent == 1 or (expected is not None and expected.isdigit() and int(expected) != parent):
+        os._exit(1)  # orphaned already: the server that started us is gone
+
+
 def _prefix(path: Path) -> str:
     return f".{path.name}.{os.getpid()}."
 

@@ -156,3 +156,31 @@ class Registry:
         state = self.state()
         tags = [*state["champions"], state["aliases"]["challenger"]]
         return {state["models"][t].get(k) for t in tags if t for k in ("model_tag", "encoder_tag", "bento_tag")} - {None}
+
+
+class KnownVersions:
+    """`version in KnownVersions(path, own)`: the model versions feedback may name at serving time, the
+    one this server serves and every model the registry at `path` knows (what export will accept). The
+    file is read again only when it changed (a new candidate registered while the server runs)."""
+
+    def __init__(self, path: str | Path | None, own: str):
+        self.registry = None if path is None else Registry(path)
+        self.own, self._stamp, self._known = own, None, frozenset()
+
+    def __contains__(self, version: object) -> bool:
+        if version == self.own:
+            return True
+        if self.registry is None:
+            return False
+        try:
+            stat = self.registry.path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        except FileNotFoundError:
+            return False
+        if stamp != self._stamp:
+            try:
+                self._known = frozenset(self.registry.state()["models"])
+            except RegistryError:  # mid-repair: keep what was read last
+                return version in self._known
+            self._stamp = stamp
+        return version in self._known

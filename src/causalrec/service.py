@@ -15,6 +15,7 @@ when it serves it; nothing resolves `:latest`.
 Environment: CAUSALREC_API_KEY (required for POST /feedback and /items), CAUSALREC_PSEUDONYM_KEY
 (keyed hash of user ids in logs and stored feedback; default: pseudonym.key beside the feedback log), CAUSALREC_FEEDBACK_LOG (default from params.yaml serve.feedback_log),
 CAUSALREC_CATALOGUE (items added through POST /items, SQLite; default serve.catalogue),
+CAUSALREC_REGISTRY (the registry whose model versions feedback may name; default: the project's),
 CAUSALREC_INT8_ENCODER=1 (dynamic int8 encoder on CPU), CAUSALREC_LOG_LEVEL (default INFO),
 CAUSALREC_MAX_REQUEST_BYTES (default 1 MiB; larger POST bodies get 413, non-JSON ones 415).
 Workers, timeouts and the rest of BentoML's runtime settings: BentoML's own configuration, read when it
@@ -32,9 +33,11 @@ from typing import Annotated
 import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
-from causalrec.data.rules import OUTCOME_BOUND
+from causalrec.data.rules import ID_PATTERN
+from causalrec.data.schema import OUTCOME_VALUES
+from causalrec.io import die_with_parent
 from causalrec.logs import configure as configure_logging
 from causalrec.logs import one_line_client_errors
 from causalrec.serving.catalogue import CatalogueStore, Conflict
@@ -58,9 +61,21 @@ Text = Annotated[str, Field(min_length=1, max_length=10_000)]
 # OpenAPI 3.0 has no numeric exclusiveMinimum: the same rule, written the 3.0 way in the schema.
 # Numbers are strict: "0.5" or 1.5 for an integer is a 400, as the schema says, not silently coerced.
 Propensity = Annotated[float, Field(gt=0, le=1, strict=True, json_schema_extra={"minimum": 0, "exclusiveMinimum": True})]
-Outcome = Annotated[float, Field(ge=-OUTCOME_BOUND, le=OUTCOME_BOUND, strict=True)]
-Timestamp = Annotated[datetime, Field(description="ISO 8601; between 1990-01-01 and now + 1 day (UTC); "
-                                                  "no zone means UTC")]
+# the contract's binary outcome (data.schema.OUTCOME_VALUES); the rule book says so again (data.rules)
+Outcome = Annotated[float, Field(ge=0, le=1, strict=True, json_schema_extra={"enum": sorted(int(v) for v in OUTCOME_VALUES)})]
+# ids stored as sent: the rule book's grammar (no '@', no spaces), in the published schema too
+StoredId = Annotated[str, Field(pattern=f"^{ID_PATTERN.pattern}$", max_length=256)]
+
+
+def _iso_text(value):
+    """A timestamp must be ISO 8601 text: a number (unix time? milliseconds?) is ambiguous, refused."""
+    if not isinstance(value, str):
+        raise ValueError("timestamp must be an ISO 8601 string, e.g. 2026-01-02T03:04:05Z")
+    return value
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_iso_text),
+                      Field(description="ISO 8601 string; between 1990-01-01 and now + 1 day (UTC); no zone means UTC")]
 
 
 class Unauthorized(BentoMLException):
@@ -83,6 +98,7 @@ class Encoder:
     weights = bentoml.models.BentoModel(PINS.encoder)
 
     def __init__(self) -> None:
+        die_with_parent()  # no orphan worker holds the port after a `kill -9` of the server
         import json
 
         from causalrec.text import TextEncoder
@@ -104,6 +120,7 @@ class Recommender:
     encoder = bentoml.depends(Encoder)
 
     def __init__(self) -> None:
+        die_with_parent()
         configure_logging()  # JSON lines at $CAUSALREC_LOG_LEVEL, like the CLI
         one_line_client_errors()  # a 4xx is one line, never a traceback with the request in it
         manifest = RecommenderCore.read_manifest(self.bundle.path)
@@ -111,7 +128,7 @@ class Recommender:
         log_path = os.environ.get("CAUSALREC_FEEDBACK_LOG", manifest["serve"]["feedback_log"])
         # Feedback stores pseudonyms; the key sits beside the log, shared with every worker and the exporter.
         self.core = RecommenderCore(self.bundle.path, catalogue=catalogue, pseudonym_key=pseudonym_key(Path(log_path).parent),
-                                    version=PINS.recommender)
+                                    version=PINS.recommender, registry=os.environ.get("CAUSALREC_REGISTRY"))
         self.feedback_log = FeedbackLog(log_path, max_bytes=int(self.core.config["feedback_max_bytes"]))
         self.k_max = int(self.core.config["k_max"])
 
@@ -129,15 +146,17 @@ class Recommender:
             raise NotFound(str(exc)) from None
 
     @bentoml.api(route="/feedback")
-    def feedback(self, event_id: Id, user_id: Id, item_id: Id, outcome: Outcome,
+    def feedback(self, event_id: StoredId, user_id: Id, item_id: Id, outcome: Outcome,
                  propensity: Propensity, timestamp: Timestamp, ctx: bentoml.Context,
                  position: Annotated[int, Field(ge=0, le=10_000, strict=True)] = 0,
-                 policy: Annotated[str, Field(max_length=64)] = "",
-                 request_id: Annotated[str, Field(max_length=64, description="the /recommend answer's")] = "",
+                 policy: Annotated[str, Field(max_length=64, pattern=f"^({ID_PATTERN.pattern})?$")] = "",
+                 request_id: Annotated[str, Field(max_length=64, pattern=f"^({ID_PATTERN.pattern})?$",
+                                                  description="the /recommend answer's")] = "",
                  slate_size: Annotated[int, Field(ge=0, le=10_000, strict=True,
                                                   description="items in the served slate (0: unknown)")] = 0,
-                 model_version: Annotated[str, Field(max_length=256, description="the /recommend answer's; "
-                                                     "default: the version this server serves")] = "",
+                 model_version: Annotated[str, Field(max_length=256, pattern=f"^({ID_PATTERN.pattern})?$",
+                                                     description="the /recommend answer's (a model version the "
+                                                     "registry knows); default: the version this server serves")] = "",
                  uniform: Annotated[bool, Field(strict=True, description="the /recommend answer's: the slate was "
                                                 "drawn uniformly at random (the exploration share)")] = False) -> dict:
         _require_key(ctx)
@@ -151,7 +170,7 @@ class Recommender:
 
     @bentoml.api(route="/items")
     async def items(self, title: Text, description: Text, ctx: bentoml.Context,
-                    item_id: Annotated[str, Field(max_length=256)] = "") -> dict:
+                    item_id: Annotated[str, Field(max_length=256, pattern=f"^({ID_PATTERN.pattern})?$")] = "") -> dict:
         _require_key(ctx)
         vector = np.asarray(await self.encoder.to_async.embed([f"{title}. {description}"]))[0]
         try:

@@ -162,7 +162,7 @@ def merge_into(data_dir: str | Path, feedback_dir: str | Path, window: int | Non
             if not counts["base_interactions"]:
                 base = base.iloc[:0]
             # base rows were not served: no model version or slate id, slate size 0 (= unknown, as /feedback)
-            for col in set(rows.columns) - set(base.columns):
+            for col in sorted(set(rows.columns) - set(base.columns)):  # sorted: the same bytes in every process
                 base[col] = 0 if spec.columns.get(col) in ("int", "binary") else None
             if "propensity" in base:  # served propensities stay float64 (float32 rounds tiny ones to 0)
                 base["propensity"] = base["propensity"].astype("float64")

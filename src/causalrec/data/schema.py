@@ -53,6 +53,10 @@ ITEMS = TableSpec(
 USERS = TableSpec("users", required={"user_id": "id"}, optional={"profile_text": "text"}, key="user_id",
                   attribute_prefix="attr_")
 TABLES = (INTERACTIONS, ITEMS, USERS)
+# The outcome every learner and metric reads is binary (clicked / liked or not). A graded signal keeps its
+# own column: a rating goes in `rating` (Coat: outcome = rating >= 4), a revenue or watch time in a
+# column the source names, and the source writes `outcome` as its binarisation (e.g. revenue > 0).
+OUTCOME_VALUES = frozenset({0.0, 1.0})
 
 
 def read_table(data_dir: str | Path, spec: TableSpec, columns: list[str] | None = None) -> pd.DataFrame:

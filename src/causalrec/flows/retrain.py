@@ -47,6 +47,9 @@ def _summary_markdown(result: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in row.values()) + " |")
     lines += ["", f"chosen (validation): **{result['metrics']['chosen']['model']}**; promoted: **{result['package']['promoted']}** "
               f"({result['package'].get('reason', 'packaging off')}); champion's bento: `{result['package'].get('bento_tag')}`", f"drift detected: **{result['monitor']['drift_detected']}**",
+              "served feedback: {} partition(s) merged; quarantined events: {}".format(
+                  result["ingest"]["feedback"]["partitions"],
+                  ", ".join(f"{n} {s}" for s, n in result["ingest"].get("quarantine", {}).items()) or "none"),
               *([f"causal analysis: total effect **{result['analyze']['total_effect']}** (95% "
                  f"{result['analyze']['total_ci95']}), refutations passed {result['analyze']['refutations_passed']}"]
                 if result["analyze"].get("report") else []),

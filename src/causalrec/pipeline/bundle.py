@@ -35,6 +35,7 @@ def write_bundle(params: Params, model_name: str, out: Path) -> dict:
     emb_manifest = d["embeddings"] / "manifest.json"
     manifest = {"model": model_name, "metrics": metrics["models"][model_name], "primary_metric": metrics["primary_metric"],
                 "uplift": metrics.get("uplift"), "serve": params.serve.model_dump(),
+                "registry": str(params.paths.registry),  # the model versions feedback may name (serving.core)
                 "exploration_boost": exploration_boost(params),
                 "data_md5": data_hash(params), "encoder": json.loads(emb_manifest.read_text()) if emb_manifest.exists() else None,
                 "causal_analysis": None if causal is None else causal["graph"]}

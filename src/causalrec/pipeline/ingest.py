@@ -38,7 +38,11 @@ def ingest(params: Params) -> dict:
     # the gate's evaluation set (the uniform slates of the latest traffic) is never trained on
     holdout = params.promote.partitions if params.promote.traffic == "uniform" else 0
     mark = drift_mark(params.paths.feedback_dir) if src.after_drift else None
+    from causalrec.data.quarantine import Quarantine
+
     summary = {"source": src.source, **summary,
+               # served events export set aside (the rule each broke: `causalrec quarantine list`)
+               "quarantine": Quarantine(params.paths.feedback_dir).counts(),
                "feedback": merge_into(d["data"], params.paths.feedback_dir, window=src.window, holdout=holdout,
                                       holdout_slates=params.promote.max_slates,
                                       holdout_share=params.promote.max_share, since=mark and mark["since_partition"])}

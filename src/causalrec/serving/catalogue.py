@@ -42,7 +42,7 @@ class CatalogueStore:
                                        "VALUES (?, ?, ?, ?, ?)", (item_id, title, description, blob,
                                                                   datetime.now(timezone.utc).isoformat()))
             except sqlite3.IntegrityError:
-                raise Conflict(f"item_id {item_id!r} already exists") from None
+                raise Conflict("item_id already exists") from None
             return int(cur.lastrowid)
 
     def since(self, seq: int) -> list[dict]:

@@ -35,13 +35,15 @@ class NotFound(KeyError):
 class RecommenderCore:
     def __init__(self, bundle_dir: str | Path, serve: dict | None = None, seed: int | None = None,
                  catalogue: "CatalogueStore | None" = None, pseudonym_key: bytes | None = None,
-                 version: str | None = None, exploration_boost: bool = True):
+                 version: str | None = None, exploration_boost: bool = True, registry: str | Path | None = None):
         """catalogue: the shared store of items added at serving time (none: added items live in this
         process only). pseudonym_key: the key of stored feedback's pseudonyms (none: a per-process key,
         see serving.privacy). version: the model version every slate and feedback event carries (the
         registry's tag; none: the bundle directory's name). exploration_boost: apply the bundle's
         boost after a drift mark (package.exploration_boost); False: its configured exploration, as
-        the promotion gate compares policies (their rankings, at the same exploration)."""
+        the promotion gate compares policies (their rankings, at the same exploration). registry: the
+        registry whose model versions feedback may name besides `version` (default: the bundle's; none:
+        only `version`)."""
         bundle_dir = Path(bundle_dir)
         self.version = version or bundle_dir.name
         self.manifest = self.read_manifest(bundle_dir)
@@ -74,6 +76,13 @@ class RecommenderCore:
         self._pseudonym_key = pseudonym_key if pseudonym_key is not None else new_pseudonym_key()
         self.catalogue, self._synced = catalogue, 0
         self.sync()
+        from causalrec.data.rules import EventRules
+        from causalrec.registry import KnownVersions
+
+        # the pipeline's rule book on what this server knows live: its catalogue (grown by POST /items in
+        # any worker: sync first) and the registry's model versions
+        self.rules = EventRules(known_items=self._pos,
+                                known_versions=KnownVersions(registry or self.manifest.get("registry"), self.version))
 
     @staticmethod
     def read_manifest(bundle_dir: str | Path) -> dict:
@@ -145,16 +154,20 @@ class RecommenderCore:
                        timestamp, position: int = 0, policy: str = "", request_id: str = "", slate_size: int = 0,
                        model_version: str = "", uniform: bool = False) -> dict:
         """The feedback log's line for one outcome of a served item (the pseudonym, never the user id),
-        checked by the pipeline's own rules (data.rules), so nothing acknowledged can fail export or
-        validation later. Raises ValueError naming a bad field."""
-        from causalrec.data.rules import check_event
+        checked by the pipeline's own rule book (data.rules.EventRules) on the line as it will be stored,
+        so nothing acknowledged can fail export or validation later. Raises ValueError naming every bad
+        field and its rule (never a value)."""
+        from causalrec.data.rules import utc_iso
 
-        when = check_event(timestamp, propensity, outcome)
-        return {"event_id": event_id, "user_id": self.pseudonym(user_id), "item_id": item_id, "outcome": outcome,
-                "propensity": propensity, "timestamp": when, "position": position,
-                "policy": policy or self.policy.kind, "model_version": model_version or self.version,
-                # the slate's identity and size: what the promotion gate needs to replay the policies
-                "request_id": request_id, "slate_size": slate_size, "uniform": uniform}
+        event = {"event_id": event_id, "user_id": self.pseudonym(user_id), "item_id": item_id, "outcome": outcome,
+                 "propensity": propensity, "timestamp": utc_iso(timestamp), "position": position,
+                 "policy": policy or self.policy.kind, "model_version": model_version or self.version,
+                 # the slate's identity and size: what the promotion gate needs to replay the policies
+                 "request_id": request_id, "slate_size": slate_size, "uniform": uniform}
+        if item_id not in self._pos:
+            self.sync()  # an item another worker added since this one last looked
+        self.rules.check(event)
+        return event
 
     def positions(self, item_ids) -> np.ndarray:
         """Catalogue positions of `item_ids` (-1 for an item this service does not know)."""
@@ -174,7 +187,7 @@ class RecommenderCore:
         self.sync()
         pos = self._pos.get(item_id)
         if pos is None:
-            raise NotFound(f"unknown item_id {item_id!r}")
+            raise NotFound("unknown item_id (not in the catalogue)")
         asked_as, (user_id, _) = user_id, self._resolve(user_id)
         with self._lock:
             relevance = float(self.relevance.scores(user_id)[pos])
@@ -234,7 +247,7 @@ class RecommenderCore:
         self.sync()
         item_id = item_id or f"new-{uuid.uuid4().hex[:12]}"
         if item_id in self._pos:
-            raise Conflict(f"item_id {item_id!r} already exists")
+            raise Conflict("item_id already exists")
         if self.embeddings is not None and embedding is not None and embedding.shape[-1] != self.embeddings.shape[1]:
             raise ValueError(f"embedding has dimension {embedding.shape[-1]}, the catalogue {self.embeddings.shape[1]}")
         if self.catalogue is not None:

@@ -162,59 +162,103 @@ def _known_users(log_path: Path, data_dir: Path, key: bytes | None) -> dict[str,
     return {pseudonymize(u, key): u for u in read_table(data_dir, USERS)["user_id"].astype(str)}
 
 
+class TooMuchQuarantined(ValueError):
+    """An export whose share of events breaking a rule is over feedback.max_quarantine_share."""
+
+
 def export_feedback(log_path: str | Path, data_dir: str | Path, feedback_dir: str | Path, validation_dir: str | Path,
                     catalogue: str | Path | None = None, key: bytes | None = None,
-                    known_versions: set[str] | None = None) -> dict:
+                    known_versions: set[str] | None = None, max_quarantine_share: float = 1.0) -> dict:
     """The logged events no partition holds yet become the next partition of `feedback_dir`
-    (causalrec.data.feedback), once the feedback suite passed on them (report in `validation_dir`);
-    nothing is written when it fails, and `data_dir` is only read (ingest merges the partitions).
+    (causalrec.data.feedback); `data_dir` is only read (ingest merges the partitions).
 
-    Each event is an exposed, treated row with its outcome, the served propensity and position,
-    policy 'serving:<name>', the model version that served it, its slate (request id, size, whether
-    it was drawn uniformly).
-    Items added at serving time (the `catalogue` store) join the partition's items with their
-    texts. The log holds pseudonyms (serving.privacy): each maps back to a known user through the
-    key beside the log (or `key`); a user first seen at serving time enters under the pseudonym.
-    known_versions: the model versions the registry knows (None: not checked)."""
+    Each event is checked by the rule book the service checks before it acknowledges (data.rules:
+    the contract's domains, known items: the data's, earlier partitions' and the `catalogue` store's,
+    known model versions: `known_versions`, None = not checked). An event that breaks a rule (an older
+    release wrote it, the disk flipped a bit, a rule changed) is set aside in the quarantine
+    (data.quarantine) with the rules it broke, and the rest are exported: one bad event never blocks
+    the loop. When more than `max_quarantine_share` of the new events break a rule, something is wrong
+    upstream: TooMuchQuarantined is raised and nothing is written. The good events then pass the
+    feedback suite (report in `validation_dir`); nothing is written when it fails.
+
+    Each exported event is an exposed, treated row with its outcome, the served propensity and
+    position, policy 'serving:<name>', the model version that served it, its slate (request id, size,
+    whether it was drawn uniformly). Items added at serving time join the partition's items with their
+    texts. The log holds pseudonyms (serving.privacy): each maps back to a known user through the key
+    beside the log (or `key`); a user first seen at serving time enters under the pseudonym."""
     import pandas as pd
 
     from causalrec.data.feedback import exported_event_ids, read_partitions, write_partition
+    from causalrec.data.quarantine import Quarantine
+    from causalrec.data.rules import EventRules
     from causalrec.data.schema import ITEMS, USERS, read_table
     from causalrec.serving.catalogue import read_items
     from causalrec.validation import validate_feedback
 
     data_dir = Path(data_dir)
+    quarantine = Quarantine(feedback_dir)
     events = read_events(log_path)
     done = exported_event_ids(feedback_dir)
-    new = [e for e in events if str(e["event_id"]) not in done]
+    skip = done | quarantine.not_to_export()
+    new = [e for e in events if str(e.get("event_id")) not in skip]
+    retried = [e for e in quarantine.released() if str(e.get("event_id")) not in done]
+    new = list({str(e.get("event_id")): e for e in [*retried, *new]}.values())  # a released event once
+    counts = {"events": len(events), "exported": 0, "partition": None, "new_items": 0, "new_users": 0,
+              "quarantined": 0, "quarantined_by_rule": {}, "retried_from_quarantine": len(retried)}
     if not new:
-        return {"events": len(events), "exported": 0, "partition": None, "new_items": 0, "new_users": 0}
-    users = _known_users(Path(log_path), data_dir, key)
-    rows = pd.DataFrame({
-        "event_id": [str(e["event_id"]) for e in new], "user_id": [users.get(e["user_id"], e["user_id"]) for e in new],
-        "item_id": [e["item_id"] for e in new],
-        "timestamp": pd.to_datetime([e["timestamp"] for e in new], utc=True).tz_localize(None),
-        "exposed": 1, "treatment": 1, "outcome": [float(e["outcome"]) for e in new],
-        # served propensities stay float64 (float32 would round a tiny probability to 0)
-        "propensity": pd.array([float(e["propensity"]) for e in new], dtype="float64"),
-        "position": [int(e.get("position") or 0) for e in new],
-        "policy": [f"serving:{e.get('policy', 'unknown')}" for e in new],
-        "model_version": [e.get("model_version") for e in new],
-        "request_id": [e.get("request_id") or "" for e in new],
-        "slate_size": [int(e.get("slate_size") or 0) for e in new],
-        "uniform": [int(bool(e.get("uniform"))) for e in new]})
-    validate_feedback(rows, validation_dir, done, known_versions)
+        return counts
+
     def known(spec) -> set[str]:  # keys in the base data or an earlier partition
         earlier = read_partitions(feedback_dir, spec)
         return set(read_table(data_dir, spec)[spec.key].astype(str)) | set(earlier.get(spec.key, pd.Series()).astype(str))
 
     have_items = known(ITEMS)
     added = [r for r in (read_items(catalogue) if catalogue is not None else []) if r["item_id"] not in have_items]
-    items = pd.DataFrame({"item_id": [r["item_id"] for r in added], "title": [r["title"] for r in added],
-                          "description": [r["description"] for r in added]}, dtype=object)
-    new_users = pd.DataFrame({"user_id": sorted(set(rows["user_id"]) - known(USERS))}, dtype=object)
-    path = write_partition(feedback_dir, {"interactions": rows, "items": items, "users": new_users},
-                           {"log": str(log_path), "events": len(rows), "first": rows["timestamp"].min(),
-                            "last": rows["timestamp"].max(), "model_versions": sorted(rows["model_version"].unique())})
-    return {"events": len(events), "exported": len(rows), "partition": str(path), "new_items": len(items),
-            "new_users": len(new_users)}
+    rules = EventRules(known_items=have_items | {r["item_id"] for r in added}, known_versions=known_versions)
+    broken = [rules.broken(e) for e in new]
+    bad = [(e, "; ".join(map(str, b))) for e, b in zip(new, broken) if b]
+    good = [e for e, b in zip(new, broken) if not b]
+    if bad and len(bad) > max_quarantine_share * len(new):
+        raise TooMuchQuarantined(
+            f"{len(bad)} of {len(new)} new feedback events ({len(bad) / len(new):.0%}) break a rule, over "
+            f"feedback.max_quarantine_share = {max_quarantine_share:g}; nothing was written. Most common: "
+            f"{_by_rule(b for _, b in bad)}. Fix the writer (or the rule), then export again; to set them aside "
+            "anyway, raise feedback.max_quarantine_share for this export")
+    path = None
+    if good:
+        users = _known_users(Path(log_path), data_dir, key)
+        rows = pd.DataFrame({
+            "event_id": [str(e["event_id"]) for e in good], "user_id": [users.get(e["user_id"], e["user_id"]) for e in good],
+            "item_id": [e["item_id"] for e in good],
+            "timestamp": pd.to_datetime([e["timestamp"] for e in good], utc=True).tz_localize(None),
+            "exposed": 1, "treatment": 1, "outcome": [float(e["outcome"]) for e in good],
+            # served propensities stay float64 (float32 would round a tiny probability to 0)
+            "propensity": pd.array([float(e["propensity"]) for e in good], dtype="float64"),
+            "position": [int(e.get("position", 0)) for e in good],
+            "policy": [f"serving:{e.get('policy') or 'unknown'}" for e in good],
+            "model_version": [e["model_version"] for e in good],
+            "request_id": [e.get("request_id", "") for e in good],
+            "slate_size": [int(e.get("slate_size", 0)) for e in good],
+            "uniform": [int(e.get("uniform", False)) for e in good]})
+        validate_feedback(rows, validation_dir, done, known_versions)
+        items = pd.DataFrame({"item_id": [r["item_id"] for r in added], "title": [r["title"] for r in added],
+                              "description": [r["description"] for r in added]}, dtype=object)
+        new_users = pd.DataFrame({"user_id": sorted(set(rows["user_id"]) - known(USERS))}, dtype=object)
+        path = write_partition(feedback_dir, {"interactions": rows, "items": items, "users": new_users},
+                               {"log": str(log_path), "events": len(rows), "first": rows["timestamp"].min(),
+                                "last": rows["timestamp"].max(), "quarantined": len(bad),
+                                "model_versions": sorted(rows["model_version"].unique())})
+        counts.update(exported=len(rows), partition=str(path), new_items=len(items), new_users=len(new_users))
+    # after the partition: a crash in between leaves the bad events in the log, held at the next export
+    held = quarantine.hold([e for e, _ in bad], [b for _, b in bad], path and path.name)
+    counts.update(quarantined=len(bad), quarantined_by_rule=_by_rule(b for _, b in bad),
+                  quarantine=str(held) if held else None)
+    return counts
+
+
+def _by_rule(broken) -> dict[str, int]:
+    """How many events broke each rule (an event may break several), most common first."""
+    from collections import Counter
+
+    tally = Counter(rule for text in broken for rule in text.split("; "))
+    return dict(tally.most_common())

@@ -1,14 +1,37 @@
-"""Start and stop a real `bentoml serve` from Python (tests, benchmarks): a free port, readiness by
-/readyz, and a stop that reaches every worker (BentoML's workers leave the process group)."""
+"""Start and stop a real `bentoml serve`: the environment every server gets (`serve_env`: a temp
+directory of its own, removed at the next start once the server is gone, however it died), and
+BentoServer for tests and benchmarks (a free port, readiness by /readyz, and a stop that reaches every
+worker: BentoML's workers leave the process group; they also die with the server, io.die_with_parent)."""
 from __future__ import annotations
 
+import itertools
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from causalrec.io import free_port
+from causalrec.io import PARENT_ENV, free_port, pid_alive
+
+SERVER_TMP = "causalrec-serve-"
+_started = itertools.count()
+
+
+def serve_env(owner: int, server_pid: int | None = None) -> dict[str, str]:
+    """Environment additions for a server started by process `owner`: TMPDIR = a directory of its own
+    (BentoML's sockets and client directories go there), and, when known, the server's pid (its workers
+    end themselves if they find another parent). First removes the directories of servers whose owner
+    is dead: a server killed with SIGKILL cleans nothing up itself."""
+    base = Path(tempfile.gettempdir())
+    for stale in base.glob(f"{SERVER_TMP}*"):
+        pid = stale.name[len(SERVER_TMP):].split("-")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    own = base / f"{SERVER_TMP}{owner}-{next(_started)}"
+    own.mkdir(mode=0o700)
+    return {"TMPDIR": str(own), **({PARENT_ENV: str(server_pid)} if server_pid is not None else {})}
 
 
 def _descendants(pid: int) -> list[int]:
@@ -35,8 +58,10 @@ class BentoServer:
 
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
+        self.tmp = serve_env(os.getpid())["TMPDIR"]
         with open(self.log, "a") as out:
-            self.proc = subprocess.Popen([*self.command, "--host", "127.0.0.1", "--port", str(port), *self.args], cwd=self.cwd, env={**os.environ, **self.env},
+            self.proc = subprocess.Popen([*self.command, "--host", "127.0.0.1", "--port", str(port), *self.args], cwd=self.cwd,
+                                         env={**os.environ, "TMPDIR": self.tmp, **self.env},
                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + self.ready_timeout
         while time.time() < deadline and self.proc.poll() is None:
@@ -60,6 +85,7 @@ class BentoServer:
                 pass
         self.proc.wait(timeout=30)
         self.proc = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> "BentoServer":
         return self.start()

@@ -3,7 +3,8 @@
 RequestLimits, on the service's own POST routes, before any framework code parses a body (an
 unparseable multipart header must be a 4xx, never a 500):
 * bodies larger than `max_bytes` (Content-Length, or counted while streaming) -> 413;
-* bodies that are not `application/json` -> 415.
+* bodies that are not `application/json` -> 415;
+* JSON that names a key twice in an object -> 400 (strict JSON: no silent "last one wins").
 
 ErrorContract: every error body is one object `{"error": str, "detail"?: ...}`, and the OpenAPI
 document says so. BentoML 1.4 answers a BentoMLException with a one-element *list* and documents
@@ -60,8 +61,35 @@ class RequestLimits:
         if media != b"application/json" and (media or size):  # no body at all: the framework decides (400)
             return await _reply(send, 415, f"content type {media.decode(errors='replace') or 'missing'} is not "
                                            "supported; send application/json")
-        return await self.app(scope, _replay([{"type": "http.request", "body": b"".join(chunks), "more_body": False}],
+        body = b"".join(chunks)
+        if size and _has_duplicate_keys(body):
+            return await _reply(send, 400, "the JSON body repeats a key; send each field once")
+        return await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}],
                                               receive), send)
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs):
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise _DuplicateKey
+    return dict(pairs)
+
+
+def _has_duplicate_keys(body: bytes) -> bool:
+    """Strict JSON: an object that names a key twice is refused (json.loads would keep the last one
+    silently, so a client and the service could read different events). Unparseable bodies are the
+    framework's to refuse (400)."""
+    try:
+        json.loads(body, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey:
+        return True
+    except ValueError:
+        return False
+    return False
 
 
 def _replay(messages: list[dict], then=None):

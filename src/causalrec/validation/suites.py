@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from causalrec.data.rules import EARLIEST, OUTCOME_BOUND, latest_timestamp
-from causalrec.data.schema import INTERACTIONS, ITEMS, USERS, TableSpec, read_table
+from causalrec.data.rules import EARLIEST, latest_timestamp
+from causalrec.data.schema import INTERACTIONS, ITEMS, OUTCOME_VALUES, USERS, TableSpec, read_table
 from causalrec.io import atomic_write_json, pid_alive
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,8 @@ def _expectations(spec: TableSpec, df: pd.DataFrame, ids: dict[str, set], min_ro
             # The same event twice (a replayed export, a double append) would count twice in every loss.
             out.append(E.ExpectCompoundColumnsToBeUnique(column_list=list(df.columns)))
         if pd.api.types.is_numeric_dtype(df["outcome"]):
-            out.append(E.ExpectColumnValuesToBeBetween(column="outcome", min_value=-OUTCOME_BOUND, max_value=OUTCOME_BOUND))
+            # binary (schema.OUTCOME_VALUES): every learner and metric reads 0/1
+            out.append(E.ExpectColumnValuesToBeInSet(column="outcome", value_set=sorted(OUTCOME_VALUES)))
         if "propensity" in df.columns and pd.api.types.is_numeric_dtype(df["propensity"]):
             # Propensities are probabilities of exposure: 0 would make inverse weights infinite.
             out.append(E.ExpectColumnValuesToBeBetween(column="propensity", min_value=0, max_value=1, strict_min=True))
