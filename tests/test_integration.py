@@ -239,6 +239,49 @@ def server(trained):
     server.stop()
 
 
+def test_a_killed_server_dies_whole_and_a_restart_binds_its_port(trained, tmp_path):
+    """`kill -9` of the `causalrec serve` process group: BentoML's workers (each in a session of its own)
+    die with the server, nothing answers on the port, a new server binds it, and the killed one's temp
+    directory is removed when the next one starts."""
+    import tempfile
+    import time
+
+    import psutil
+
+    from causalrec.serving.launch import _descendants
+
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    project, result = trained
+    cli = [str(Path(sys.executable).parent / "causalrec"), "serve", "--params", str(project / "params.yaml")]
+    first = start_server(result["package"]["bento_tag"], tmp_path, tmp_path / "fb.jsonl", command=cli)
+    workers = _descendants(first.proc.pid)
+    own_tmp = list(Path(tempfile.gettempdir()).glob(f"causalrec-serve-{first.proc.pid}-*"))
+    assert len(workers) >= 2 and len(own_tmp) == 1
+    assert all(os.getpgid(w) != first.proc.pid for w in workers)  # out of the group a kill of it reaches
+    os.killpg(first.proc.pid, 9)
+    first.proc.wait(timeout=10)
+    deadline = time.time() + 10
+    while any(map(running, workers)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(map(running, workers)), [w for w in workers if running(w)]
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{first.url}/readyz", timeout=2)
+    first.proc = None
+    shutil.rmtree(first.tmp, ignore_errors=True)
+    second = BentoServer(result["package"]["bento_tag"], tmp_path, tmp_path / "serve2.log", first.env, ready_timeout=120,
+                         command=cli).start(port=int(first.url.rsplit(":", 1)[1]))
+    try:
+        assert requests.get(f"{second.url}/readyz", timeout=5).status_code == 200 and second.url == first.url
+        assert not own_tmp[0].exists()
+    finally:
+        second.stop()
+
+
 def test_causalrec_serve_serves_the_pinned_champion(server):
     from causalrec.registry import Registry
 

@@ -76,7 +76,7 @@ class Broken:
         return f"{self.field} {self.rule}"
 
 
-OUTCOME_RULE = (f"must be one of {sorted(int(v) for v in OUTCOME_VALUES)} (the contract's binary outcome; "
+OUTCOME_RULE = (f"must be one of {sorted(int(v) for v in OUTCOME_VALUES)} (the contract's binary outcome: "
                 "a graded signal such as a rating belongs in the data's `rating` column)")
 # field -> (check on the stored value, rule); a field an older release did not write is checked as its default
 FIELD_RULES = {

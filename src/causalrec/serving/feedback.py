@@ -216,7 +216,7 @@ def export_feedback(log_path: str | Path, data_dir: str | Path, feedback_dir: st
     added = [r for r in (read_items(catalogue) if catalogue is not None else []) if r["item_id"] not in have_items]
     rules = EventRules(known_items=have_items | {r["item_id"] for r in added}, known_versions=known_versions)
     broken = [rules.broken(e) for e in new]
-    bad = [(e, "; ".join(map(str, b))) for e, b in zip(new, broken) if b]
+    bad = [(e, [str(rule) for rule in b]) for e, b in zip(new, broken) if b]
     good = [e for e, b in zip(new, broken) if not b]
     if bad and len(bad) > max_quarantine_share * len(new):
         raise TooMuchQuarantined(
@@ -250,7 +250,7 @@ def export_feedback(log_path: str | Path, data_dir: str | Path, feedback_dir: st
                                 "model_versions": sorted(rows["model_version"].unique())})
         counts.update(exported=len(rows), partition=str(path), new_items=len(items), new_users=len(new_users))
     # after the partition: a crash in between leaves the bad events in the log, held at the next export
-    held = quarantine.hold([e for e, _ in bad], [b for _, b in bad], path and path.name)
+    held = quarantine.hold([e for e, _ in bad], ["; ".join(b) for _, b in bad], path and path.name)
     counts.update(quarantined=len(bad), quarantined_by_rule=_by_rule(b for _, b in bad),
                   quarantine=str(held) if held else None)
     return counts
@@ -260,5 +260,5 @@ def _by_rule(broken) -> dict[str, int]:
     """How many events broke each rule (an event may break several), most common first."""
     from collections import Counter
 
-    tally = Counter(rule for text in broken for rule in text.split("; "))
+    tally = Counter(rule for rules in broken for rule in rules)
     return dict(tally.most_common())

@@ -53,10 +53,11 @@ class BentoServer:
         self.proc: subprocess.Popen | None = None
         self.url = ""
 
-    def start(self) -> "BentoServer":
+    def start(self, port: int | None = None) -> "BentoServer":
+        """port: where to listen (default: a free one)."""
         import requests
 
-        port = free_port()
+        port = port or free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.tmp = serve_env(os.getpid())["TMPDIR"]
         with open(self.log, "a") as out:
