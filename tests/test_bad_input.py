@@ -62,6 +62,30 @@ def _break(data, case):
         pd.concat([inter, inter.iloc[[9]]], ignore_index=True).to_parquet(data / "interactions.parquet")
     elif case == "missing column":
         inter.drop(columns=["outcome"]).to_parquet(data / "interactions.parquet")
+    elif case in EDITS:  # one cell of one table set to a value the contract refuses
+        table, row, column, value = EDITS[case]
+        df = {"interactions": inter, "items": items, "users": pd.read_parquet(data / "users.parquet")}[table]
+        df[column] = df[column].astype(object) if isinstance(value, str) or value is None else df[column]
+        df.loc[row, column] = value
+        df.to_parquet(data / f"{table}.parquet")
+    elif case == "duplicate user ids":
+        users = pd.read_parquet(data / "users.parquet")
+        pd.concat([users, users.iloc[[0]]]).to_parquet(data / "users.parquet")
+    elif case == "non-numeric attribute":
+        items.assign(attr_size="big").to_parquet(data / "items.parquet")
+
+
+EDITS = {  # case: (table, row, column, value)
+    "outcome not binary": ("interactions", 1, "outcome", 2.0),
+    "negative outcome": ("interactions", 1, "outcome", -1.0),
+    "timestamp before 1990": ("interactions", 0, "timestamp", pd.Timestamp("1970-01-01", tz="UTC")),
+    "timestamp in the future": ("interactions", 0, "timestamp", pd.Timestamp("2100-01-01", tz="UTC")),
+    "exposed not binary": ("interactions", 3, "exposed", 2),
+    "treatment not binary": ("interactions", 3, "treatment", 3),
+    "negative position": ("interactions", 6, "position", -1),
+    "unknown user ids": ("interactions", 8, "user_id", "u999999"),
+    "null titles": ("items", 2, "title", None),
+}
 
 
 CASES = {
@@ -76,6 +100,17 @@ CASES = {
     "missing column": ["interactions", "outcome", "missing"],
     "no exposed rows": ["interactions", "exposed", "expect_column_max_to_be_between", "observed: 0"],
     "duplicate rows": ["interactions", "expect_compound_columns_to_be_unique", "u0"],
+    "outcome not binary": ["interactions", "outcome", "expect_column_values_to_be_in_set", "2.0"],
+    "negative outcome": ["interactions", "outcome", "expect_column_values_to_be_in_set", "-1.0"],
+    "timestamp before 1990": ["interactions", "timestamp", "expect_column_values_to_be_between", "1970"],
+    "timestamp in the future": ["interactions", "timestamp", "expect_column_values_to_be_between", "2100"],
+    "exposed not binary": ["interactions", "exposed", "expect_column_values_to_be_in_set", "2"],
+    "treatment not binary": ["interactions", "treatment", "expect_column_values_to_be_in_set", "3"],
+    "negative position": ["interactions", "position", "expect_column_values_to_be_between", "-1"],
+    "unknown user ids": ["interactions", "user_id", "expect_column_values_to_be_in_set", "u999999"],
+    "null titles": ["items", "title", "expect_column_values_to_not_be_null"],
+    "duplicate user ids": ["users", "user_id", "expect_column_values_to_be_unique", "u000000"],
+    "non-numeric attribute": ["items", "attr_size", "must be numeric"],
 }
 
 

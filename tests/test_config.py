@@ -92,6 +92,12 @@ def test_params_yaml_is_the_one_source_of_values():
     ({"train": {"weight_decay": "auto", "exposure_weight": "auto"}}, "both auto"),
     ({"train": {"weight_decay": "auto", "exposure_weight": 0.0}}, "uplift.enabled: false"),
     ({"train": {"weight_decay": "sometimes"}}, "train.weight_decay"),
+    # inputs are read from the project or a declared directory (paths.input_dirs), not from anywhere
+    ({"analyze": {"graph": "/etc/passwd"}}, "analyze.graph resolves to /etc/passwd, outside the project"),
+    ({"analyze": {"data": "/usr/share/x.parquet"}}, "analyze.data resolves to /usr/share/x.parquet, outside"),
+    ({"ingest": {"source": "parquet", "source_path": "/etc"}}, "ingest.source_path resolves to /etc, outside"),
+    ({"ingest": {"test_path": "../../../../../../etc/hosts"}}, "ingest.test_path resolves to /etc/hosts, outside"),
+    ({"feedback": {"max_quarantine_share": 1.5}}, "feedback.max_quarantine_share"),
 ])
 def test_values_that_make_no_sense_are_rejected(tmp_path, edit, fragment):
     import yaml
@@ -119,6 +125,21 @@ def test_paths_outside_the_project_need_the_explicit_switch(tmp_path):
     path = tmp_path / "project" / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert load_params(path, environ={}).paths.data_dir == tmp_path / "shared-data"
+
+
+def test_inputs_outside_the_project_need_a_declared_directory(tmp_path):
+    import yaml
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["ingest"].update(source="coat", source_path=str(tmp_path / "shared" / "coat"))
+    (tmp_path / "project").mkdir()
+    path = tmp_path / "project" / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="add its directory to paths.input_dirs"):
+        load_params(path, environ={})
+    raw["paths"]["input_dirs"] = ["../shared"]  # relative to the project, like every path here
+    path.write_text(yaml.safe_dump(raw))
+    assert load_params(path, environ={}).ingest.source_path == tmp_path / "shared" / "coat"
 
 
 def test_the_flow_takes_its_stage_order_from_dvc_yaml(tmp_path):

@@ -337,6 +337,28 @@ def test_serve_cold_start_and_bad_requests(server):
     assert _post(url, "/recommend", {"user_id": "u000001", "k": 3}).status_code == 200  # and still serving
 
 
+def test_feedback_the_pipeline_would_refuse_is_refused_and_never_logged_with_its_values(server):
+    """What export would quarantine, the service refuses first (the same rule book, on the catalogue and the
+    registry it serves with); strict JSON; the 4xx log lines name fields and rules, not what was sent."""
+    url, project = server
+    served = _post(url, "/recommend", {"user_id": "u000002", "k": 1}).json()
+    good = {"event_id": "strict-0", "user_id": "u000002", "item_id": served["items"][0]["item_id"], "outcome": 1,
+            "propensity": served["items"][0]["propensity"], "timestamp": "2026-11-01T07:00:00Z",
+            "model_version": served["model_version"]}
+    planted = {"item_id": "i999999-planted", "outcome": 2, "model_version": "causalrec-recommender:planted0",
+               "event_id": "planted@example.com", "request_id": "planted@example.org", "timestamp": 1767225600}
+    for field, value in planted.items():
+        r = _post(url, "/feedback", {**good, "event_id": f"strict-{field}", field: value}, key=API_KEY)
+        assert r.status_code == 400 and field in r.json()["error"] + json.dumps(r.json().get("detail")), (field, r.text)
+    body = json.dumps(good)[:-1] + ', "outcome": 0}'  # the same key twice: refused, not "last one wins"
+    r = requests.post(f"{url}/feedback", data=body, headers={"content-type": "application/json", "x-api-key": API_KEY})
+    assert r.status_code == 400 and "repeats a key" in r.json()["error"]
+    assert _post(url, "/feedback", good, key=API_KEY).json()["status"] == "logged"
+    log = (project / "serve.log").read_text(errors="replace")
+    for value in ("i999999-planted", "planted0", "planted@example", "1767225600"):
+        assert value not in log, value
+
+
 def test_serve_explain_items_feedback_and_metrics(server):
     url, project = server
     item = _post(url, "/recommend", {"user_id": "u000001", "k": 1}).json()["items"][0]["item_id"]
