@@ -10,6 +10,13 @@
 * feedback_sigkill: rounds of two threads streaming /feedback (a share of them re-sent, as a client
   retrying would), SIGKILL of the server and all workers mid-stream, restart on the same log. Every
   event acknowledged with 200 must be stored once (`lost`, `duplicated`).
+* group_kill: `causalrec serve`, `kill -9` of its process group, rounds: workers still running 5 s later
+  (`orphan_workers_after_kill`), the next start binding the same port, the killed one's temp directory.
+* loop: every event the service acknowledged in this run is exported and the merged data validates
+  (`accepted_then_blocked`: acknowledged but not exported); one poison line of each class that used to be
+  acknowledged (unknown item, outcome 2 / -1 / 1e9, unknown model version), written into a copy of the
+  log, is quarantined with its rule; ingest twice in two processes (different PYTHONHASHSEED) gives the
+  same bytes (`data_version_stable`).
 * bad_inputs / bad_params: the hand-made bad data files and params files of tests/test_bad_input.py
   and tests/test_config.py, each asserting that its error names the table/column/key; a case counts as
   rejected clearly when its test passes (`--no-pytest-probes` skips this part).
@@ -118,6 +125,113 @@ def sigkill_rounds(server: BentoServer, log_path: Path, rounds: int, events: int
             "stored": len(set(stored)), "lost": len(unique_acked - set(stored)), "duplicated": len(raw) - len(set(raw))}
 
 
+def group_kill_rounds(project: Path, tag: str, env: dict, work: Path, rounds: int) -> dict:
+    """`causalrec serve`, then `kill -9` of its process group (what a container runtime or an operator's
+    `kill -9 -PGID` does): how many of its workers still run 5 s later, whether the next start binds the
+    same port, whether the killed server's temp directory was removed by that start."""
+    import os
+    import tempfile
+
+    import psutil
+
+    from causalrec.serving.launch import _descendants
+
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    cli = [str(Path(sys.executable).parent / "causalrec"), "serve", "--params", str(project / "params.yaml")]
+    orphans, bound, stale, port, previous_tmp = 0, 0, 0, None, []
+    for r in range(rounds + 1):
+        server = BentoServer(tag, project, work / f"groupkill-{r}.log", env, command=cli)
+        try:
+            server.start(port=port)
+        except RuntimeError:
+            break
+        bound += port is not None and server.url.endswith(f":{port}")
+        stale += sum(p.exists() for p in previous_tmp)
+        port = int(server.url.rsplit(":", 1)[1])
+        if r == rounds:  # the last start only checks the port and the sweep
+            server.stop()
+            break
+        workers = _descendants(server.proc.pid)
+        previous_tmp = list(Path(tempfile.gettempdir()).glob(f"causalrec-serve-{server.proc.pid}-*"))
+        os.killpg(server.proc.pid, 9)
+        server.proc.wait(timeout=30)
+        time.sleep(5)
+        orphans += sum(map(running, workers))
+        for pid in workers:  # leave nothing behind whatever happened
+            if running(pid):
+                os.kill(pid, 9)
+        server.proc = None
+    return {"rounds": rounds, "orphan_workers_after_kill": orphans, "restarts_bound_the_same_port": bound,
+            "killed_servers_temp_dirs_left_after_restart": stale}
+
+
+POISON = {"unknown item": {"item_id": "i-not-in-the-catalogue"}, "outcome 2": {"outcome": 2},
+          "outcome -1": {"outcome": -1}, "outcome 1e9": {"outcome": 1e9},
+          "unknown model version": {"model_version": "causalrec-recommender:neverregistered"}}
+
+
+def loop_probe(params, feedback: Path, work: Path) -> dict:
+    """Everything the service acknowledged in this run (schemathesis with the key, the planted events, the
+    SIGKILL rounds) goes through export, ingest and the data suite; poison of each class a hostile test got
+    acknowledged before, written into a copy of the log as an older release could have, is quarantined
+    with its rule instead of blocking the export; and ingest gives the same bytes in two processes with
+    different hash seeds (a stable data version). The ingest runs in a project of its own beside the
+    served one (its params, this run's partitions), so the served project's data is not touched."""
+    import hashlib
+    import os
+    import shutil
+
+    import pandas as pd
+    import yaml
+
+    from causalrec.data.feedback import read_partitions
+    from causalrec.serving.feedback import export_feedback
+    from causalrec.validation import validate_data
+
+    acknowledged = read_events(feedback)
+    poisoned = feedback.with_name("poisoned.jsonl")  # beside the log: the same pseudonym key
+    template = next(e for e in acknowledged if e["event_id"].startswith("r0-"))
+    lines = [json.dumps({**template, "event_id": f"poison-{i}", **change}) for i, change in enumerate(POISON.values())]
+    shutil.copy(feedback, poisoned)
+    with open(poisoned, "a") as fh:
+        fh.write("\n".join(lines) + "\n")
+    project = work / "loop-project"
+    raw = yaml.safe_load((params.root / "params.yaml").read_text())
+    raw["ingest"].update({k: str(getattr(params.ingest, k)) for k in ("source_path", "test_path") if getattr(params.ingest, k)})
+    raw["paths"]["input_dirs"] = [str(d) for d in params.paths.input_dirs] + [str(params.root)]
+    project.mkdir()
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    exported, error = set(), None
+    try:
+        out = export_feedback(poisoned, params.paths.data_dir, project / "feedback_data", work / "validation_feedback",
+                              work / "feedback" / "catalogue.sqlite", known_versions=set(Registry(params.paths.registry).state()["models"]),
+                              max_quarantine_share=params.feedback.max_quarantine_share)
+        exported = set(read_partitions(project / "feedback_data")["event_id"])
+    except Exception as exc:  # counted: every acknowledged event is then blocked
+        out, error = {}, f"{type(exc).__name__}: {str(exc)[:500]}"
+    digests = []
+    for seed in ("1", "2"):  # ingest: the source's tables + this run's partitions
+        subprocess.run([str(Path(sys.executable).parent / "causalrec"), "ingest", "--params", str(project / "params.yaml")],
+                       check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": seed})
+        digests.append({p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted((project / "data").glob("*.parquet"))})
+    try:
+        validates, failures = validate_data(project / "data", work / "validation")["success"], []
+    except Exception as exc:
+        validates, failures = False, getattr(exc, "failures", None) or [f"{type(exc).__name__}: {str(exc)[:500]}"]
+    quarantined = pd.read_parquet(next((project / "feedback_data" / "quarantine").glob("*-held.parquet"))) if out.get("quarantined") else None
+    return {"acknowledged": len(acknowledged), "exported": len(exported),
+            "accepted_then_blocked": len({e["event_id"] for e in acknowledged} - exported), "export_error": error,
+            "ingested_data_validates": validates, "validation_failures": failures, "poison_written": len(lines),
+            "poison_quarantined": 0 if quarantined is None else int(quarantined["event_id"].str.startswith("poison-").sum()),
+            "quarantined_by_rule": out.get("quarantined_by_rule"), "data_version_stable": digests[0] == digests[1],
+            "data_md5s": digests[0]}
+
+
 def pytest_probes(work: Path) -> dict:
     """Run the bad-data and bad-params cases; a case is rejected clearly when its test passes."""
     out = {}
@@ -143,6 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--examples", type=int, default=300, help="schemathesis examples per operation and phase")
     ap.add_argument("--rounds", type=int, default=4, help="SIGKILL rounds")
     ap.add_argument("--events", type=int, default=400, help="acknowledged events per round before the kill")
+    ap.add_argument("--kill-rounds", type=int, default=3, help="kill -9 rounds of the `causalrec serve` process group")
     ap.add_argument("--no-pytest-probes", action="store_true", help="skip the bad data / params cases")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -172,7 +287,11 @@ def main(argv: list[str] | None = None) -> dict:
                     "tracebacks_in_log": logs.count("Traceback")},
         "feedback_sigkill": sigkill_rounds(BentoServer(tag, project, work / "sigkill.log", env), feedback,
                                            args.rounds, args.events),
+        "group_kill": group_kill_rounds(project, tag, env, work, args.kill_rounds),
     }
+    figures["loop"] = loop_probe(params, feedback, work)
+    figures.update({k: figures["loop"][k] for k in ("accepted_then_blocked", "data_version_stable")},
+                   orphan_workers_after_kill=figures["group_kill"]["orphan_workers_after_kill"])
     if not args.no_pytest_probes:
         figures.update(pytest_probes(work))
     write_result("reliability", figures, args.out)

@@ -207,11 +207,13 @@ def test_bad_data_stops_flow_and_keeps_last_good_model(trained, tmp_path):
     shutil.copy2(project / "params.yaml", params)
     os.environ["CAUSALREC__INGEST__SOURCE"] = "parquet"
     os.environ["CAUSALREC__INGEST__SOURCE_PATH"] = str(bad)
+    os.environ["CAUSALREC__PATHS__INPUT_DIRS"] = json.dumps([str(tmp_path)])  # inputs outside the project: declared
     try:
         with pytest.raises(Exception, match="propensity"):
             retrain_flow(params_path=str(params), version=False)
     finally:
-        del os.environ["CAUSALREC__INGEST__SOURCE"], os.environ["CAUSALREC__INGEST__SOURCE_PATH"]
+        for name in ("CAUSALREC__INGEST__SOURCE", "CAUSALREC__INGEST__SOURCE_PATH", "CAUSALREC__PATHS__INPUT_DIRS"):
+            del os.environ[name]
     assert {p.name: p.stat().st_mtime_ns for p in models.iterdir()} == before
     assert (project / "artifacts" / "metrics.json").read_text() == metrics_before
     assert (project / "registry.json").read_text() == registry
@@ -272,7 +274,6 @@ def test_a_killed_server_dies_whole_and_a_restart_binds_its_port(trained, tmp_pa
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{first.url}/readyz", timeout=2)
     first.proc = None
-    shutil.rmtree(first.tmp, ignore_errors=True)
     second = BentoServer(result["package"]["bento_tag"], tmp_path, tmp_path / "serve2.log", first.env, ready_timeout=120,
                          command=cli).start(port=int(first.url.rsplit(":", 1)[1]))
     try:
@@ -417,7 +418,8 @@ def test_reliability_probes_on_the_served_api(trained, tmp_path):
 
     project, result = trained
     figures = reliability.main(["--project", str(project), "--bento", result["package"]["bento_tag"], "--examples", "8",
-                                "--rounds", "1", "--events", "60", "--no-pytest-probes", "--out", str(tmp_path)])
+                                "--rounds", "1", "--events", "60", "--kill-rounds", "1", "--no-pytest-probes",
+                                "--out", str(tmp_path)])
     fuzz = figures["schemathesis"]
     assert fuzz["requests"] > 200 and fuzz["server_errors"] == 0
     assert fuzz["recommender_workers"] == 2  # set through BentoML's configuration (BENTOML_CONFIG_OVERRIDES)
@@ -428,3 +430,9 @@ def test_reliability_probes_on_the_served_api(trained, tmp_path):
     assert privacy["planted_email_found"] == 0 and privacy["tracebacks_in_log"] == 0
     kill = figures["feedback_sigkill"]
     assert kill["acknowledged"] >= 60 and kill["lost"] == 0 and kill["duplicated"] == 0
+    loop = figures["loop"]  # every acknowledged event exported, each poison class quarantined, same bytes twice
+    assert loop["acknowledged"] >= 60 and loop["accepted_then_blocked"] == 0 and loop["export_error"] is None
+    assert loop["ingested_data_validates"] and loop["poison_quarantined"] == loop["poison_written"] == 5
+    assert figures["data_version_stable"] is True
+    assert figures["orphan_workers_after_kill"] == 0 and figures["group_kill"]["restarts_bound_the_same_port"] == 1
+    assert figures["group_kill"]["killed_servers_temp_dirs_left_after_restart"] == 0

@@ -86,6 +86,7 @@ def test_pipeline_on_coat_format_uses_attributes_and_the_uniform_sample(tmp_path
 
     data = write_coat_format(tmp_path / "coat")
     root = make_project(tmp_path / "p", tiny_encoder, git=False, ingest={"source": "coat", "source_path": str(data)},
+                        paths={"input_dirs": [str(tmp_path)]},  # the download lies beside the project
                         train={"models": ["popularity", "mf_naive", "tt_naive", "ti_naive"], "exposure_weight": 0.0},
                         uplift={"enabled": False})
     params = load_params(root / "params.yaml")
@@ -133,6 +134,7 @@ def test_parquet_source_with_own_test_set_evaluates(tmp_path, tiny_encoder):
     tables["test"].rename(columns={"y1": "outcome"})[["user_id", "item_id", "outcome"]].to_parquet(tmp_path / "ab.parquet")
     root = make_project(tmp_path / "p", tiny_encoder, git=False,
                         ingest={"source": "parquet", "source_path": str(own), "test_path": str(tmp_path / "ab.parquet")},
+                        paths={"input_dirs": [str(tmp_path)]},
                         train={"models": ["popularity", "mf_naive"], "exposure_weight": "auto"}, uplift={"enabled": False})
     params = load_params(root / "params.yaml")
     for stage in ("ingest", "validate", "embed", "propensity", "train", "evaluate"):

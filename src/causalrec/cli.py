@@ -437,7 +437,7 @@ def serve(params: Path = PARAMS, host: str = "127.0.0.1", port: int = 3000) -> N
 
     # a temp directory of its own (removed at a later start once this server is gone), and its pid, which
     # the workers check: they die with it (io.die_with_parent); exec keeps the pid
-    os.environ.update(serve_env(os.getpid(), server_pid=os.getpid()))
+    os.environ.update(serve_env(os.getpid(), server=os.getpid()))
     os.execv(sys.executable, [sys.executable, "-m", "bentoml", "serve", champion["bento_tag"], "--host", host,
                               "--port", str(port)])
 

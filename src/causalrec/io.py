@@ -28,32 +28,6 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-PARENT_ENV = "CAUSALREC_SERVE_PID"  # set by `causalrec serve` (serving.launch.serve_env): the server's pid
-
-
-def die_with_parent() -> None:
-    """Tie this process's life to its parent's: the kernel sends SIGKILL when the parent dies
-    (Linux PR_SET_PDEATHSIG), however it dies, `kill -9` included. BentoML's workers are started by
-    circus, which puts each in a session of its own (setsid), so a kill of the server's process group
-    does not reach them, and BentoML offers no setting for it: each service calls this first in its
-    `__init__`. A parent that died before the call (the worker was re-parented) ends this one now.
-    Elsewhere than Linux: nothing."""
-    import ctypes
-    import signal
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    PR_SET_PDEATHSIG = 1
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    expected = os.environ.get(PARENT_ENV)
-    parent = os.getppid()
-    if parent == 1 or (expected is not None and expected.isdigit() and int(expected) != parent):
-        os._exit(1)  # orphaned already: the server that started us is gone
-
-
 def _prefix(path: Path) -> str:
     return f".{path.name}.{os.getpid()}."
 
@@ -84,14 +58,22 @@ def glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
-def die_with_parent() -> None:
-    """preexec_fn for child processes: on Linux the child gets SIGKILL when its parent dies
-    (PR_SET_PDEATHSIG), so a killed run leaves no child running on its own; elsewhere a no-op."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
+def die_with_parent(parent: int | None = None) -> None:
+    """Tie this process's life to its parent's: on Linux the kernel sends it SIGKILL when the parent
+    dies (PR_SET_PDEATHSIG), however the parent dies, `kill -9` included; elsewhere a no-op. Used as
+    the preexec_fn of the children a stage drives (dvc, bentoml), and called first by each BentoML
+    service's `__init__`: circus starts BentoML's workers in sessions of their own (setsid), so a kill
+    of the server's process group does not reach them, and BentoML has no setting for it. A parent that
+    died before the call (the process was re-parented to init, or its parent is not `parent`) ends this
+    process at once."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() == 1 or (parent is not None and os.getppid() != parent):
+        os._exit(1)  # orphaned already: the server that started us is gone
 
 
 def stop_child(proc: subprocess.Popen, timeout: float = 20.0) -> None:

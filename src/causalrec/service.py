@@ -44,6 +44,7 @@ from causalrec.serving.catalogue import CatalogueStore, Conflict
 from causalrec.serving.core import NotFound as UnknownId
 from causalrec.serving.core import RecommenderCore
 from causalrec.serving.feedback import FeedbackLog
+from causalrec.serving.launch import server_pid
 from causalrec.serving.limits import ErrorContract, RequestLimits
 from causalrec.serving.privacy import api_key_matches, pseudonym_key
 
@@ -98,7 +99,7 @@ class Encoder:
     weights = bentoml.models.BentoModel(PINS.encoder)
 
     def __init__(self) -> None:
-        die_with_parent()  # no orphan worker holds the port after a `kill -9` of the server
+        die_with_parent(server_pid())  # no orphan worker holds the port after a `kill -9` of the server
         import json
 
         from causalrec.text import TextEncoder
@@ -120,7 +121,7 @@ class Recommender:
     encoder = bentoml.depends(Encoder)
 
     def __init__(self) -> None:
-        die_with_parent()
+        die_with_parent(server_pid())
         configure_logging()  # JSON lines at $CAUSALREC_LOG_LEVEL, like the CLI
         one_line_client_errors()  # a 4xx is one line, never a traceback with the request in it
         manifest = RecommenderCore.read_manifest(self.bundle.path)

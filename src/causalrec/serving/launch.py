@@ -13,13 +13,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from causalrec.io import PARENT_ENV, free_port, pid_alive
+from causalrec.io import free_port, pid_alive
 
 SERVER_TMP = "causalrec-serve-"
+PARENT_ENV = "CAUSALREC_SERVE_PID"  # the server's pid, for its workers (set by `causalrec serve`)
 _started = itertools.count()
 
 
-def serve_env(owner: int, server_pid: int | None = None) -> dict[str, str]:
+def server_pid() -> int | None:
+    """The pid of the server this worker belongs to, when `causalrec serve` started it (None: unknown)."""
+    value = os.environ.get(PARENT_ENV, "")
+    return int(value) if value.isdigit() else None
+
+
+def serve_env(owner: int, server: int | None = None) -> dict[str, str]:
     """Environment additions for a server started by process `owner`: TMPDIR = a directory of its own
     (BentoML's sockets and client directories go there), and, when known, the server's pid (its workers
     end themselves if they find another parent). First removes the directories of servers whose owner
@@ -31,7 +38,7 @@ def serve_env(owner: int, server_pid: int | None = None) -> dict[str, str]:
             shutil.rmtree(stale, ignore_errors=True)
     own = base / f"{SERVER_TMP}{owner}-{next(_started)}"
     own.mkdir(mode=0o700)
-    return {"TMPDIR": str(own), **({PARENT_ENV: str(server_pid)} if server_pid is not None else {})}
+    return {"TMPDIR": str(own), **({PARENT_ENV: str(server)} if server is not None else {})}
 
 
 def _descendants(pid: int) -> list[int]:
@@ -59,10 +66,12 @@ class BentoServer:
 
         port = port or free_port()
         self.url = f"http://127.0.0.1:{port}"
-        self.tmp = serve_env(os.getpid())["TMPDIR"]
+        # `bentoml serve` gets a temp directory of its own; a command that sets one itself (`causalrec
+        # serve`: serve_env) is left to do so
+        self.tmp = serve_env(os.getpid())["TMPDIR"] if self.command[1:3] == ["-m", "bentoml"] else None
         with open(self.log, "a") as out:
             self.proc = subprocess.Popen([*self.command, "--host", "127.0.0.1", "--port", str(port), *self.args], cwd=self.cwd,
-                                         env={**os.environ, "TMPDIR": self.tmp, **self.env},
+                                         env={**os.environ, **({"TMPDIR": self.tmp} if self.tmp else {}), **self.env},
                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + self.ready_timeout
         while time.time() < deadline and self.proc.poll() is None:
@@ -86,7 +95,8 @@ class BentoServer:
                 pass
         self.proc.wait(timeout=30)
         self.proc = None
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> "BentoServer":
         return self.start()
