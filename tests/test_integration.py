@@ -128,6 +128,7 @@ def test_flow_publishes_markdown_artifact(trained):
     artifacts = asyncio.run(read())
     assert artifacts and "chosen (validation):" in artifacts[0].data and "data version" in artifacts[0].data
     assert "causal analysis: total effect" in artifacts[0].data and "analysis/report.html" in artifacts[0].data
+    assert "quarantined events: 0 held, 0 released, 0 dropped" in artifacts[0].data  # export's set-aside events
 
 
 def test_rerun_skips_unchanged_stages_and_keeps_production(trained, monkeypatch):
@@ -355,8 +356,10 @@ def test_feedback_the_pipeline_would_refuse_is_refused_and_never_logged_with_its
     r = requests.post(f"{url}/feedback", data=body, headers={"content-type": "application/json", "x-api-key": API_KEY})
     assert r.status_code == 400 and "repeats a key" in r.json()["error"]
     assert _post(url, "/feedback", good, key=API_KEY).json()["status"] == "logged"
+    r = _post(url, "/items", {"title": "t", "description": "d", "item_id": "planted@example.net"}, key=API_KEY)
+    assert r.status_code == 400  # an id stored as sent: an address is refused, never stored
     log = (project / "serve.log").read_text(errors="replace")
-    for value in ("i999999-planted", "planted0", "planted@example", "1767225600"):
+    for value in ("i999999-planted", "planted0", "planted@example", "1767225600", "planted@example.net"):
         assert value not in log, value
 
 
