@@ -1,6 +1,7 @@
 """Causal analysis against known truth: the promotion funnel (causalrec.data.funnel), replicated.
 
     python benchmarks/causal_effects.py [--replications 200] [--impressions 8000] [--items 400]
+        [--shapes home nonlinear_confounding ...] [--shape-replications 100] [--nuisance auto]
 
 Each replication draws a fresh sample (seed = replication) from the same world and runs the whole
 analysis (causalrec.causal.analysis.analyze on graphs/funnel.yaml, clustered by item): total, natural
@@ -24,7 +25,12 @@ from tqdm.auto import tqdm
 from _common import REPO, write_result
 from causalrec.causal.analysis import HEADLINE, analyze
 from causalrec.causal.graph import CausalGraph
-from causalrec.data.funnel import FunnelConfig, draw_funnel, true_effects
+from causalrec.data.funnel import SHAPES, FunnelConfig, draw_funnel, true_effects
+
+# Declared before any run: the shapes whose logit-linear nuisance models are wrong by construction (a
+# threshold / curve / interaction of popularity; T x popularity; M x segment), where the specification
+# check should flag them; in the others (home, poor_overlap) a flag is a false alarm.
+MISSPECIFIED_SHAPES = ("nonlinear_confounding", "continuous_heterogeneity", "segment_mediator")
 
 
 def summarise(rows: list[tuple[float, float, float, float]]) -> dict:
@@ -37,6 +43,39 @@ def summarise(rows: list[tuple[float, float, float, float]]) -> dict:
             "bias_mc_error": float(err.std(ddof=1) / np.sqrt(len(err)))}
 
 
+def _mean(values):
+    return float(np.mean(values)) if values else None
+
+
+def run_shape(shape: str, args, graph: CausalGraph, wrong: CausalGraph) -> dict:
+    """Coverage and bias of the headline's total / direct / indirect effects in one funnel shape, how often
+    its specification check flags the logit-linear nuisances, how often the report warns, and how often
+    the graph without the confounder's edge to the treatment is rejected by the data."""
+    world = FunnelConfig(n_items=args.items, n_impressions=args.impressions, shape=shape)
+    truth = true_effects(world)
+    rows = {k: [] for k in ("total", "direct", "indirect")}
+    linear = {k: [] for k in rows}
+    flags, warned, omitted, models = [], [], [], []
+    for rep in tqdm(range(args.shape_replications), desc=shape):
+        data = draw_funnel(FunnelConfig(**{**world.__dict__, "seed": 10_000 + rep}))
+        report = analyze(data, graph, cluster="item_id", seed=rep, nuisance=args.nuisance, placebo_simulations=19)
+        for key in rows:
+            e = report["estimate"]["effects"][HEADLINE][key]
+            rows[key].append((e["value"] - truth[key], e["se"], e["ci95"][0] - truth[key], e["ci95"][1] - truth[key]))
+            r = report["estimate"]["effects"]["regression"][key]
+            linear[key].append((r["value"] - truth[key], r["se"], r["ci95"][0] - truth[key], r["ci95"][1] - truth[key]))
+        spec = report["estimate"]["specification_check"]
+        flags.append(bool(spec.get("ran") and not spec["passed"]))
+        warned.append(bool(report["warnings"]))
+        models.append(report["estimate"]["nuisance_models"])
+        omitted.append(not all(c["holds"] for c in wrong.check(data)))
+    chosen = {name: float(np.mean([m[name] == "boosting" for m in models])) for name in models[0]}
+    return {**{k: summarise(v) for k, v in rows.items()}, "truth": {k: truth[k] for k in rows},
+            "linear_sem": {k: summarise(v) for k, v in linear.items()},
+            "specification_flag_rate": float(np.mean(flags)), "report_warning_rate": float(np.mean(warned)),
+            "boosting_chosen_share": chosen, "omitted_confounder_detection_rate": float(np.mean(omitted))}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--replications", type=int, default=200)
@@ -44,6 +83,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--items", type=int, default=400)
     ap.add_argument("--placebo-simulations", type=int, default=None,
                     help="permuted treatments per placebo refutation (default: the library's, as the pipeline runs it)")
+    ap.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=SHAPES,
+                    help="funnel shapes for the coverage / misspecification table (none: skip it)")
+    ap.add_argument("--shape-replications", type=int, default=100)
+    ap.add_argument("--nuisance", default="auto", help="the headline's nuisance models (causal.effects.NUISANCES)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     graph = CausalGraph.load(REPO / "graphs" / "funnel.yaml")
@@ -55,7 +98,7 @@ def main(argv=None) -> dict:
     for rep in tqdm(range(args.replications), desc="replications"):
         data = draw_funnel(FunnelConfig(**{**world.__dict__, "seed": rep}))
         options = {} if args.placebo_simulations is None else {"placebo_simulations": args.placebo_simulations}
-        report = analyze(data, graph, cluster="item_id", seed=rep, **options)
+        report = analyze(data, graph, cluster="item_id", seed=rep, nuisance=args.nuisance, **options)
         effects_found = {**report["estimate"]["effects"], HEADLINE: {
             **report["estimate"]["effects"][HEADLINE],  # + each segment's direct / indirect split
             **{f"{seg} {k}": split[k] for seg, split in report["estimate"]["mediation_by_segment"].items()
@@ -72,8 +115,19 @@ def main(argv=None) -> dict:
         placebo_interval_misses.append(not rows["placebo treatment"]["first_placebo_interval_covers_0"])
         right_rejected.append(not report["model"]["graph_consistent_with_data"])
         wrong_detected.append(not all(c["holds"] for c in wrong.check(data)))
+    shapes = {shape: run_shape(shape, args, graph, wrong) for shape in args.shapes}
+    coverages = [v["coverage"] for sh in shapes.values() for k, v in sh.items() if k in ("total", "direct", "indirect")]
+    flagged = {sh: v["specification_flag_rate"] for sh, v in shapes.items()}
     figures = {
         "replications": args.replications, "world": world.__dict__, "truth": truth, "headline": HEADLINE,
+        "nuisance": args.nuisance, "shape_replications": args.shape_replications,
+        "shapes": shapes,
+        "summary": {"worst_coverage": min(coverages) if coverages else None, "best_coverage": max(coverages) if coverages else None},
+        "misspecification": {
+            "misspecified_shapes": list(MISSPECIFIED_SHAPES),
+            "detection_rate": _mean([flagged[sh] for sh in flagged if sh in MISSPECIFIED_SHAPES]),
+            "false_alarm_rate": _mean([flagged[sh] for sh in flagged if sh not in MISSPECIFIED_SHAPES]),
+            "omitted_confounder_detection_rate": _mean([v["omitted_confounder_detection_rate"] for v in shapes.values()])},
         "effects": {k: summarise(v) for k, v in per[HEADLINE].items()},
         "reference_linear_sem": {k: summarise(v) for k, v in per["regression"].items() if v},
         "refuters": {"placebo_false_alarm_rate": float(np.mean(placebo_alarms)),

@@ -126,3 +126,41 @@ def test_causal_effects_benchmark_tiny(tmp_path):
                                             "segment=1 direct", "segment=1 indirect"} <= set(result["effects"])
     assert {"bias", "rmse", "coverage", "bias_over_se"} <= set(result["effects"]["total"])
     assert result["refuters"]["wrong_graph_detection_rate"] == 1.0
+
+
+def test_flexible_nuisances_survive_nonlinear_confounding_and_the_check_flags_the_linear_form():
+    """Popularity entering promotion, click and purchase through thresholds, a curve and an interaction:
+    the logit-linear nuisances are biased (the interval misses the truth) and the specification check
+    flags them; "auto" (boosted trees where they predict held-out rows better) covers. In the home
+    funnel, where the linear form is right, the check raises no alarm."""
+    import numpy as np
+
+    graph = CausalGraph.load(FUNNEL)
+    world = FunnelConfig(shape="nonlinear_confounding")
+    truth = true_effects(world)["total"]
+    covered, flagged, linear_errors = 0, 0, []
+    for seed in range(3):
+        data = draw_funnel(FunnelConfig(**{**world.__dict__, "seed": 200 + seed}))
+        auto = analyze(data, graph, cluster="item_id", seed=seed, placebo_simulations=19)
+        lo, hi = auto["estimate"]["effects"]["doubly_robust"]["total"]["ci95"]
+        covered += lo <= truth <= hi
+        spec = auto["estimate"]["specification_check"]
+        flagged += spec["ran"] and not spec["passed"]
+        assert auto["estimate"]["nuisance_models"]["outcome"] == "boosting"
+        assert any("misspecified" in w for w in auto["warnings"])
+        linear = analyze(data, graph, cluster="item_id", seed=seed, placebo_simulations=19, nuisance="logistic")
+        linear_errors.append(linear["estimate"]["effects"]["doubly_robust"]["total"]["value"] - truth)
+    assert covered >= 2 and flagged == 3
+    assert np.mean(linear_errors) > 0.03  # the linear nuisances' bias the flexible ones remove
+    home = analyze(draw_funnel(FunnelConfig(seed=7)), graph, cluster="item_id", placebo_simulations=19)
+    assert home["estimate"]["specification_check"]["passed"] and not home["warnings"]
+
+
+def test_the_report_warns_when_the_graph_leaves_out_a_confounder():
+    """The refuters re-use the graph's adjustment set, so a graph without popularity -> promoted passes
+    them all; the report's warnings say that the data reject the graph's implications."""
+    wrong = CausalGraph.load(FUNNEL).without_edge("popularity", "promoted")
+    report = analyze(draw_funnel(FunnelConfig(seed=3)), wrong, cluster="item_id", placebo_simulations=19,
+                     nuisance="logistic")
+    assert not report["model"]["graph_consistent_with_data"]
+    assert any("implied independences" in w and "confounder" in w for w in report["warnings"])

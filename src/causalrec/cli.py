@@ -285,7 +285,8 @@ def analyze(params: Path = PARAMS,
             cluster: str = typer.Option(None, help="column of the unit rows share (e.g. item_id): cluster-robust intervals"),
             out: Path = typer.Option(Path("artifacts/analysis"), help="report directory with --spec (replaced whole)"),
             placebo_simulations: int = typer.Option(None, min=19, help="with --spec: permuted treatments for the placebo "
-                                                    "refuter (default: the library's, 99)")) -> None:
+                                                    "refuter (default: the library's, 99)"),
+            nuisance: str = typer.Option("auto", help="with --spec: nuisance models, auto | logistic | boosting")) -> None:
     """Causal analysis: model -> identify -> estimate (total, direct, indirect, per segment; 95% intervals)
     -> refute; writes report.json, report.html, graph.png, forest.png/csv. Without --spec: the pipeline
     stage on params.analyze (what dvc.yaml and the Prefect flow run)."""
@@ -298,14 +299,19 @@ def analyze(params: Path = PARAMS,
     try:
         if data is None:
             raise DataError("--spec needs --data")
-        options = {} if placebo_simulations is None else {"placebo_simulations": placebo_simulations}
+        from causalrec.causal.effects import NUISANCES
+
+        if nuisance not in NUISANCES:
+            raise GraphError(f"--nuisance must be one of {NUISANCES}, got {nuisance!r}")
+        options = {"nuisance": nuisance, **({} if placebo_simulations is None else {"placebo_simulations": placebo_simulations})}
         report, page = analyze_to(read_rows(data), CausalGraph.load(spec), out, cluster, **options)
     except (GraphError, DataError) as exc:
         typer.secho(f"causalrec analyze: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     headline = report["estimate"]["effects"][report["estimate"]["headline"]]
     typer.echo(json.dumps({"report": str(page), "effects": headline, "refutations_passed":
-                           f"{report['refutations_passed']}/{len(report['refute'])}"}, indent=2))
+                           f"{report['refutations_passed']}/{len(report['refute'])}",
+                           "nuisance_models": report["estimate"]["nuisance_models"], "warnings": report["warnings"]}, indent=2))
 
 
 @app.command()

@@ -234,6 +234,9 @@ class Analyze(_Section):
     outcome: str                   # must be the graph's outcome node
     cluster: str | None            # unit shared by rows (cluster-robust intervals); None: rows independent
     placebo_simulations: int = Field(ge=19, le=10_000)  # permuted treatments the placebo refuter compares with
+    # the headline's nuisance models, cross-fitted: auto (per model, logistic or boosted trees by held-out
+    # log loss) | logistic | boosting (causal.effects.NUISANCES)
+    nuisance: Literal["auto", "logistic", "boosting"]
 
 
 class Params(_Section):

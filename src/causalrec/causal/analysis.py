@@ -25,7 +25,12 @@ def share_mediated(split: dict) -> float | None:
 
 
 def analyze(data: pd.DataFrame, graph: CausalGraph, cluster: str | None = None, seed: int = 0,
-            placebo_simulations: int = 99) -> dict:
+            placebo_simulations: int = 99, nuisance: str = "auto") -> dict:
+    """nuisance: the headline's nuisance models (causal.effects.NUISANCES; "auto": per model, logistic
+    or boosted trees by out-of-fold log loss). The refuters re-estimate the total effect 100+ times on
+    altered data: they use the logistic nuisances without cross-fitting (what they test, a placebo
+    centring on 0, a random cause moving nothing, is not the nuisances' form, which the specification
+    check tests)."""
     t, y = graph.treatment, graph.outcome
     mediators = [m for m in graph.with_role("mediator") if m in graph.observed]
     if len(mediators) > 1:
@@ -42,10 +47,11 @@ def analyze(data: pd.DataFrame, graph: CausalGraph, cluster: str | None = None, 
         raise GraphError(f"{graph.name}: identified by {ident.strategy}; only backdoor estimation is built")
     z = [c for c in ident.adjustment if c not in modifiers]
 
-    def fit(df, adjustment, with_mediator=True):
-        return DoublyRobust(t, y, adjustment, mediator if with_mediator else None, modifiers, cluster).fit(df)
+    def fit(df, adjustment, with_mediator=True, **options):
+        return DoublyRobust(t, y, adjustment, mediator if with_mediator else None, modifiers, cluster, **options).fit(df)
 
-    dr = fit(data, z)
+    dr = fit(data, z, nuisance=nuisance, seed=seed)
+    specification = dr.specification_check()
     effects = {HEADLINE: {"total": dr.total().to_dict()}}
     if mediator:
         effects[HEADLINE].update(direct=dr.direct().to_dict(), indirect=dr.indirect().to_dict())
@@ -59,13 +65,39 @@ def analyze(data: pd.DataFrame, graph: CausalGraph, cluster: str | None = None, 
                          "indirect": dr.indirect(mask).to_dict()}
                 by_segment[f"{m}={level}"] = {**split, "share_mediated": share_mediated(split)}
     effects["regression"] = {k: v.to_dict() for k, v in regression(data, t, y, [*z, *modifiers], mediator, cluster).items()}
-    refutations = refute(data, lambda df, adj: fit(df, adj, with_mediator=False).total(), t, y, z + modifiers,
-                         cluster=cluster, seed=seed, placebo_simulations=placebo_simulations)
+    refutations = refute(data, lambda df, adj: fit(df, adj, with_mediator=False, nuisance="logistic", folds=1).total(),
+                         t, y, z + modifiers, cluster=cluster, seed=seed, placebo_simulations=placebo_simulations)
+    warnings = _warnings(checks, specification, dr)
     return {"model": {"graph": graph.name, "nodes": graph.nodes, "edges": [list(e) for e in graph.dag.edges],
                       "implied_independences": checks,
                       "graph_consistent_with_data": bool(all(c["holds"] for c in checks))},
             "identify": {"strategy": ident.strategy, "adjustment_set": list(ident.adjustment), "treatment": t,
                          "outcome": y, "mediator": mediator, "segments": modifiers},
             "estimate": {"headline": HEADLINE, "effects": effects, "mediation_by_segment": by_segment, "n_rows": len(data),
-                         "clusters": int(data[cluster].nunique()) if cluster else None},
-            "refute": refutations, "refutations_passed": int(np.sum([r["passed"] for r in refutations]))}
+                         "clusters": int(data[cluster].nunique()) if cluster else None,
+                         "nuisance": nuisance, "nuisance_models": dr.nuisance_models,
+                         "out_of_fold_log_loss": {k: nu.oof_log_loss for k, nu in dr.nuisances_.items()},
+                         "specification_check": specification},
+            "refute": refutations, "refutations_passed": int(np.sum([r["passed"] for r in refutations])),
+            "warnings": warnings}
+
+
+def _warnings(checks: list[dict], specification: dict, dr: DoublyRobust) -> list[str]:
+    """What the reader must know before trusting the numbers: the graph's testable implications that the
+    data rejects (a missing edge, e.g. an omitted confounder: the refuters cannot see that, they re-use
+    the graph's adjustment set), linear nuisance models that held-out rows reject, poor overlap. (How
+    strong a hidden confounder would have to be is the robustness value in the refutation table.)"""
+    out = []
+    failed = [c for c in checks if not c["holds"]]
+    if failed:
+        out.append(f"the data rejects {len(failed)} of the graph's implied independences (e.g. {failed[0]['independence']}): "
+                   "an edge the graph leaves out, such as a confounder, would bias every estimate here")
+    if specification.get("ran") and not specification["passed"]:
+        out.append(f"logit-linear nuisance models are misspecified for {', '.join(specification['flagged'])} (flexible "
+                   "models predict held-out rows better): estimates relying on the linear form (the linear SEM, "
+                   f"nuisance=logistic) are biased; the headline used {dr.nuisance_models}")
+    extreme = float(np.mean((dr.propensity_ <= dr.clip) | (dr.propensity_ >= 1 - dr.clip)))
+    if extreme > 0.05:
+        out.append(f"poor overlap: {extreme:.0%} of rows have a propensity at the clip ({dr.clip}); the effect there "
+                   "rests on extrapolation")
+    return out

@@ -9,8 +9,12 @@ Estimators (each returns Estimate(value, se, ci)):
 * `doubly_robust` (the headline): AIPW for the total effect and the multiply robust estimator of
   Tchetgen Tchetgen & Shpitser (2012) for psi(t, t') = E[Y(t, M(t'))], each with its influence
   function, so the SE is sd(IF)/sqrt(n), cluster-robust when rows share a unit (e.g. an item-level
-  promotion seen in many impressions). Nuisance models: logistic regressions of T on Z, M on T+Z
-  and Y on T+M+Z, with T x modifier interactions.
+  promotion seen in many impressions). Nuisance models of T on Z, Y on T+Z, M on T+Z and Y on T+M+Z,
+  cross-fitted (Chernozhukov et al. 2018: each row predicted by models fitted on the other folds,
+  folds by cluster, so flexible models keep the sqrt(n) intervals honest): logistic regressions with
+  T x modifier interactions, gradient-boosted trees, or per model the one with the lower out-of-fold
+  log loss (the default). Their paired out-of-fold losses are the specification check of the
+  logit-linear form (`specification_check`).
 """
 from __future__ import annotations
 
@@ -56,52 +60,175 @@ def _design(df: pd.DataFrame, cols: list[str], t: np.ndarray | None = None, modi
     return np.column_stack(parts)
 
 
-def _logit(x: np.ndarray, y: np.ndarray):
+def _logistic():
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(C=1e6, max_iter=1000).fit(x, y)  # ~unpenalised maximum likelihood
+    return LogisticRegression(C=1e6, max_iter=1000)  # ~unpenalised maximum likelihood: the linear SEM's logit twin
+
+
+def _boosting():
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    # shallow trees, many rows per leaf, shrinkage: thresholds and interactions without chasing noise;
+    # fixed settings (no early stopping: its random validation split would ignore the clusters)
+    return HistGradientBoostingClassifier(max_iter=150, learning_rate=0.05, max_leaf_nodes=8, min_samples_leaf=40,
+                                          l2_regularization=1.0, early_stopping=False, random_state=0)
+
+
+NUISANCE_MODELS = {"logistic": _logistic, "boosting": _boosting}
+NUISANCES = ("auto", *NUISANCE_MODELS)  # auto: per nuisance, the model with the lower out-of-fold log loss
+
+
+def _folds(n: int, clusters: np.ndarray | None, k: int, seed: int) -> np.ndarray:
+    """Fold of each row; rows of one cluster share a fold (an item's impressions are not independent)."""
+    units, inverse = np.unique(clusters, return_inverse=True) if clusters is not None else (np.arange(n), np.arange(n))
+    fold_of_unit = np.random.default_rng(seed).permutation(len(units)) % k
+    return fold_of_unit[inverse]
+
+
+def _log_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+class Nuisance:
+    """One cross-fitted nuisance model: P(target = 1 | features), each row predicted by the models fitted
+    on the other folds, for the observed features and for counterfactual ones (T or M set to a value).
+    With several candidates, the one with the lower mean out-of-fold log loss is used (a discrete
+    super learner: chosen on held-out rows, declared before the effects are computed), and the paired
+    per-row loss difference, summed within clusters, is kept for the specification check."""
+
+    def __init__(self, name: str, target: np.ndarray, designs: dict, folds: np.ndarray, candidates: list[str],
+                 clusters: np.ndarray | None):
+        """designs: {key: (linear design, tree design)}, key "observed" and the counterfactual keys."""
+        from threadpoolctl import threadpool_limits
+
+        self.name, self.candidates = name, candidates
+        preds = {c: {key: np.empty(len(target)) for key in designs} for c in candidates}
+        # one OpenMP thread: the trees are small, and two busy-waiting thread teams (two analyses, or an
+        # analysis beside a training process, on 2 cores) slowed a fit 10-20x
+        with threadpool_limits(limits=1, user_api="openmp"):
+            self._fit(preds, target, designs, folds, candidates)
+        losses = {c: _log_loss(target, preds[c]["observed"]) for c in candidates}
+        self.oof_log_loss = {c: float(v.mean()) for c, v in losses.items()}
+        self.chosen = min(candidates, key=self.oof_log_loss.get)
+        self.predictions = preds[self.chosen]
+        self.test = None
+        if set(candidates) >= {"logistic", "boosting"}:
+            diff = losses["logistic"] - losses["boosting"]  # > 0: the flexible model predicts held-out rows better
+            se = _se(diff - diff.mean(), clusters)
+            z = float(diff.mean() / se) if se > 0 else 0.0
+            self.test = {"linear_minus_flexible_log_loss": float(diff.mean()), "se": se, "z": z}
+
+    @staticmethod
+    def _fit(preds: dict, target: np.ndarray, designs: dict, folds: np.ndarray, candidates: list[str]) -> None:
+        for c in candidates:
+            col = 0 if c == "logistic" else 1
+            for f in np.unique(folds):
+                test, train = folds == f, folds != f
+                model = NUISANCE_MODELS[c]().fit(designs["observed"][col][train], target[train])
+                for key, design in designs.items():
+                    preds[c][key][test] = model.predict_proba(design[col][test])[:, 1]
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.predictions[key]
 
 
 class DoublyRobust:
-    """AIPW / multiply robust estimates from one fit of the three nuisance models."""
+    """AIPW / multiply robust estimates from one cross-fitted fit of the nuisance models.
+
+    nuisance: "logistic" (logit-linear in Z, T, T x modifiers, M), "boosting" (gradient-boosted trees on
+    the same columns) or "auto" (per nuisance model, the one with the lower out-of-fold log loss).
+    folds: cross-fitting folds (by cluster); 1 = no cross-fitting (each model fitted and evaluated on
+    every row, as a plain plug-in; only for the logistic models)."""
 
     def __init__(self, treatment: str, outcome: str, adjustment: list[str], mediator: str | None = None,
-                 modifiers: list[str] = (), cluster: str | None = None, clip: float = 0.01):
+                 modifiers: list[str] = (), cluster: str | None = None, clip: float = 0.01,
+                 nuisance: str = "auto", folds: int = 5, seed: int = 0):
+        if nuisance not in NUISANCES:
+            raise ValueError(f"nuisance must be one of {NUISANCES}, got {nuisance!r}")
+        if folds < 1 or (folds == 1 and nuisance != "logistic"):
+            raise ValueError("folds must be >= 2 for flexible nuisance models (cross-fitting), or 1 with logistic")
         self.t, self.y, self.z, self.m = treatment, outcome, list(adjustment), mediator
         self.modifiers, self.cluster, self.clip = list(modifiers), cluster, clip
+        self.nuisance, self.folds, self.seed = nuisance, folds, seed
 
     def fit(self, df: pd.DataFrame) -> DoublyRobust:
         t, y = df[self.t].to_numpy(float), df[self.y].to_numpy(float)
         n, z_cols = len(df), self.z + [c for c in self.modifiers if c not in self.z]
-        covariates = _design(df, z_cols)
-        self.propensity_ = np.clip(_logit(covariates, t).predict_proba(covariates)[:, 1], self.clip, 1 - self.clip)
         self.clusters_ = df[self.cluster].to_numpy() if self.cluster else None
+        folds = np.zeros(n, int) if self.folds == 1 else _folds(n, self.clusters_, self.folds, self.seed)
+        candidates = list(NUISANCE_MODELS) if self.nuisance == "auto" else [self.nuisance]
+        cov = _design(df, z_cols)
+
+        def designs(with_t: bool, m=None) -> dict:
+            """(linear, tree) designs for the observed rows and for T := a [, M := b]."""
+            def pair(tt, mm):
+                linear = _design(df, z_cols, tt, self.modifiers, mm) if with_t else cov
+                tree = np.column_stack([cov, *([tt] if with_t else []), *([] if mm is None else [mm])])
+                return linear, tree
+            out = {"observed": pair(t if with_t else None, m)}
+            if with_t:
+                for a in (0, 1):
+                    if m is None:
+                        out[f"t={a}"] = pair(np.full(n, a), None)
+                    else:
+                        for b in (0, 1):
+                            out[f"t={a},m={b}"] = pair(np.full(n, a), np.full(n, b))
+            return out
+
+        def fit_nuisance(name, target, d):
+            if self.folds == 1:  # no cross-fitting: fit and predict on all rows (the former plug-in)
+                model = _logistic().fit(d["observed"][0], target)
+                nu = Nuisance.__new__(Nuisance)
+                nu.name, nu.candidates, nu.chosen, nu.test = name, ["logistic"], "logistic", None
+                nu.predictions = {k: model.predict_proba(v[0])[:, 1] for k, v in d.items()}
+                nu.oof_log_loss = {}
+                return nu
+            return Nuisance(name, target, d, folds, candidates, self.clusters_)
+
+        self.nuisances_ = {"propensity": fit_nuisance("propensity", t, designs(False))}
+        self.propensity_ = np.clip(self.nuisances_["propensity"]["observed"], self.clip, 1 - self.clip)
         p_t = {1: self.propensity_, 0: 1 - self.propensity_}
-
-        def predict(model, a, mm=None):  # P(1 | T = a [, M = mm], Z) for every row
-            x = _design(df, z_cols, np.full(n, a), self.modifiers, None if mm is None else np.full(n, mm))
-            return model.predict_proba(x)[:, 1]
-
         # total effect: AIPW with an outcome model of Y on T + Z (mediator marginalised)
-        out = _logit(_design(df, z_cols, t, self.modifiers), y)
+        out = self.nuisances_["outcome"] = fit_nuisance("outcome", y, designs(True))
         self.psi_if_ = {}
         for a in (0, 1):
-            mu = predict(out, a)
+            mu = out[f"t={a}"]
             self.psi_if_[(a, a, "total")] = (t == a) / p_t[a] * (y - mu) + mu
         if self.m is not None:
             m = df[self.m].to_numpy(float)
-            med = _logit(_design(df, z_cols, t, self.modifiers), m)
-            f1 = {a: predict(med, a) for a in (0, 1)}                      # P(M = 1 | a, Z)
+            med = self.nuisances_["mediator"] = fit_nuisance("mediator", m, designs(True))
+            f1 = {a: med[f"t={a}"] for a in (0, 1)}                        # P(M = 1 | a, Z)
             f_obs = {a: np.where(m == 1, f1[a], 1 - f1[a]) for a in (0, 1)}  # f(M_i | a, Z_i)
-            yout = _logit(_design(df, z_cols, t, self.modifiers, m), y)
+            yout = self.nuisances_["outcome_given_mediator"] = fit_nuisance("outcome_given_mediator", y, designs(True, m))
             for a in (0, 1):
-                mu1, mu0 = predict(yout, a, 1), predict(yout, a, 0)  # E[Y | a, M = 1 / 0, Z]
+                mu1, mu0 = yout[f"t={a},m=1"], yout[f"t={a},m=0"]  # E[Y | a, M = 1 / 0, Z]
                 mu_obs = np.where(m == 1, mu1, mu0)
                 for b in (0, 1):  # psi(a, b) = E[Y(a, M(b))]
                     eta = f1[b] * mu1 + (1 - f1[b]) * mu0
                     self.psi_if_[(a, b, "mediation")] = ((t == a) / p_t[a] * f_obs[b] / f_obs[a] * (y - mu_obs)
                                                          + (t == b) / p_t[b] * (mu_obs - eta) + eta)
         return self
+
+    @property
+    def nuisance_models(self) -> dict[str, str]:
+        """Which model each nuisance used (after `fit`)."""
+        return {name: nu.chosen for name, nu in self.nuisances_.items()}
+
+    def specification_check(self, alpha: float = 0.05) -> dict:
+        """Are the logit-linear nuisance models misspecified? For each nuisance, the out-of-fold log loss
+        of the linear model minus the flexible one's, with a cluster-robust z: when the flexible model
+        predicts held-out rows better than chance allows (one-sided, level `alpha` for the family,
+        Bonferroni over the nuisance models), the linear form misses a threshold, a curve or an
+        interaction: estimates that rely on it are biased (with nuisance "auto" the flexible one is used
+        there). Needs both candidates ("auto")."""
+        tests = {name: nu.test for name, nu in self.nuisances_.items() if nu.test is not None}
+        if not tests:
+            return {"ran": False, "passed": None, "flagged": [], "tests": {}}
+        z_crit = float(stats.norm.ppf(1 - alpha / len(tests)))
+        flagged = [name for name, test in tests.items() if test["z"] > z_crit]
+        return {"ran": True, "passed": not flagged, "flagged": flagged, "alpha": alpha, "z_crit": z_crit, "tests": tests}
 
     def _contrast(self, plus, minus, mask=None) -> Estimate:
         phi = self.psi_if_[plus] - self.psi_if_[minus]

@@ -92,15 +92,25 @@ def write_report(report: dict, graph: CausalGraph, out_dir: str | Path) -> Path:
                   "share mediated": row["share_mediated"]}
                  for seg, row in by_segment.items()])
         ident = report["identify"]
+        est = report["estimate"]
+        spec = est.get("specification_check") or {}
+        nuisances = (f"<p>Nuisance models ({html.escape(str(est.get('nuisance')))}, cross-fitted): "
+                     + ", ".join(f"{html.escape(k)}: {html.escape(v)}" for k, v in (est.get("nuisance_models") or {}).items())
+                     + ". Specification check of the logit-linear form (held-out log loss, linear vs boosted): "
+                     + ("not run" if not spec.get("ran") else "passed" if spec["passed"] else
+                        f"<b>failed for {html.escape(', '.join(spec['flagged']))}</b>") + ".</p>")
+        warnings = report.get("warnings") or []
+        warn = ("<div style='border:2px solid #e4572e;padding:0 1em'><h2>Warnings</h2><ul>"
+                + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul></div>") if warnings else ""
         page = f"""<!doctype html><html><head><meta charset="utf-8"><title>causal analysis: {html.escape(report['model']['graph'])}</title>
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}} table{{border-collapse:collapse}} td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}</style></head><body>
-<h1>Causal analysis: {html.escape(report['model']['graph'])}</h1>
+<h1>Causal analysis: {html.escape(report['model']['graph'])}</h1>{warn}
 <h2>1. Model</h2><img src="graph.png" width="640"><p>Testable implications of the graph on the data
 ({'all hold' if report['model']['graph_consistent_with_data'] else '<b>some fail: the graph contradicts the data</b>'}):</p>
 {_table(report['model']['implied_independences']) if report['model']['implied_independences'] else '<p>none</p>'}
 <h2>2. Identify</h2><p>Effect of <b>{html.escape(ident['treatment'])}</b> on <b>{html.escape(ident['outcome'])}</b>:
 {ident['strategy']} adjustment for {html.escape(', '.join(ident['adjustment_set']) or 'nothing')}.</p>
-<h2>3. Estimate</h2><p>Headline estimator: {report['estimate']['headline']} ({report['estimate']['n_rows']} rows).</p>
+<h2>3. Estimate</h2><p>Headline estimator: {report['estimate']['headline']} ({report['estimate']['n_rows']} rows).</p>{nuisances}
 {split}<img src="forest.png" width="560">{_table(effect_rows)}
 <h2>4. Refute</h2>{_table(report['refute'])}
 </body></html>"""

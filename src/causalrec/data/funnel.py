@@ -32,6 +32,14 @@ import pandas as pd
 from causalrec.io import atomic_write_bytes, atomic_write_text
 
 SEGMENTS = {0: "new", 1: "returning"}
+# The home funnel above, and shapes it was not designed with (benchmarks/causal_effects.py --shapes):
+# nonlinear_confounding  popularity enters promotion, click and purchase through thresholds, a curve and
+#                        an interaction with the segment (no unmeasured confounder)
+# continuous_heterogeneity  the promotion's effect on click and purchase grows with popularity
+# poor_overlap           promotion nearly determined by popularity at both ends (propensities near 0, 1)
+# segment_mediator       the promotion moves clicks almost only for returning users, and a click sells
+#                        more for them
+SHAPES = ("home", "nonlinear_confounding", "continuous_heterogeneity", "poor_overlap", "segment_mediator")
 
 
 @dataclass(frozen=True)
@@ -41,27 +49,55 @@ class FunnelConfig:
     promote_bias: float = 1.0
     click: tuple[float, float, float, float, float] = (-1.0, 0.8, 0.5, 0.3, 0.6)      # a0, a_t, a_p, a_s, a_ts
     purchase: tuple[float, float, float, float, float, float] = (-2.0, 0.4, 1.5, 0.6, 0.2, 0.3)  # b0, b_t, b_m, b_p, b_s, b_ts
+    shape: str = "home"
     seed: int = 0
+
+    def __post_init__(self):
+        if self.shape not in SHAPES:
+            raise ValueError(f"shape must be one of {SHAPES}, got {self.shape!r}")
 
 
 def _sig(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def promote_prob(cfg: FunnelConfig, pop):
+    if cfg.shape == "nonlinear_confounding":
+        return _sig(-1.2 + 2.4 * (pop > 0.3) - 1.0 * (pop < -1.0) + 0.3 * pop)
+    if cfg.shape == "poor_overlap":
+        return _sig(-0.5 + 3.5 * pop)
+    return _sig(-0.5 + cfg.promote_bias * pop)
+
+
 def click_prob(cfg: FunnelConfig, t, pop, s):
     a0, at, ap, as_, ats = cfg.click
+    if cfg.shape == "nonlinear_confounding":
+        return _sig(a0 + at * t + 1.2 * (pop > 0.3) + 0.4 * pop ** 2 - 0.5 + as_ * s + ats * t * s + 0.6 * (pop > 0.3) * s)
+    if cfg.shape == "continuous_heterogeneity":
+        return _sig(a0 + (at + 0.6 * pop) * t + ap * pop + as_ * s + ats * t * s)
+    if cfg.shape == "segment_mediator":
+        return _sig(a0 + 0.1 * t + ap * pop + as_ * s + 1.6 * t * s)
     return _sig(a0 + at * t + ap * pop + as_ * s + ats * t * s)
 
 
 def purchase_prob(cfg: FunnelConfig, t, m, pop, s):
     b0, bt, bm, bp, bs, bts = cfg.purchase
+    if cfg.shape == "nonlinear_confounding":
+        return _sig(b0 + bt * t + bm * m + 1.8 * (pop > 0.3) - 0.8 * (pop < -1.0) + 0.5 * pop * s + bs * s + bts * t * s)
+    if cfg.shape == "continuous_heterogeneity":
+        return _sig(b0 + (bt + 0.5 * pop) * t + bm * m + bp * pop + bs * s + bts * t * s)
+    if cfg.shape == "segment_mediator":
+        return _sig(b0 + bt * t + (bm - 0.6 + 1.2 * s) * m + bp * pop + bs * s + bts * t * s)
     return _sig(b0 + bt * t + bm * m + bp * pop + bs * s + bts * t * s)
 
 
 def true_effects(cfg: FunnelConfig) -> dict:
-    """Population effects by quadrature over pop ~ N(0, 1) and s ~ Bern(1/2)."""
-    nodes, weights = np.polynomial.hermite_e.hermegauss(80)
-    weights = weights / weights.sum()
+    """Population effects, integrating over pop ~ N(0, 1) (4,000 equal-mass quantile points: exact to
+    ~1e-4 also where a shape has thresholds in pop) and s ~ Bern(1/2)."""
+    from scipy import stats
+
+    nodes = stats.norm.ppf((np.arange(4000) + 0.5) / 4000)
+    weights = np.full(len(nodes), 1 / len(nodes))
 
     def mean_y(t, t_m, s):  # E[Y(t, M(t_m)) | s]
         pm = click_prob(cfg, t_m, nodes, s)
@@ -84,7 +120,7 @@ def draw_funnel(cfg: FunnelConfig) -> pd.DataFrame:
     """One sample of impressions (deterministic per seed)."""
     rng = np.random.default_rng(cfg.seed)
     pop = rng.normal(size=cfg.n_items)
-    promoted = (rng.random(cfg.n_items) < _sig(-0.5 + cfg.promote_bias * pop)).astype(int)
+    promoted = (rng.random(cfg.n_items) < promote_prob(cfg, pop)).astype(int)
     item = rng.integers(0, cfg.n_items, cfg.n_impressions)
     s = rng.integers(0, 2, cfg.n_impressions)
     t, p = promoted[item], pop[item]

@@ -28,9 +28,10 @@ def analyze(params: Params) -> dict:
     else:
         rows = read_rows(require(cfg.data, "analyze"))
     report, page = analyze_to(rows, graph, d["analysis"], cfg.cluster, params.seed,
-                              placebo_simulations=cfg.placebo_simulations)
+                              placebo_simulations=cfg.placebo_simulations, nuisance=cfg.nuisance)
     total = report["estimate"]["effects"][report["estimate"]["headline"]]["total"]
     return {"report": str(page), "total_effect": round(total["value"], 4),
             "total_ci95": [round(x, 4) for x in total["ci95"]],
             "refutations_passed": f"{report['refutations_passed']}/{len(report['refute'])}",
-            "graph_consistent_with_data": report["model"]["graph_consistent_with_data"]}
+            "graph_consistent_with_data": report["model"]["graph_consistent_with_data"],
+            "nuisance_models": report["estimate"]["nuisance_models"], "warnings": report["warnings"]}

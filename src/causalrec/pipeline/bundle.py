@@ -78,7 +78,11 @@ def write_causal_summary(params: Params, out: Path) -> dict | None:
                "outcome": ident["outcome"], "estimator": report["estimate"]["headline"], "segment": segment,
                "overall": {**overall, "share_mediated": share_mediated(overall) if "indirect" in overall else None},
                "by_segment": report["estimate"].get("mediation_by_segment") or {},
-               "refutations_passed": f"{report['refutations_passed']}/{len(report['refute'])}"}
+               "refutations_passed": f"{report['refutations_passed']}/{len(report['refute'])}",
+               # which nuisance models produced the split, and whether the logit-linear form held on held-out rows
+               "nuisance_models": report["estimate"]["nuisance_models"],
+               "specification_check_passed": report["estimate"]["specification_check"]["passed"],
+               "warnings": report["warnings"]}
     atomic_write_json(out / "causal.json", summary)
     shutil.copy2(analysis / "graph.png", out / "causal_graph.png")
     return summary

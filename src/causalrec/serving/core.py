@@ -238,7 +238,9 @@ class RecommenderCore:
         return {"graph": c["graph"], "treatment": c["treatment"], "mediator": c["mediator"], "outcome": c["outcome"],
                 "estimator": c["estimator"], "segment_label": label, "total": split["total"],
                 "direct": split.get("direct"), "indirect": split.get("indirect"),
-                "share_mediated": split.get("share_mediated"), "refutations_passed": c["refutations_passed"]}
+                "share_mediated": split.get("share_mediated"), "refutations_passed": c["refutations_passed"],
+                "nuisance_models": c.get("nuisance_models"), "specification_check_passed": c.get("specification_check_passed"),
+                "warnings": c.get("warnings", [])}
 
     # ---------------------------------------------------------------------------------- items
     def add_item(self, title: str, description: str, embedding: np.ndarray | None, item_id: str | None = None) -> dict:
