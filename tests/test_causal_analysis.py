@@ -119,13 +119,19 @@ def test_causal_effects_benchmark_tiny(tmp_path):
     import sys
 
     proc = subprocess.run([sys.executable, "causal_effects.py", "--replications", "3", "--impressions", "2000",
-                           "--placebo-simulations", "19", "--out", str(tmp_path)], cwd=REPO / "benchmarks", capture_output=True, text=True, timeout=300)
+                           "--placebo-simulations", "19", "--shapes", "home", "nonlinear_confounding", "--shape-replications", "2",
+                           "--out", str(tmp_path)], cwd=REPO / "benchmarks", capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "causal_effects.json").read_text())
     assert result["replications"] == 3 and {"total", "direct", "indirect", "segment=0", "segment=1",
                                             "segment=1 direct", "segment=1 indirect"} <= set(result["effects"])
     assert {"bias", "rmse", "coverage", "bias_over_se"} <= set(result["effects"]["total"])
     assert result["refuters"]["wrong_graph_detection_rate"] == 1.0
+    shapes = result["shapes"]  # the coverage table over funnel shapes, with the specification check's rates
+    assert set(shapes) == {"home", "nonlinear_confounding"} and {"bias", "coverage"} <= set(shapes["home"]["total"])
+    assert result["summary"]["worst_coverage"] <= result["summary"]["best_coverage"]
+    assert shapes["nonlinear_confounding"]["specification_flag_rate"] == result["misspecification"]["detection_rate"]
+    assert shapes["home"]["specification_flag_rate"] == result["misspecification"]["false_alarm_rate"]
 
 
 def test_flexible_nuisances_survive_nonlinear_confounding_and_the_check_flags_the_linear_form():
