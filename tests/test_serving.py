@@ -485,6 +485,9 @@ def test_explanation_quotes_the_mediation_split_of_the_users_segment(bundle, tmp
         assert {k: got[k] for k in ("total", "direct", "indirect")} == {k: want[k] for k in ("total", "direct", "indirect")}
         assert got["share_mediated"] == pytest.approx(want["indirect"]["value"] / want["total"]["value"])
         assert got["mediator"] == "clicked" and got["treatment"] == "promoted"
+        # which nuisance models produced the split, and the specification check's verdict (logistic: not run)
+        assert got["nuisance_models"] == {k: "logistic" for k in ("propensity", "outcome", "mediator", "outcome_given_mediator")}
+        assert got["specification_check_passed"] is None and got["warnings"] == []
     assert any("goes through clicked" in r for r in core.explain("u000001", "i000000")["reasons"])
 
     out = tmp_path / "explain"

@@ -72,6 +72,12 @@ def write_explanation(explanation: dict, out_dir: str | Path, graph_png: Path | 
                          f"<p>Share through <b>{_esc(m['mediator'])}</b>: "
                          f"{'n/a' if share is None else f'{share:.0%}'} (a ratio of estimates: unstable when the "
                          f"total's interval covers 0).</p>"]
+            if m.get("nuisance_models"):
+                check = m.get("specification_check_passed")
+                sections.append(f"<p>Nuisance models: {_esc(', '.join(f'{k}: {v}' for k, v in m['nuisance_models'].items()))}; "
+                                "specification check of the linear form: "
+                                f"{'not run' if check is None else 'passed' if check else '<b>failed</b>'}.</p>")
+            sections += [f"<p style='color:#e4572e'><b>Warning:</b> {_esc(w)}</p>" for w in m.get("warnings") or []]
             if graph_png is not None:
                 shutil.copy2(graph_png, tmp / "graph.png")
                 sections.append("<img src='graph.png' width='640' alt='the causal graph'>")
