@@ -1,7 +1,7 @@
 """DoWhy and EconML defaults beside causalrec's analysis, on the same funnel replications.
 
     make dowhy-venv                                   # .venv-dowhy: DoWhy 0.14 + EconML, scipy 1.15.3
-    .venv-dowhy/bin/python benchmarks/causal_effects_dowhy.py [--replications 100]
+    .venv-dowhy/bin/python benchmarks/causal_effects_dowhy.py [--replications 100] [--shapes ... --shape-replications 20]
 
 DoWhy 0.14 needs scipy 1.15.3, which the project's lock (scipy 1.17.1) does not allow, so this
 reference runs in its own environment (`make dowhy-venv`, never imported by the package). It draws
@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from _common import REPO, write_result
 from causalrec.causal.analysis import HEADLINE, analyze
 from causalrec.causal.graph import CausalGraph
-from causalrec.data.funnel import FunnelConfig, draw_funnel, true_effects
+from causalrec.data.funnel import SHAPES, FunnelConfig, draw_funnel, true_effects
 
 
 def _row(value, lo, hi, truth):
@@ -52,7 +52,7 @@ def dowhy_estimates(data, graph: CausalGraph, rep: int, placebo_simulations: int
         est = model.estimate_effect(total, method_name=method, confidence_intervals=True)
         lo, hi = np.ravel(est.get_confidence_intervals())[:2]
         out[f"dowhy {method.split('.')[1]}"] = {"total": (est.value, lo, hi)}
-        if method == "backdoor.linear_regression":
+        if method == "backdoor.linear_regression" and placebo_simulations:
             placebo = model.refute_estimate(total, est, method_name="placebo_treatment_refuter", placebo_type="permute",
                                             num_simulations=placebo_simulations, random_seed=rep)
             # DoWhy's verdict: the placebo effects are significantly away from 0 -> the refuter fails
@@ -84,12 +84,35 @@ def econml_estimates(data, rep: int) -> dict:
     return out
 
 
+def side_by_side(shape: str, args, graph: CausalGraph) -> dict:
+    """Total / direct / indirect effects of every method in one funnel shape (the samples of
+    causal_effects.py's shape table: seed 10,000 + replication); the refuters are compared at home."""
+    world = FunnelConfig(n_items=args.items, n_impressions=args.impressions, shape=shape)
+    truth = true_effects(world)
+    per: dict[str, dict[str, list]] = {}
+    for rep in tqdm(range(args.shape_replications), desc=shape):
+        data = draw_funnel(FunnelConfig(**{**world.__dict__, "seed": 10_000 + rep}))
+        ours = analyze(data, graph, cluster="item_id", seed=rep, placebo_simulations=19)
+        found = {f"causalrec {HEADLINE}": {k: (v["value"], *v["ci95"]) for k, v in ours["estimate"]["effects"][HEADLINE].items()},
+                 **dowhy_estimates(data, graph, rep, placebo_simulations=0), **econml_estimates(data, rep)}
+        found.pop("dowhy_placebo_failed", None)
+        for method, effects in found.items():
+            for key, (value, lo, hi) in effects.items():
+                if key in ("total", "direct", "indirect"):
+                    per.setdefault(method, {}).setdefault(key, []).append(_row(value, lo, hi, truth[key]))
+    return {"truth": {k: truth[k] for k in ("total", "direct", "indirect")},
+            "methods": {m: {k: summarise(v) for k, v in eff.items()} for m, eff in per.items()}}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--replications", type=int, default=100)
     ap.add_argument("--impressions", type=int, default=8000)
     ap.add_argument("--items", type=int, default=400)
     ap.add_argument("--placebo-simulations", type=int, default=100, help="DoWhy's default for its placebo refuter")
+    ap.add_argument("--shapes", nargs="*", default=[], choices=SHAPES,
+                    help="also these funnel shapes (causal_effects.py's), without the placebo refuters")
+    ap.add_argument("--shape-replications", type=int, default=20)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     import dowhy
@@ -119,6 +142,8 @@ def main(argv=None) -> dict:
     figures = {"replications": args.replications, "world": world.__dict__, "truth": truth,
                "versions": {"dowhy": dowhy.__version__, "econml": econml.__version__},
                "methods": {m: {k: summarise(v) for k, v in eff.items()} for m, eff in per.items()},
+               "shape_replications": args.shape_replications,
+               "shapes": {shape: side_by_side(shape, args, graph) for shape in args.shapes},
                "placebo_false_alarm_rate": {k: float(np.mean(v)) for k, v in alarms.items()},
                "note": "same samples as causal_effects.py (seed = replication); DoWhy/EconML with their defaults, "
                        "which do not cluster by item"}

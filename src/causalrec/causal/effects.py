@@ -126,6 +126,10 @@ class Nuisance:
             col = 0 if c == "logistic" else 1
             for f in np.unique(folds):
                 test, train = folds == f, folds != f
+                if len(np.unique(target[train])) < 2:  # a fold with one class (tiny data): its rate
+                    for key in designs:
+                        preds[c][key][test] = target[train].mean() if train.any() else 0.5
+                    continue
                 model = NUISANCE_MODELS[c]().fit(designs["observed"][col][train], target[train])
                 for key, design in designs.items():
                     preds[c][key][test] = model.predict_proba(design[col][test])[:, 1]
