@@ -619,6 +619,7 @@ def _printed_json(output: str) -> dict:
     return json.loads(output[output.rindex("\n{\n") + 1:] if "\n{\n" in output else output[output.index("{"):])
 
 
+@pytest.mark.slow
 def test_the_same_inputs_give_the_same_data_bytes_in_any_process(tmp_path):
     """Ingest on identical inputs (the base data and a feedback partition with columns the base lacks),
     in two processes with different hash seeds: byte-identical data/ (it was not: the merged columns'
