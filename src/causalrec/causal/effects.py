@@ -99,8 +99,9 @@ class Nuisance:
     per-row loss difference, summed within clusters, is kept for the specification check."""
 
     def __init__(self, name: str, target: np.ndarray, designs: dict, folds: np.ndarray, candidates: list[str],
-                 clusters: np.ndarray | None):
-        """designs: {key: (linear design, tree design)}, key "observed" and the counterfactual keys."""
+                 clusters: np.ndarray | None, in_sample: bool = False):
+        """designs: {key: (linear design, tree design)}, key "observed" and the counterfactual keys.
+        in_sample: fit on every row and predict every row (no cross-fitting: the logistic plug-in)."""
         from threadpoolctl import threadpool_limits
 
         self.name, self.candidates = name, candidates
@@ -108,7 +109,7 @@ class Nuisance:
         # one OpenMP thread: the trees are small, and two busy-waiting thread teams (two analyses, or an
         # analysis beside a training process, on 2 cores) slowed a fit 10-20x
         with threadpool_limits(limits=1, user_api="openmp"):
-            self._fit(preds, target, designs, folds, candidates)
+            self._fit(preds, target, designs, folds, candidates, in_sample)
         losses = {c: _log_loss(target, preds[c]["observed"]) for c in candidates}
         self.oof_log_loss = {c: float(v.mean()) for c, v in losses.items()}
         self.chosen = min(candidates, key=self.oof_log_loss.get)
@@ -121,11 +122,13 @@ class Nuisance:
             self.test = {"linear_minus_flexible_log_loss": float(diff.mean()), "se": se, "z": z}
 
     @staticmethod
-    def _fit(preds: dict, target: np.ndarray, designs: dict, folds: np.ndarray, candidates: list[str]) -> None:
+    def _fit(preds: dict, target: np.ndarray, designs: dict, folds: np.ndarray, candidates: list[str],
+             in_sample: bool) -> None:
         for c in candidates:
             col = 0 if c == "logistic" else 1
             for f in np.unique(folds):
-                test, train = folds == f, folds != f
+                test = folds == f
+                train = test if in_sample else ~test
                 if len(np.unique(target[train])) < 2:  # a fold with one class (tiny data): its rate
                     for key in designs:
                         preds[c][key][test] = target[train].mean() if train.any() else 0.5
@@ -182,14 +185,8 @@ class DoublyRobust:
             return out
 
         def fit_nuisance(name, target, d):
-            if self.folds == 1:  # no cross-fitting: fit and predict on all rows (the former plug-in)
-                model = _logistic().fit(d["observed"][0], target)
-                nu = Nuisance.__new__(Nuisance)
-                nu.name, nu.candidates, nu.chosen, nu.test = name, ["logistic"], "logistic", None
-                nu.predictions = {k: model.predict_proba(v[0])[:, 1] for k, v in d.items()}
-                nu.oof_log_loss = {}
-                return nu
-            return Nuisance(name, target, d, folds, candidates, self.clusters_)
+            # folds == 1: one fold, so each model is fitted and evaluated on every row (the former plug-in)
+            return Nuisance(name, target, d, folds, candidates, self.clusters_, in_sample=self.folds == 1)
 
         self.nuisances_ = {"propensity": fit_nuisance("propensity", t, designs(False))}
         self.propensity_ = np.clip(self.nuisances_["propensity"]["observed"], self.clip, 1 - self.clip)
