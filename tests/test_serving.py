@@ -315,10 +315,10 @@ def test_the_feedback_suite_refuses_an_event_an_earlier_partition_holds(tmp_path
                          "propensity": 0.5, "position": [1, 2, 3], "policy": "serving:epsilon_greedy", "model_version": "m1"})
     earlier = {f"old-{i}" for i in range(500)} | {"e1"}
     with pytest.raises(ValidationFailed) as err:
-        validate_feedback(rows, tmp_path / "refused", earlier, {"m1"})
+        validate_feedback(rows, tmp_path / "refused", earlier)
     assert [(f["column"], [e["event_id"] for e in f["examples"]]) for f in err.value.failures] == [
         ("event_id_in_earlier_partition", ["e1"])]
-    validate_feedback(rows[rows["event_id"] != "e1"], tmp_path / "passed", earlier, {"m1"})
+    validate_feedback(rows[rows["event_id"] != "e1"], tmp_path / "passed", earlier)
     written = [p.read_text(errors="ignore") for p in (tmp_path / "passed").rglob("*") if p.is_file()]
     assert written and not any("old-7" in text for text in written)
 

@@ -83,15 +83,12 @@ class Quarantine:
         out[["status", "decided_at", "reason"]] = latest.loc[out.index, ["status", "decided_at", "reason"]]
         return out.reset_index()[["event_id", "rules", "event", "held_at", "status", "decided_at", "reason"]]
 
-    def not_to_export(self) -> set[str]:
-        """Ids export must not take from the log: held or dropped (released ones are retried)."""
+    def pending(self) -> tuple[set[str], list[dict]]:
+        """What export needs, from one read: the ids it must not take from the log (held or dropped) and
+        the released events, as logged, which it checks again."""
         state = self.state()
-        return set(state.loc[state["status"] != "released", "event_id"])
-
-    def released(self) -> list[dict]:
-        """The released events, as logged: the next export checks them again."""
-        state = self.state()
-        return [json.loads(e) for e in state.loc[state["status"] == "released", "event"]]
+        released = state["status"] == "released"
+        return set(state.loc[~released, "event_id"]), [json.loads(e) for e in state.loc[released, "event"]]
 
     def decide(self, action: str, event_ids: list[str] | None, reason: str) -> dict:
         """Release (retry at the next export) or drop the held events named (None: every held one)."""

@@ -179,7 +179,8 @@ def export_feedback(log_path: str | Path, data_dir: str | Path, feedback_dir: st
     (data.quarantine) with the rules it broke, and the rest are exported: one bad event never blocks
     the loop. When more than `max_quarantine_share` of the new events break a rule, something is wrong
     upstream: TooMuchQuarantined is raised and nothing is written. The good events then pass the
-    feedback suite (report in `validation_dir`); nothing is written when it fails.
+    feedback suite (the contract's types and domains, event ids unique and new; report in
+    `validation_dir`); nothing is written when it fails.
 
     Each exported event is an exposed, treated row with its outcome, the served propensity and
     position, policy 'serving:<name>', the model version that served it, its slate (request id, size,
@@ -199,9 +200,10 @@ def export_feedback(log_path: str | Path, data_dir: str | Path, feedback_dir: st
     quarantine = Quarantine(feedback_dir)
     events = read_events(log_path)
     done = exported_event_ids(feedback_dir)
-    skip = done | quarantine.not_to_export()
+    set_aside, released = quarantine.pending()
+    skip = done | set_aside
     new = [e for e in events if str(e.get("event_id")) not in skip]
-    retried = [e for e in quarantine.released() if str(e.get("event_id")) not in done]
+    retried = [e for e in released if str(e.get("event_id")) not in done]
     new = list({str(e.get("event_id")): e for e in [*retried, *new]}.values())  # a released event once
     counts = {"events": len(events), "exported": 0, "partition": None, "new_items": 0, "new_users": 0,
               "quarantined": 0, "quarantined_by_rule": {}, "retried_from_quarantine": len(retried)}
@@ -240,7 +242,7 @@ def export_feedback(log_path: str | Path, data_dir: str | Path, feedback_dir: st
             "request_id": [e.get("request_id", "") for e in good],
             "slate_size": [int(e.get("slate_size", 0)) for e in good],
             "uniform": [int(e.get("uniform", False)) for e in good]})
-        validate_feedback(rows, validation_dir, done, known_versions)
+        validate_feedback(rows, validation_dir, done)
         items = pd.DataFrame({"item_id": [r["item_id"] for r in added], "title": [r["title"] for r in added],
                               "description": [r["description"] for r in added]}, dtype=object)
         new_users = pd.DataFrame({"user_id": sorted(set(rows["user_id"]) - known(USERS))}, dtype=object)
