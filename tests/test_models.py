@@ -3,6 +3,7 @@ import copy
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from causalrec.causal.propensity import effective_sample_size, estimate_propensities
 from causalrec.causal.debias import METHODS, DebiasedRecommender
@@ -67,6 +68,11 @@ def test_two_tower_scores_cold_items_from_features():
 def test_popularity_and_errors():
     m = Popularity().fit(np.array(["a", "b", "c"]), np.array(["x", "x", "y"]), np.array([1, 1, 0]))
     assert m.predict(None, ["x", "y", "zzz"]).argmax() == 0
+    # an item never logged counts as one with no positives: level with y, never above it
+    s = m.predict(None, ["y", "zzz"])
+    assert s[1] == pytest.approx(s[0]) and s[1] == pytest.approx(1 / (2 + 2))
+    again = Popularity.from_state(m.to_state())
+    assert np.allclose(again.predict(None, ["x", "y", "zzz"]), m.predict(None, ["x", "y", "zzz"]))
     with pytest.raises(ValueError, match="propensities"):
         DebiasedRecommender("ips").fit(np.array(["a"]), np.array(["x"]), np.array([1.0]))
     with pytest.raises(ValueError, match="unknown method"):
@@ -371,3 +377,26 @@ def test_a_feature_table_of_few_distinct_rows_or_low_rank_trains_with_the_same_s
         assert torch.allclose(model(u, i), plain(u, i), atol=1e-5)
         for tower in ("user_tower", "item_tower"):
             assert torch.allclose(getattr(model, tower).weight.grad, getattr(plain, tower).weight.grad, atol=1e-4)
+
+
+def test_early_stopping_never_returns_the_untrained_start():
+    """A model whose validation loss only worsens keeps its first trained epoch, not its random start."""
+    from causalrec.causal.training import best_epoch, train_loop
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 1)
+    start = layer.weight.detach().clone()
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    x = torch.randn(64, 3)
+    losses = iter(np.arange(1.0, 10.0))  # every epoch validates worse than the one before
+
+    def step(batch):
+        opt.zero_grad()
+        loss = ((layer(batch) - 1.0) ** 2).mean()
+        loss.backward()
+        opt.step()
+        return float(loss.detach()), len(batch)
+
+    history = train_loop(step, lambda: [x], epochs=6, modules={"m": layer}, validate=lambda: next(losses), patience=2)[0]
+    assert best_epoch(history) == 1 and len(history) == 3
+    assert not torch.allclose(layer.weight, start)

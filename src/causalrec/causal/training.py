@@ -160,8 +160,10 @@ def train_loop(step: Callable[[object], tuple[object, int]], batches: Callable[[
                modules: dict[str, torch.nn.Module], validate: Callable[[], object] | None = None,
                patience: int = 4, progress: bool = False, desc: str = "train", copies: int = 1) -> list[list[dict]]:
     """Run up to `epochs` passes; `step(batch)` optimises and returns (mean loss, rows). With `validate`,
-    the state of `modules` at the best validation loss is restored at the end, and training stops
-    after `patience` epochs without improvement. With `copies` > 1 (modules `Stacked` that many
+    the state of `modules` at the best validation loss among the trained epochs is restored at the end
+    (never the untrained starting point: a model that validates worse than its random start after
+    `patience` epochs is still the trained one, and its history says so), and training stops after
+    `patience` epochs without improvement. With `copies` > 1 (modules `Stacked` that many
     times), `step` and `validate` return one loss per copy and each copy keeps its own best state and
     stops on its own (the pass ends when all have). Returns one history per copy: one row per epoch
     with train_loss, rows, seconds (and val_loss)."""
@@ -188,8 +190,6 @@ def train_loop(step: Callable[[object], tuple[object, int]], batches: Callable[[
 
     histories, active, bad = [[] for _ in range(copies)], np.ones(copies, bool), np.zeros(copies, int)
     best, best_state = np.full(copies, np.inf), None
-    if validate is not None:  # the starting point counts
-        best, best_state = evaluate(), keep(None, active)
     for epoch in tqdm(range(epochs), desc=desc, disable=not progress):
         for m in modules.values():
             m.train()
@@ -229,7 +229,7 @@ def best_val_loss(history: list[dict]) -> float:
 
 
 def best_epoch(history: list[dict]) -> int:
-    """The epochs behind the state early stopping kept (0: the starting point was never bettered)."""
+    """The epochs behind the state early stopping kept (0: no validation, or no epoch ran)."""
     return max((row["epoch"] for row in history if row.get("kept")), default=0)
 
 

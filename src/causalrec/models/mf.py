@@ -27,7 +27,9 @@ class Popularity:
 
     def _item_scores(self, item_ids) -> np.ndarray:
         idx = self.items_.encode(item_ids)
-        return np.where(idx >= 0, self.scores_[np.maximum(idx, 0)], 1.0 / (self.scores_.max() + 2.0)).astype(np.float32)
+        # an item never logged has no positives, like a logged one with none: (0 + 1) / (max + 2), and
+        # since the top score is (max + 1) / (max + 2), that is 1 - top score
+        return np.where(idx >= 0, self.scores_[np.maximum(idx, 0)], 1.0 - self.scores_.max()).astype(np.float32)
 
     def score_matrix(self, user_ids, item_ids) -> np.ndarray:
         return np.tile(self._item_scores(item_ids), (len(user_ids), 1))

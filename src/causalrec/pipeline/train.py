@@ -88,7 +88,7 @@ def refit(params: Params, name: str, model, rows: TrainingRows, features: dict |
     if not hasattr(model, "history"):  # popularity: no epochs, counted on every row
         return make_model(name, params).fit(*_columns(both))
     epochs = best_epoch(model.history)
-    if epochs == 0:  # early stopping kept the starting point: nothing to repeat
+    if epochs == 0:  # no epoch was validated (epochs: 0): nothing to repeat
         return model
     again = replace(model, epochs=epochs).fit(*_columns(both), progress=progress, **_fit_inputs(params, name, rows, features))
     if hasattr(model, "search_"):
