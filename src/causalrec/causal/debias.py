@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from causalrec.causal.losses import DR_METHODS, LOSSES, METHODS, Batch, imputer_loss
+from causalrec.causal.losses import DR_METHODS, LOSSES, METHODS, Batch, dr_correction, imputer_loss
 from causalrec.causal.training import (FitSettings, OnePassPath, Stacked, ValidationSearch, adam, copy_decay,
                                       minibatches, train_loop)
 from causalrec.models.factor import FactorModel
@@ -191,8 +191,9 @@ class DebiasedRecommender(OnePassPath, FitSettings):
                     opt_g.step()
                 with torch.no_grad():  # 2) the (updated) imputation on observed and population pairs
                     g = torch.sigmoid(imputer(uu, ii)).expand_as(out)
-                e_hat = F.binary_cross_entropy_with_logits(out, g, reduction="none")
-                batch = Batch(e, pb, e_hat_obs=e_hat[:, :n], e_hat_pop=e_hat[:, n:], obs_share=obs_share)
+                e_hat_pop = F.binary_cross_entropy_with_logits(out[:, n:], g[:, n:], reduction="none")
+                correction = dr_correction(logits, yb.expand_as(logits), g[:, :n])
+                batch = Batch(e, pb, correction=correction, e_hat_pop=e_hat_pop, obs_share=obs_share)
             else:
                 logits, exposure_loss = forward(ub, ib, n)
                 batch = Batch(self._loss(logits, yb.expand_as(logits)), pb)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from causalrec.causal.debias import DebiasedRecommender
-from causalrec.causal.losses import DR_METHODS, LOSSES, Batch, imputer_loss
+from causalrec.causal.losses import DR_METHODS, LOSSES, Batch, dr_correction, imputer_loss
 from causalrec.causal.training import adam, minibatches, train_loop
 from causalrec.models.factor import FactorModel
 from causalrec.models.ids import IdIndex
@@ -172,7 +172,8 @@ def fit_streaming(model: DebiasedRecommender, interactions: str | Path, user_ids
             with torch.no_grad():
                 g = torch.sigmoid(imputer(u, i))
             e_hat = F.binary_cross_entropy_with_logits(logits, g, reduction="none")
-            batch = Batch(e_obs, p_obs, e_hat_obs=obs(e_hat), e_hat_pop=e_hat, obs_share=len(shown) / len(o))
+            correction = dr_correction(obs(logits), obs(y), obs(g))
+            batch = Batch(e_obs, p_obs, correction=correction, e_hat_pop=e_hat, obs_share=len(shown) / len(o))
         else:
             batch = Batch(model._loss(logits, y), p)
         loss = LOSSES[model.method](batch)
