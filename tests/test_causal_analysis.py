@@ -173,3 +173,35 @@ def test_the_report_warns_when_the_graph_leaves_out_a_confounder():
                      nuisance="logistic")
     assert not report["model"]["graph_consistent_with_data"]
     assert any("implied independences" in w and "confounder" in w for w in report["warnings"])
+
+
+def test_poor_overlap_switches_to_the_grouped_jackknife_declared_up_front():
+    """Under poor overlap (promotion nearly fixed by popularity: a fifth of rows at the propensity clip)
+    the IF SE misses the nuisances' estimation error; the SE is then the delete-a-group jackknife over
+    item groups with every nuisance refitted, and the interval uses t with groups - 1 df. With good
+    overlap, nothing changes: the IF SE."""
+    import numpy as np
+    from scipy import stats
+
+    from causalrec.causal.effects import JACKKNIFE_GROUPS, DoublyRobust
+
+    data = draw_funnel(FunnelConfig(n_items=200, n_impressions=3000, shape="poor_overlap", seed=10_033))
+    report = analyze(data, CausalGraph.load(FUNNEL), cluster="item_id", placebo_simulations=19, nuisance="logistic")
+    assert report["estimate"]["variance"].startswith("grouped jackknife")
+    assert any(w.startswith("poor overlap") and "jackknife" in w for w in report["warnings"])
+    total = report["estimate"]["effects"]["doubly_robust"]["total"]
+    assert total["df"] == JACKKNIFE_GROUPS - 1
+    assert total["ci95"][1] - total["value"] == pytest.approx(stats.t.ppf(0.975, JACKKNIFE_GROUPS - 1) * total["se"])
+    # the segment's leave-one-group-out estimates are the refits' own estimates on the rows they kept
+    dr = DoublyRobust("promoted", "purchased", ["popularity"], "clicked", ["segment"], "item_id", nuisance="logistic").fit(data)
+    keep, _ = dr.jackknife_[0]
+    refit = DoublyRobust("promoted", "purchased", ["popularity"], "clicked", ["segment"], "item_id", nuisance="logistic",
+                         jackknife=False).fit(data[keep].reset_index(drop=True))
+    seg = data["segment"].to_numpy() == 1
+    leave_out = [float((psi[(1, 1, "total")] - psi[(0, 0, "total")])[seg[k]].mean()) for k, psi in dr.jackknife_]
+    assert leave_out[0] == pytest.approx(refit.total(seg[keep]).value)
+    assert dr.total(seg).se == pytest.approx(np.sqrt((len(leave_out) - 1) / len(leave_out)
+                                                     * np.sum((np.array(leave_out) - np.mean(leave_out)) ** 2)))
+    home = DoublyRobust("promoted", "purchased", ["popularity"], "clicked", ["segment"], "item_id",
+                        nuisance="logistic").fit(draw_funnel(FunnelConfig(seed=7)))
+    assert home.variance == "influence function" and home.total().df is None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from causalrec.causal.effects import DoublyRobust, regression
+from causalrec.causal.effects import JACKKNIFE_OVERLAP_SHARE, DoublyRobust, regression
 from causalrec.causal.graph import CausalGraph, GraphError
 from causalrec.causal.refute import refute
 
@@ -75,7 +75,7 @@ def analyze(data: pd.DataFrame, graph: CausalGraph, cluster: str | None = None, 
                          "outcome": y, "mediator": mediator, "segments": modifiers},
             "estimate": {"headline": HEADLINE, "effects": effects, "mediation_by_segment": by_segment, "n_rows": len(data),
                          "clusters": int(data[cluster].nunique()) if cluster else None,
-                         "nuisance": nuisance, "nuisance_models": dr.nuisance_models,
+                         "nuisance": nuisance, "nuisance_models": dr.nuisance_models, "variance": dr.variance,
                          "out_of_fold_log_loss": {k: nu.oof_log_loss for k, nu in dr.nuisances_.items()},
                          "specification_check": specification},
             "refute": refutations, "refutations_passed": int(np.sum([r["passed"] for r in refutations])),
@@ -96,8 +96,8 @@ def _warnings(checks: list[dict], specification: dict, dr: DoublyRobust) -> list
         out.append(f"logit-linear nuisance models are misspecified for {', '.join(specification['flagged'])} (flexible "
                    "models predict held-out rows better): estimates relying on the linear form (the linear SEM, "
                    f"nuisance=logistic) are biased; the headline used {dr.nuisance_models}")
-    extreme = float(np.mean((dr.propensity_ <= dr.clip) | (dr.propensity_ >= 1 - dr.clip)))
-    if extreme > 0.05:
-        out.append(f"poor overlap: {extreme:.0%} of rows have a propensity at the clip ({dr.clip}); the effect there "
-                   "rests on extrapolation")
+    if dr.overlap_share_at_clip > JACKKNIFE_OVERLAP_SHARE:
+        out.append(f"poor overlap: {dr.overlap_share_at_clip:.0%} of rows have a propensity at the clip ({dr.clip}); "
+                   "the effect there rests on the outcome models' extrapolation (intervals: "
+                   f"{dr.variance.split(':')[0]})")
     return out

@@ -15,6 +15,17 @@ Estimators (each returns Estimate(value, se, ci)):
   T x modifier interactions, gradient-boosted trees, or per model the one with the lower out-of-fold
   log loss (the default). Their paired out-of-fold losses are the specification check of the
   logit-linear form (`specification_check`).
+
+Standard errors. The influence-function SE treats the fitted nuisances as known, which holds to first
+order. Under poor overlap it does not hold in samples of realistic size: where the estimated
+propensities sit at the clip the estimate leans on the outcome models' extrapolation, and their
+estimation error is invisible in the realised influence values (on a funnel with 20% of rows at the
+clip the IF SE averaged 0.025 against an actual spread of 0.033: 95% intervals covered 0.86). So the
+rule, declared before any outcome is looked at: when more than `JACKKNIFE_OVERLAP_SHARE` of rows
+have an estimated propensity at the clip, the SE is the delete-a-group jackknife over
+`JACKKNIFE_GROUPS` groups of clusters, every nuisance refitted without the group (its model as chosen
+on all rows), and the interval uses Student's t with groups - 1 degrees of freedom. Otherwise the IF
+SE (cheap, and right there).
 """
 from __future__ import annotations
 
@@ -27,14 +38,20 @@ from scipy import stats
 Z95 = float(stats.norm.ppf(0.975))
 
 
+JACKKNIFE_OVERLAP_SHARE = 0.05  # share of rows at the propensity clip above which the SE is the jackknife's
+JACKKNIFE_GROUPS = 20
+
+
 @dataclass(frozen=True)
 class Estimate:
     value: float
     se: float
+    df: int | None = None  # degrees of freedom of the SE (the jackknife's); None: normal
 
     @property
     def ci(self) -> tuple[float, float]:
-        return (self.value - Z95 * self.se, self.value + Z95 * self.se)
+        q = Z95 if self.df is None else float(stats.t.ppf(0.975, self.df))
+        return (self.value - q * self.se, self.value + q * self.se)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "ci95": list(self.ci)}
@@ -151,16 +168,52 @@ class DoublyRobust:
 
     def __init__(self, treatment: str, outcome: str, adjustment: list[str], mediator: str | None = None,
                  modifiers: list[str] = (), cluster: str | None = None, clip: float = 0.01,
-                 nuisance: str = "auto", folds: int = 5, seed: int = 0):
+                 nuisance: str = "auto", folds: int = 5, seed: int = 0, jackknife: bool = True):
+        """jackknife: the grouped-jackknife SE under poor overlap (the module's rule); False: IF SEs always."""
         if nuisance not in NUISANCES:
             raise ValueError(f"nuisance must be one of {NUISANCES}, got {nuisance!r}")
         if folds < 1 or (folds == 1 and nuisance != "logistic"):
             raise ValueError("folds must be >= 2 for flexible nuisance models (cross-fitting), or 1 with logistic")
         self.t, self.y, self.z, self.m = treatment, outcome, list(adjustment), mediator
         self.modifiers, self.cluster, self.clip = list(modifiers), cluster, clip
-        self.nuisance, self.folds, self.seed = nuisance, folds, seed
+        self.nuisance, self.folds, self.seed, self.jackknife = nuisance, folds, seed, jackknife
+        self._models: dict[str, str] | None = None  # per nuisance, a model fixed in advance (jackknife refits)
+
+    @property
+    def overlap_share_at_clip(self) -> float:
+        """Share of rows whose estimated propensity sits at the clip (after `fit`)."""
+        return float(np.mean((self.propensity_ <= self.clip) | (self.propensity_ >= 1 - self.clip)))
+
+    @property
+    def variance(self) -> str:
+        """How the SEs were computed (after `fit`)."""
+        if self.jackknife_ is None:
+            return "influence function"
+        return (f"grouped jackknife ({len(self.jackknife_)} groups of clusters, nuisances refitted): "
+                f"{self.overlap_share_at_clip:.0%} of rows at the propensity clip")
 
     def fit(self, df: pd.DataFrame) -> DoublyRobust:
+        self._fit(df)
+        self.jackknife_ = None
+        if self.jackknife and self.overlap_share_at_clip > JACKKNIFE_OVERLAP_SHARE:
+            self.jackknife_ = self._jackknife(df)
+        return self
+
+    def _jackknife(self, df: pd.DataFrame) -> list[tuple[np.ndarray, dict]]:
+        """(rows kept, psi influence values on them) of each refit without one group of clusters."""
+        units = self.clusters_ if self.clusters_ is not None else np.arange(len(df))
+        groups = _folds(len(df), units, min(JACKKNIFE_GROUPS, len(np.unique(units))), self.seed + 1)
+        out = []
+        for g in np.unique(groups):
+            keep = groups != g
+            refit = DoublyRobust(self.t, self.y, self.z, self.m, self.modifiers, self.cluster, self.clip,
+                                 self.nuisance, self.folds, self.seed, jackknife=False)
+            refit._models = self.nuisance_models
+            refit._fit(df[keep].reset_index(drop=True))
+            out.append((keep, refit.psi_if_))
+        return out
+
+    def _fit(self, df: pd.DataFrame) -> DoublyRobust:
         t, y = df[self.t].to_numpy(float), df[self.y].to_numpy(float)
         n, z_cols = len(df), self.z + [c for c in self.modifiers if c not in self.z]
         self.clusters_ = df[self.cluster].to_numpy() if self.cluster else None
@@ -186,7 +239,8 @@ class DoublyRobust:
 
         def fit_nuisance(name, target, d):
             # folds == 1: one fold, so each model is fitted and evaluated on every row (the former plug-in)
-            return Nuisance(name, target, d, folds, candidates, self.clusters_, in_sample=self.folds == 1)
+            chosen = candidates if self._models is None else [self._models[name]]
+            return Nuisance(name, target, d, folds, chosen, self.clusters_, in_sample=self.folds == 1)
 
         self.nuisances_ = {"propensity": fit_nuisance("propensity", t, designs(False))}
         self.propensity_ = np.clip(self.nuisances_["propensity"]["observed"], self.clip, 1 - self.clip)
@@ -237,7 +291,12 @@ class DoublyRobust:
         if mask is not None:
             phi, clusters = phi[mask], (None if clusters is None else clusters[mask])
         value = float(phi.mean())
-        return Estimate(value, _se(phi - value, clusters))
+        if self.jackknife_ is None:
+            return Estimate(value, _se(phi - value, clusters))
+        within = np.ones(len(self.propensity_), bool) if mask is None else np.asarray(mask, bool)
+        leave_out = np.array([float((psi[plus] - psi[minus])[within[keep]].mean()) for keep, psi in self.jackknife_])
+        g = len(leave_out)
+        return Estimate(value, float(np.sqrt((g - 1) / g * np.sum((leave_out - leave_out.mean()) ** 2))), df=g - 1)
 
     def total(self, mask: np.ndarray | None = None) -> Estimate:
         return self._contrast((1, 1, "total"), (0, 0, "total"), mask)

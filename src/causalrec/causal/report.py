@@ -98,7 +98,8 @@ def write_report(report: dict, graph: CausalGraph, out_dir: str | Path) -> Path:
                      + ", ".join(f"{html.escape(k)}: {html.escape(v)}" for k, v in (est.get("nuisance_models") or {}).items())
                      + ". Specification check of the logit-linear form (held-out log loss, linear vs boosted): "
                      + ("not run" if not spec.get("ran") else "passed" if spec["passed"] else
-                        f"<b>failed for {html.escape(', '.join(spec['flagged']))}</b>") + ".</p>")
+                        f"<b>failed for {html.escape(', '.join(spec['flagged']))}</b>") + ". Standard errors: "
+                     + html.escape(str(est.get("variance", "influence function"))) + ".</p>")
         warnings = report.get("warnings") or []
         warn = ("<div style='border:2px solid #e4572e;padding:0 1em'><h2>Warnings</h2><ul>"
                 + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul></div>") if warnings else ""

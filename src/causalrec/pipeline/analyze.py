@@ -34,4 +34,5 @@ def analyze(params: Params) -> dict:
             "total_ci95": [round(x, 4) for x in total["ci95"]],
             "refutations_passed": f"{report['refutations_passed']}/{len(report['refute'])}",
             "graph_consistent_with_data": report["model"]["graph_consistent_with_data"],
-            "nuisance_models": report["estimate"]["nuisance_models"], "warnings": report["warnings"]}
+            "nuisance_models": report["estimate"]["nuisance_models"], "variance": report["estimate"]["variance"],
+            "warnings": report["warnings"]}
