@@ -109,7 +109,7 @@ def write_params(root: Path, **sections) -> Path:
     params["simulate"].update(SMALL)
     # The learners' own tests cover `auto` and the bootstrap; projects here test the system around them.
     params["train"].update({"epochs": 5, "dim": 8, "exposure_weight": 0.0})
-    params["uplift"].update({"n_bootstrap": 2, "exposure_weight": 0.0})
+    params["uplift"].update({"learner": "shared", "n_bootstrap": 2, "exposure_weight": 0.0})
     params["analyze"]["placebo_simulations"] = 19  # the refuter's own test uses more
     params["analyze"]["nuisance"] = "logistic"  # tests/test_causal_analysis.py tests "auto" (boosted trees, ~3 s a run)
     for section, values in sections.items():

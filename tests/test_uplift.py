@@ -142,13 +142,12 @@ def test_exposure_head_learns_to_ignore_an_uninformative_policy():
     assert _match_auc(m) > 0.7  # still learns from the outcomes
 
 
-def test_auto_exposure_weight_picks_by_validation_loss():
+def test_auto_exposure_weight_picks_by_the_tau_risk():
     users, items, t, y, e = _preference_log()
     m = UpliftLearner("shared", dim=4, epochs=30, lr=0.02, batch_size=256, seed=0).fit(users, items, t, y, e)
-    chosen, losses = m.members_[0].extra["exposure_weight"], m.members_[0].extra["validation_loss"]
-    assert set(losses) == {"0.0", "1.0", "3.0", "10.0"}
-    assert losses[str(chosen)] == min(losses.values())
-    assert chosen > 0  # the informative policy helps on held-out outcomes
+    chosen, risks = m.members_[0].extra["exposure_weight"], m.members_[0].extra["validation_tau_risk"]
+    assert set(risks) == {"0.0", "1.0", "3.0", "10.0"}
+    assert risks[str(chosen)] == min(risks.values())
     with pytest.raises(ValueError, match="exposure_weight"):
         UpliftLearner("shared", exposure_weight=-1.0).fit(users, items, t, y, e)
 
@@ -219,3 +218,64 @@ def test_the_train_stage_fits_the_uplift_learner_beside_the_relevance_models_wit
     (alone, a), (beside, b) = fitted[False], fitted[True]
     assert alone == beside and alone["bootstrap_members"] == 2
     np.testing.assert_allclose(a.score_matrix(users, items), b.score_matrix(users, items), atol=1e-6)
+
+
+def _effect_log(n=30_000, seed=0):
+    """200 users x 100 items in two groups each; P(Y=1 | recommended) = 0.3 everywhere. Without a
+    recommendation, users of group 0 find items of their own group themselves (P = 0.27) and not the
+    others (0.03); for users of group 1 a recommendation of an item of their group backfires (0.45
+    without it) and the other group's items are found half the time (0.15). True uplift: 0.03 / 0.27
+    (group 0), -0.15 / 0.15 (group 1): it depends on the pair and is negative for a quarter of pairs."""
+    rng = np.random.default_rng(seed)
+    u, i = rng.integers(200, size=n), rng.integers(100, size=n)
+    match = (u % 2) == (i % 2)
+    p0 = np.where(u % 2 == 0, np.where(match, 0.27, 0.03), np.where(match, 0.45, 0.15))
+    e = np.full(n, 0.5)
+    t = (rng.random(n) < e).astype(int)
+    y = (rng.random(n) < np.where(t == 1, 0.3, p0)).astype(float)
+    tau = lambda uu, ii: 0.3 - np.where(uu % 2 == 0, np.where(uu % 2 == ii % 2, 0.27, 0.03),  # noqa: E731
+                                         np.where(uu % 2 == ii % 2, 0.45, 0.15))
+    return np.array([f"u{x}" for x in u]), np.array([f"i{x}" for x in i]), t, y, e, tau
+
+
+def test_tau_risk_ranks_the_true_effect_first():
+    """The criterion every uplift choice uses: lower for the true effect than for no effect or for the
+    outcome rate (relevance), with any fixed baseline m."""
+    from causalrec.causal.uplift import outcome_baseline, tau_risk
+
+    users, items, t, y, e, tau = _effect_log(n=60_000)
+    uu, ii = (np.array([int(x[1:]) for x in a]) for a in (users, items))
+    fit = np.arange(len(y)) % 2 == 0
+    m = outcome_baseline(users, y, fit)[~fit]
+    truth = tau(uu, ii)[~fit]
+    risks = {name: tau_risk(guess, t[~fit], y[~fit], e[~fit], m)
+             for name, guess in (("truth", truth), ("zero", np.zeros_like(truth)), ("relevance", np.full_like(truth, 0.3)),
+                                 ("negated", -truth))}
+    assert risks["truth"] == min(risks.values()), risks
+    assert tau_risk(truth, t[~fit], y[~fit], e[~fit], np.zeros_like(m)) < tau_risk(np.zeros_like(truth), t[~fit], y[~fit],
+                                                                                    e[~fit], np.zeros_like(m))
+
+
+def test_shared_learners_represent_pair_dependent_and_negative_effects_and_auto_chooses_by_tau_risk():
+    """The organic part has user x item factors, so users differ in what they find themselves; the
+    shift form can say that a recommendation hurts; `auto` keeps the learner with the lowest
+    validation tau-risk, and the choice survives a save."""
+    from scipy.stats import spearmanr
+
+    users, items, t, y, e, tau = _effect_log()
+    kw = dict(dim=4, epochs=30, lr=0.02, batch_size=512, seed=0, exposure_weight=0.0, exposure_features=False)
+    ids_u, ids_i = [f"u{k}" for k in range(200)], [f"i{k}" for k in range(100)]
+    truth = tau(np.arange(200)[:, None], np.arange(100)[None, :])
+    share = UpliftLearner("shared", **kw).fit(users, items, t, y, e)
+    organic = share.members_[0].parts[1].score_matrix(ids_u[:2], ids_i)  # a user of each group
+    assert spearmanr(organic[0], organic[1])[0] < 0  # opposite orders of what each finds alone
+    shift = UpliftLearner("shared_shift", **kw).fit(users, items, t, y, e)
+    S = shift.score_matrix(ids_u, ids_i)
+    backfires = truth < 0
+    assert (S[backfires] < 0).mean() > 0.7 and (S[~backfires] > 0).mean() > 0.7, ((S[backfires] < 0).mean(), (S[~backfires] > 0).mean())
+    assert spearmanr(S.ravel(), truth.ravel())[0] > 0.8
+    auto = UpliftLearner("auto", **{**kw, "epochs": 10}).fit(users, items, t, y, e)
+    assert set(auto.search_) == set(LEARNERS) and auto.learner_ == min(auto.search_, key=auto.search_.get)
+    assert auto.members_[0].name == auto.learner_
+    again = UpliftLearner.from_state(auto.to_state())
+    assert again.learner_ == auto.learner_ and np.allclose(again.score_matrix(ids_u[:3], ids_i), auto.score_matrix(ids_u[:3], ids_i))

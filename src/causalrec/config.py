@@ -135,7 +135,7 @@ class Train(_Section):
 
 class Uplift(_Section):
     enabled: bool
-    learner: Literal["t_learner", "x_learner", "dr_learner", "dlce", "shared"]
+    learner: Literal["auto", "t_learner", "x_learner", "dr_learner", "dlce", "shared", "shared_shift"]
     arm_method: Literal["naive", "ips"]
     n_bootstrap: int = Field(ge=1, le=50)
     exposure_features: bool

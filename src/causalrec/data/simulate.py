@@ -28,7 +28,13 @@ Shapes (a family of worlds; each a config field, the defaults give the world abo
 * uplift_shape: organic_share (p0 = p1 s_i, the default); interaction (the organic share depends
   on the user too: users find items of their own interests themselves, s_ui = sigmoid(-1 + pop_i +
   1.5 (a_ui - 1))); negative (as organic_share, but for a third of users a recommendation
-  backfires: p0 = min(0.99, p1 (1.3 + s_i)) > p1).
+  backfires: p0 = min(0.99, p1 (1.3 + s_i)) > p1); pair_effect (the recommendation moves the
+  outcome's log-odds by d_ui = 1.2 tanh(1.5 (a2_ui - 1)) + 0.6, a2 the affinity to the user's interests
+  other than the main one: logit p0 = logit p1 - d_ui, an effect that is a nonlinear function of
+  user x item, largest for what a user would not look for, negative for part of the pairs, and
+  invisible to the logging policy);
+  saturating (a recommendation matters most to the undecided: p0 = p1 - 0.9 p1 (1 - p1), so the
+  most relevant items, bought anyway, have little uplift).
 
 Everything is deterministic per seed. The log is written in chunks (bounded memory at 10M rows).
 Ground truth (latent factors + a randomized test set with both potential outcomes) goes to a
@@ -80,7 +86,7 @@ FILLER = ["with", "for", "and", "the", "a", "everyday", "new", "classic", "great
 
 
 POLICY_VIEWS = ("exact", "noisy", "low_rank", "nonlinear")
-UPLIFT_SHAPES = ("organic_share", "interaction", "negative")
+UPLIFT_SHAPES = ("organic_share", "interaction", "negative", "pair_effect", "saturating")
 # Gauss-Hermite nodes for averaging over the per-visit context z ~ N(0, 1).
 _GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(15)
 _GH_WEIGHTS = _GH_WEIGHTS / _GH_WEIGHTS.sum()
@@ -172,6 +178,11 @@ class World:
         if cfg.confounding:
             logit = logit + cfg.confounding * z
         p1 = _sigmoid(logit)
+        if cfg.uplift_shape == "pair_effect":
+            d = 1.2 * np.tanh(1.5 * (self.secondary_affinity(users, items, t) - 1.0)) + 0.6
+            return p1, _sigmoid(logit - d)
+        if cfg.uplift_shape == "saturating":
+            return p1, p1 - 0.9 * p1 * (1 - p1)
         if cfg.uplift_shape == "interaction":
             return p1, p1 * _sigmoid(-1.0 + self.popularity[items] + 1.5 * (a - 1.0))
         organic_share = _sigmoid(-1.0 + self.popularity[items])
@@ -179,6 +190,14 @@ class World:
             hurt = self.backfire[users]
             return p1, np.where(hurt, np.minimum(0.99, p1 * (1.3 + organic_share)), p1 * organic_share)
         return p1, p1 * organic_share
+
+    def secondary_affinity(self, users, items, t=1.0) -> np.ndarray:
+        """K <theta_u, z_i> over the user's interests other than the main one (renormalised): what a
+        user would not go looking for by themselves."""
+        theta = self.theta(users, t).copy()
+        theta[np.arange(len(users)), theta.argmax(-1)] = 0.0
+        theta /= np.maximum(theta.sum(-1, keepdims=True), 1e-12)
+        return self.item_topics.shape[1] * np.einsum("nk,nk->n", theta, self.item_topics[items])
 
     def policy_affinity(self, users, items, t=1.0) -> np.ndarray:
         """What the logging policy knows of a_ui (policy_view)."""

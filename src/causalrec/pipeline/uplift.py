@@ -31,7 +31,9 @@ def train_uplift(params: Params, settings: dict, path: Path) -> dict:
                           exposure_weight=u.exposure_weight, **settings)
     model.fit(inter["user_id"], inter["item_id"], inter["treatment"], inter["outcome"], p, **text_features(params))
     save_model(model, path)
-    return {"learner": u.learner, "rows": len(inter), "bootstrap_members": u.n_bootstrap}
+    return {"learner": model.learner_, "configured": u.learner, "rows": len(inter), "bootstrap_members": u.n_bootstrap,
+            "validation_tau_risk": model.validation_tau_risk_,
+            **({"tau_risk_by_learner": model.search_} if model.search_ else {})}
 
 
 def _uplift_in_own_process(params: Params, settings: dict, path: Path, threads: int) -> dict:
