@@ -27,8 +27,10 @@ With a propensity file, every estimator on the MF backbone also runs with the ex
 p_uniform: every pair could have been rated) are a second target sharing the factors, the
 selection model learned jointly with relevance; its weight (0, 1, 3, 10) is chosen per fit by
 validation loss (`exposure_weight: auto`). mf_naive_head reads the propensities through the head
-only, so it counts as a debiasing method; mf_naive reads none. (Naive-Bayes propensities depend on
-the rating, unknown for unrated pairs: no head without a file.)
+only, so it counts as a debiasing method; mf_naive reads none. Without a propensity file (naive-Bayes
+propensities depend on the rating, unknown for unrated pairs) the head learns what the log itself
+says: which pairs the MNAR log rated (0/1 over every pair; `--head-target observed` asks for that
+control on a data set with a file too).
 """
 from __future__ import annotations
 
@@ -46,12 +48,12 @@ from _common import REPO, write_result
 from causalrec.causal.debias import METHODS as ESTIMATORS
 from causalrec.causal.debias import DebiasedRecommender, auto_exposure_weight
 from causalrec.causal.propensity import NaiveBayesPropensity
-from causalrec.data.sources import every_pair, load_ratings_dir, pair_propensity, pairs_in
+from causalrec.data.sources import load_ratings_dir, pair_propensity, pairs_in
 from causalrec.data.split import split_randomized
 from causalrec.evaluation.metrics import auc, mse, per_user_ndcg_recall
 from causalrec.models import Popularity
 
-GRID = {"dim": [4, 8, 16, 32], "weight_decay": [1e-4, 1e-3, 1e-2], "lr": [0.01]}
+GRID = {"dim": [4, 8, 16, 32], "weight_decay": [1e-6, 1e-5, 1e-4, 1e-3, 1e-2], "lr": [0.01]}
 UNIFORM_SHARE, VAL_SHARE_OF_UNIFORM = 0.10, 0.5  # 5% fit + 5% validation of the randomized ratings
 HEADLINE_RULE = "the method (and its hyper-parameters) with the best mean validation AUC over seeds"
 CLIP = 0.01
@@ -102,14 +104,15 @@ def make_splits(data: dict, seeds: int, propensity: str = "file", head_target: s
                          uniform_fit[cols].assign(propensity=p_mnar["uniform"] + p_uniform)], ignore_index=True)
         fit["propensity"] = fit["propensity"].clip(lower=CLIP, upper=1.0)
         val = uniform_val.assign(outcome=uniform_val["y1"].astype(np.float32))[["user_id", "item_id", "outcome"]]
-        exposure_log = None
-        if propensity == "file" and data["propensities"] is not None:
-            users, items, p_file = every_pair(data["propensities"])
-            if head_target == "observed":  # a control: which pairs the MNAR log rated, not the file's model of it
-                target = pairs_in(users, items, mnar).astype(np.float64)
-            else:
-                target = np.clip(p_file + p_uniform, CLIP, 1.0)
-            exposure_log = (users, items, target)
+        # the exposure head's target over every user x item pair: the file's P(O=1 | u,i) where the data set
+        # has one (and it is asked for), else what the log itself says, which pairs the MNAR log rated
+        user_ids, item_ids = data["users"]["user_id"].to_numpy(), data["items"]["item_id"].to_numpy()
+        users, items = np.repeat(user_ids, len(item_ids)), np.tile(item_ids, len(user_ids))
+        if head_target == "propensity" and propensity == "file" and data["propensities"] is not None:
+            target = np.clip(pair_propensity(data["propensities"], users, items) + p_uniform, CLIP, 1.0)
+        else:
+            target = pairs_in(users, items, mnar).astype(np.float64)
+        exposure_log = (users, items, target)
         out.append(Split(fit, val, SealedTest(test[["user_id", "item_id"]], test[["y1"]]), exposure_log))
     return out
 
@@ -130,8 +133,6 @@ def fit_method(name: str, hp: dict, split: Split, data: dict, seed: int):
     model = DebiasedRecommender(method, dim=hp["dim"], weight_decay=hp["weight_decay"], lr=hp["lr"], batch_size=512,
                                 epochs=200, patience=8, seed=seed)
     if name.endswith(HEAD):
-        if split.exposure_log is None:
-            raise ValueError(f"{name} needs the data set's propensity file (the head's target for every pair)")
         model, features = auto_exposure_weight(model), {**features, "exposure_log": split.exposure_log}
     fitted = model.fit(f["user_id"].to_numpy(), f["item_id"].to_numpy(), f["outcome"].to_numpy(),
                        f["propensity"].to_numpy(), val=(v["user_id"].to_numpy(), v["item_id"].to_numpy(),
@@ -199,7 +200,7 @@ def main() -> None:
     t0 = time.time()
     data = load_ratings_dir(args.data)
     has_attributes = data["item_features"] is not None
-    methods = args.methods or method_names(has_attributes, args.propensity == "file" and data["propensities"] is not None)
+    methods = args.methods or method_names(has_attributes, True)
     splits = make_splits(data, args.seeds, args.propensity, args.head_target)
     choices, predictions = choose(data, splits, methods, {**GRID, "dim": args.grid_dims})
     assert not any(s.test.opened for s in splits), "a choice read the test set"
@@ -218,7 +219,8 @@ def main() -> None:
                          "validation_auc": t["validation_auc"], "hyperparameters": t["hyperparameters"],
                          **({"exposure_weight_per_seed": t["exposure_weight_per_seed"]} if name.endswith(HEAD) else {})}
     chosen = choices["chosen"]
-    result = {"data": str(args.data), "protocol": __doc__.split("\n\n")[1].replace("\n", " "), "seeds": args.seeds,
+    protocol = next(p for p in __doc__.split("\n\n") if p.startswith("Protocol"))
+    result = {"data": str(args.data), "protocol": protocol.replace("\n", " "), "seeds": args.seeds,
               "grid": {**GRID, "dim": args.grid_dims}, "headline_rule": HEADLINE_RULE, "head_target": args.head_target,
               "propensities": ("propensities.ascii" if args.propensity == "file" and "propensity" in data["interactions"]
                                else "naive Bayes (uniform sample)"),
