@@ -48,20 +48,24 @@ def test_scale_benchmark_tiny(tmp_path):
 @pytest.mark.slow
 def test_simulator_benchmark_small(tmp_path):
     _run(["simulator.py", "--interactions", "5000", "--sections", "worlds", "--worlds", "default",
-          "negative_uplift", "--learners", "t_learner", "shared", "--name", "sim_smoke"], tmp_path)
+          "negative_uplift", "--learners", "t_learner", "shared", "auto", "--name", "sim_smoke"], tmp_path)
     result = json.loads((tmp_path / "sim_smoke.json").read_text())
     worlds, summary = result["worlds"], result["worlds_summary"]
     assert set(worlds) == {"default", "negative_uplift"}
     for rows in worlds.values():
-        assert {"t_learner", "shared", "logged_propensity", "popularity"} <= set(rows)
+        assert {"t_learner", "shared", "auto", "logged_propensity", "popularity"} <= set(rows)
+        assert sum(v for k, v in rows["auto"].items() if k.startswith("chose_")) == 1.0  # one learner chosen
     assert {"shared_outcome_only", "shared_plain"} <= set(worlds["default"])  # ablations in the default world only
-    ratios = {w: rows["shared"]["cp@10_ratio_to_oracle"] for w, rows in worlds.items()}
-    assert summary["default_learner"] == "shared"
+    ratios = {w: rows["auto"]["cp@10_ratio_to_oracle"] for w, rows in worlds.items()}
+    assert summary["default_learner"] == "auto"  # params.yaml's
     assert summary["default_learner_worst_ratio_to_oracle"] == min(ratios.values())
     assert abs(summary["default_learner_mean_ratio_to_oracle"] - sum(ratios.values()) / 2) < 1e-12
-    beats = all(rows["shared"]["cp@10_ratio_to_oracle"] > rows[t]["cp@10_ratio_to_oracle"]
+    beats = all(rows["auto"]["cp@10_ratio_to_oracle"] > rows[t]["cp@10_ratio_to_oracle"]
                 for rows in worlds.values() for t in ("logged_propensity", "popularity"))
     assert summary["default_beats_trivial_in_every_world"] == beats
+    gap = {w: max(rows[n]["cp@10_ratio_to_oracle"] for n in ("t_learner", "shared")) - ratios[w] for w, rows in worlds.items()}
+    assert summary["gap_to_best_single_learner"] == pytest.approx(gap)
+    assert summary["within_best_in_every_world"] == all(g <= 0.03 for g in gap.values())
 
 
 @pytest.mark.slow

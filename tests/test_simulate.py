@@ -83,3 +83,18 @@ def test_drift_moves_interests():
 def test_invalid_config():
     with pytest.raises(ValueError, match="n_topics"):
         SimulationConfig(n_topics=99)
+
+
+def test_uplift_shapes_beyond_the_organic_share():
+    """pair_effect: the effect is a nonlinear function of user x item, negative for part of the pairs,
+    and orders items differently for different users; saturating: largest for the undecided,
+    tau = 0.9 p1 (1 - p1); the default world's truths are untouched by the new shapes."""
+    cfg = dict(n_users=200, n_items=150, n_interactions=2000)
+    rel, upl = make_world(SimulationConfig(uplift_shape="pair_effect", **cfg)).truth_matrices()
+    assert 0.2 < (upl < 0).mean() < 0.6
+    order = np.corrcoef(np.argsort(np.argsort(upl, 1), 1))  # rank correlation of the items' order across users
+    assert np.median(order[np.triu_indices(len(order), 1)]) < 0.5
+    rel_s, upl_s = make_world(SimulationConfig(uplift_shape="saturating", **cfg)).truth_matrices()
+    assert np.allclose(upl_s, 0.9 * rel_s * (1 - rel_s), atol=1e-6)
+    rel_d, upl_d = make_world(SimulationConfig(**cfg)).truth_matrices()
+    assert np.allclose(rel_d, rel) and (upl_d >= 0).all()
