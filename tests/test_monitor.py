@@ -69,11 +69,15 @@ def test_live_drift_compares_the_explored_slates_so_a_new_champion_is_not_drift(
     simulate(cfg, tmp_path / "data", tmp_path / "truth", progress=False)
     world = World.load(tmp_path / "truth" / "world")
     env = OnlineWorld(world, seed=1, drift_from_round=2 if world_moves else None)
-    for round, policy in ((1, np.arange(10)), (2, np.arange(10, 20))):
-        write_partition(tmp_path / "feedback_data", {"interactions": _served_round(env, round, policy)}, {})
     write_params(tmp_path)
     params = load_params(tmp_path / "params.yaml")
     base = pd.read_parquet(tmp_path / "data" / "interactions.parquet")
+    for round, policy in ((1, np.arange(10)), (2, np.arange(10, 20))):
+        write_partition(tmp_path / "feedback_data", {"interactions": _served_round(env, round, policy)}, {})
+        if round == 1:  # the first served window has nothing served before it: never against the training log
+            ref, cur, _, source, explored, served = _windows(params, base)
+            assert source.startswith("training log: first vs last") and "first served window" in source
+            assert not explored and not served and not ({"r1"} & set(cur.get("event_id", pd.Series([""])).str[:2]))
     items = pd.read_parquet(tmp_path / "data" / "items.parquet")[["item_id", "category", "price"]]
     vectors = world.item_topics
 
@@ -84,7 +88,7 @@ def test_live_drift_compares_the_explored_slates_so_a_new_champion_is_not_drift(
             ref, cur = ref.drop(columns=POLICY_COLUMNS), cur.drop(columns=POLICY_COLUMNS)
         return drift_report(ref, cur, tmp_path / "report", 0.5, ("history_similarity",))["drift_detected"]
 
-    ref, cur, profiles, source, explored = _windows(params, base)
+    ref, cur, profiles, source, explored, served = _windows(params, base)
     assert source.startswith("clicks on uniformly drawn slates: live (part-00002) vs earlier (part-00001)")
     assert explored == ["part-00002"]
     assert set(ref["event_id"].str[:2]) == {"r1"} and set(cur["event_id"].str[:2]) == {"r2"}

@@ -1,6 +1,7 @@
 """Stage monitor: Evidently drift report on what was shown (with served feedback: the clicks on the
-latest uniformly drawn slates against the earlier ones), and the champion against the previous one
-on the latest served traffic (rollback)."""
+latest uniformly drawn slates against the earlier ones; served traffic is never compared with the
+logging policy's log), and the champion against the previous one on the latest served traffic
+(rollback)."""
 from __future__ import annotations
 
 import json
@@ -18,17 +19,22 @@ from causalrec.pipeline.paths import require, stage_paths
 POLICY_COLUMNS = ["outcome", "propensity", "position"]
 
 
-def _windows(params: Params, inter: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, str, list]:
+def _windows(params: Params, inter: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, str, list, bool]:
     """(reference, current, click profiles or None, what they are, the live partitions compared on their
-    uniformly drawn slates or []).
+    uniformly drawn slates or [], whether the policy's columns are left out).
 
-    With served feedback: the uniformly drawn slates (the exploration) of the latest partitions
-    (the same "latest served traffic" the gate uses) against those of the partitions before them,
-    clicked rows only: what users pick among items shown at random depends on the world, not on
-    which champion served (all served traffic against the training data would flag every new
-    champion as drift). The click profiles are the training data without the compared rows.
-    Without uniform slates on both sides: all live traffic against the training data. Without
-    served feedback: the earliest vs the latest window of the training log."""
+    Served traffic is compared with served traffic, never with the logging policy's training log:
+    every column of what was shown (which items, their price, their place, their propensity, the
+    outcome) depends on the policy that showed it, so the first served window against the log would
+    flag a new policy as drift in a world that never moved.
+    * Served partitions before the latest ones, with uniformly drawn slates on both sides: the clicks
+      on those slates, latest vs earlier (what users pick among items shown at random depends on the
+      world, not on which champion served). The click profiles are the training data without the
+      compared rows.
+    * Served partitions before the latest ones, without uniform slates on both sides: all shown rows,
+      latest vs earlier, the policy's own columns left out (a new champion between them moves them).
+    * The first served window (nothing served before it to compare with) or no served feedback: the
+      earliest vs the latest window of the training log."""
     from causalrec.data.feedback import read_partitions
     from causalrec.monitoring.drift import time_windows
 
@@ -36,28 +42,32 @@ def _windows(params: Params, inter: pd.DataFrame) -> tuple[pd.DataFrame, pd.Data
     live = read_partitions(params.paths.feedback_dir, last=n)
     if len(live):
         parts = sorted(live["partition"].unique())
-        ids = inter["event_id"].astype(str) if "event_id" in inter else pd.Series("", index=inter.index)
-        if "uniform" in live:
-            earlier = read_partitions(params.paths.feedback_dir, last=2 * n)
-            earlier = earlier[~earlier["partition"].isin(parts)]
-            before = earlier[(earlier["uniform"] == 1) & (earlier["outcome"] > 0)] if len(earlier) else earlier
-            now = live[(live["uniform"] == 1) & (live["outcome"] > 0)]
-            if len(before) and len(now):
-                compared = set(before["event_id"].astype(str)) | set(now["event_id"].astype(str))
-                return (before.drop(columns="partition"), now.drop(columns="partition"), inter[~ids.isin(compared)],
-                        f"clicks on uniformly drawn slates: live ({', '.join(parts)}) vs "
-                        f"earlier ({', '.join(sorted(earlier['partition'].unique()))})", parts)
-        reference = inter[~ids.isin(set(live["event_id"].astype(str)))]
-        if len(reference):
-            return (reference, live.drop(columns="partition"), None,
-                    f"live traffic ({', '.join(parts)}) vs training data (no uniformly drawn slates on both sides)", [])
+        earlier = read_partitions(params.paths.feedback_dir, last=2 * n)
+        earlier = earlier[~earlier["partition"].isin(parts)] if len(earlier) else earlier
+        if len(earlier):
+            named = f"live ({', '.join(parts)}) vs earlier ({', '.join(sorted(earlier['partition'].unique()))})"
+            if "uniform" in live and "uniform" in earlier:
+                before = earlier[(earlier["uniform"] == 1) & (earlier["outcome"] > 0)]
+                now = live[(live["uniform"] == 1) & (live["outcome"] > 0)]
+                if len(before) and len(now):
+                    ids = inter["event_id"].astype(str) if "event_id" in inter else pd.Series("", index=inter.index)
+                    compared = set(before["event_id"].astype(str)) | set(now["event_id"].astype(str))
+                    return (before.drop(columns="partition"), now.drop(columns="partition"), inter[~ids.isin(compared)],
+                            f"clicks on uniformly drawn slates: {named}", parts, True)
+            return (earlier.drop(columns="partition"), live.drop(columns="partition"), None,
+                    f"served traffic without the policy's columns: {named} (no uniformly drawn slates on both sides)",
+                    [], True)
+        first = (f"training log: first vs last {params.monitor.window_fraction:.0%} by time (the first served window, "
+                 f"{', '.join(parts)}, has no served traffic before it to compare with)")
+    else:
+        first = f"training log: first vs last {params.monitor.window_fraction:.0%} by time (no served feedback yet)"
     ref, cur = time_windows(inter, params.monitor.window_fraction)
-    return ref, cur, None, f"training log: first vs last {params.monitor.window_fraction:.0%} by time (no served feedback yet)", []
+    return ref, cur, None, first, [], False
 
 
 def monitor(params: Params, interactions: pd.DataFrame | None = None) -> dict:
-    """Evidently drift report on what was shown (live traffic against the training data, or two
-    windows of the log), with prediction drift and (given item embeddings) the similarity of shown
+    """Evidently drift report on what was shown (served traffic against earlier served traffic, or two
+    windows of the training log: `_windows`), with prediction drift and (given item embeddings) the similarity of shown
     items to each user's history; then the champion against the previous one on the latest served
     traffic (rollback on a significant drop)."""
     from causalrec.monitoring.drift import drift_report, history_similarity
@@ -80,13 +90,13 @@ def monitor(params: Params, interactions: pd.DataFrame | None = None) -> dict:
             rows["prediction"] = model.predict(rows["user_id"].to_numpy(), rows["item_id"].to_numpy())
         return rows
 
-    ref, cur, profiles, source, explored = _windows(params, inter)
+    ref, cur, profiles, source, explored, served = _windows(params, inter)
     ref, cur = described(ref), described(cur)
     if (d["embeddings"] / "items.npy").exists():
         index = pd.read_parquet(d["embeddings"] / "items_index.parquet")["item_id"]
         ref, cur = history_similarity(ref, cur, index, np.load(d["embeddings"] / "items.npy"),
                                       None if profiles is None else profiles[profiles["exposed"] == 1])
-    if explored:
+    if served:
         ref, cur = ref.drop(columns=POLICY_COLUMNS, errors="ignore"), cur.drop(columns=POLICY_COLUMNS, errors="ignore")
     report = drift_report(ref, cur, d["monitor"], params.monitor.drift_share, tuple(params.monitor.key_columns))
     report["drift_mark"] = None
