@@ -195,7 +195,8 @@ class DoublyRobust:
     def fit(self, df: pd.DataFrame) -> DoublyRobust:
         self._fit(df)
         self.jackknife_ = None
-        if self.jackknife and self.overlap_share_at_clip > JACKKNIFE_OVERLAP_SHARE:
+        units = len(np.unique(self.clusters_)) if self.clusters_ is not None else len(df)
+        if self.jackknife and self.overlap_share_at_clip > JACKKNIFE_OVERLAP_SHARE and units >= 4:
             self.jackknife_ = self._jackknife(df)
         return self
 
