@@ -36,9 +36,10 @@ __all__ = ["AUTO_EXPOSURE_WEIGHTS", "AUTO_WEIGHT_DECAYS", "DR_METHODS", "METHODS
            "auto_exposure_weight", "auto_weight_decay"]
 
 
-def auto_exposure_weight(model) -> ValidationSearch:
-    """`exposure_weight: auto` for any learner with that parameter: a search over AUTO_EXPOSURE_WEIGHTS."""
-    return ValidationSearch(replace(model, exposure_weight=0.0), "exposure_weight", AUTO_EXPOSURE_WEIGHTS)
+def auto_exposure_weight(model, criterion: str | None = None) -> ValidationSearch:
+    """`exposure_weight: auto` for any learner with that parameter: a search over AUTO_EXPOSURE_WEIGHTS
+    (by validation loss, or by the fitted model's `criterion` attribute: ValidationSearch)."""
+    return ValidationSearch(replace(model, exposure_weight=0.0), "exposure_weight", AUTO_EXPOSURE_WEIGHTS, criterion)
 
 
 def auto_weight_decay(model) -> ValidationSearch:

@@ -252,12 +252,15 @@ class OnePassPath:
 @dataclass
 class ValidationSearch:
     """Fit `estimator` once per value of `param` in `candidates` (in one pass where the estimator
-    has `fit_path`) and keep the fit with the lowest validation loss: `best_estimator_` (with the
-    chosen value in `<param>_` and the search in `search_`), `results_` = {value: validation loss}."""
+    has `fit_path`) and keep the fit with the lowest validation criterion: `best_estimator_` (with the
+    chosen value in `<param>_` and the search in `search_`), `results_` = {value: criterion}.
+    criterion: the fitted model's `criterion` attribute (lower is better; e.g. an uplift learner's
+    validation tau-risk), or None: its best validation loss (early stopping's)."""
 
     estimator: object
     param: str
     candidates: tuple
+    criterion: str | None = None
     results_: dict = field(default_factory=dict, init=False)
 
     def fit(self, *args, **kwargs) -> "ValidationSearch":
@@ -265,10 +268,11 @@ class ValidationSearch:
             models = self.estimator.fit_path(self.param, self.candidates, *args, **kwargs)
         else:
             models = [replace(self.estimator, **{self.param: v}).fit(*args, **kwargs) for v in self.candidates]
-        self.results_ = {value: best_val_loss(model.history) for value, model in zip(self.candidates, models)}
+        score = (lambda m: best_val_loss(m.history)) if self.criterion is None else (lambda m: getattr(m, self.criterion))
+        self.results_ = {value: score(model) for value, model in zip(self.candidates, models)}
         value = min(self.candidates, key=self.results_.get)  # the first of equals (in candidates' order)
         self.best_estimator_ = models[self.candidates.index(value)]
         self.best_estimator_.search_ = {"param": self.param, "chosen": value,
-                                        "validation_loss": {str(k): v for k, v in self.results_.items()}}
+                                        self.criterion or "validation_loss": {str(k): v for k, v in self.results_.items()}}
         setattr(self.best_estimator_, f"{self.param}_", value)
         return self
