@@ -32,8 +32,9 @@ def train_uplift(params: Params, settings: dict, path: Path) -> dict:
     model.fit(inter["user_id"], inter["item_id"], inter["treatment"], inter["outcome"], p, **text_features(params))
     save_model(model, path)
     return {"learner": model.learner_, "configured": u.learner, "rows": len(inter), "bootstrap_members": u.n_bootstrap,
-            "validation_tau_risk": model.validation_tau_risk_,
-            **({"tau_risk_by_learner": model.search_} if model.search_ else {})}
+            # 6 decimals: the stage's summary, not the model (a fit on another thread count differs in the 9th)
+            "validation_tau_risk": round(model.validation_tau_risk_, 6),
+            **({"tau_risk_by_learner": {k: round(v, 6) for k, v in model.search_.items()}} if model.search_ else {})}
 
 
 def _uplift_in_own_process(params: Params, settings: dict, path: Path, threads: int) -> dict:
