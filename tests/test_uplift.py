@@ -257,8 +257,8 @@ def test_tau_risk_ranks_the_true_effect_first():
 
 
 def test_shared_learners_represent_pair_dependent_and_negative_effects_and_auto_chooses_by_tau_risk():
-    """The organic part has user x item factors, so users differ in what they find themselves; the
-    shift form can say that a recommendation hurts; `auto` keeps the learner with the lowest
+    """shared_shift's organic part has user x item factors, so users differ in what they find
+    themselves, and it can say that a recommendation hurts; `auto` keeps the learner with the lowest
     validation tau-risk, and the choice survives a save."""
     from scipy.stats import spearmanr
 
@@ -266,10 +266,9 @@ def test_shared_learners_represent_pair_dependent_and_negative_effects_and_auto_
     kw = dict(dim=4, epochs=30, lr=0.02, batch_size=512, seed=0, exposure_weight=0.0, exposure_features=False)
     ids_u, ids_i = [f"u{k}" for k in range(200)], [f"i{k}" for k in range(100)]
     truth = tau(np.arange(200)[:, None], np.arange(100)[None, :])
-    share = UpliftLearner("shared", **kw).fit(users, items, t, y, e)
-    organic = share.members_[0].parts[1].score_matrix(ids_u[:2], ids_i)  # a user of each group
-    assert spearmanr(organic[0], organic[1])[0] < 0  # opposite orders of what each finds alone
     shift = UpliftLearner("shared_shift", **kw).fit(users, items, t, y, e)
+    organic = shift.members_[0].parts[1].score_matrix(ids_u[:2], ids_i)  # the shift h for a user of each group
+    assert spearmanr(organic[0], organic[1])[0] < 0  # opposite orders of what each finds alone
     S = shift.score_matrix(ids_u, ids_i)
     backfires = truth < 0
     assert (S[backfires] < 0).mean() > 0.7 and (S[~backfires] > 0).mean() > 0.7, ((S[backfires] < 0).mean(), (S[~backfires] > 0).mean())

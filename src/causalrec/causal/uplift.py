@@ -12,18 +12,16 @@ Learners (each fit on all logged rows, treated and untreated, on the shared fact
               label L = 1 for (T=1, Y=1) and (T=0, Y=0), else 0, IPS-weighted by 1/e (treated)
               or 1/(1-e) (untreated); then P(L=1) = (1 + tau) / 2 and tau = 2 sigma(f) - 1
   shared      ours: one relevance model r = sigma(f(u,i)) (two-tower) and an organic share
-              s = sigma(h(u,i)) (biases, feature towers and its own user x item factors, so users
-              differ in what they find themselves), fit jointly:
+              s = sigma(h(u,i)) (biases + feature towers, no interaction), fit jointly:
               P(Y=1 | T=1) = r,  P(Y=1 | T=0) = r s;  tau = r (1 - s) >= 0. A recommendation
               matters when the user would like the item and would not have found it anyway. Both
               arms inform r, so the untreated majority of the log is not wasted on a separate mu0.
-  shared_shift the same backbone with an organic shift of the odds instead of a share:
-              P(Y=1 | T=0) = sigma(f + h);  tau = r - sigma(f + h), negative where h > 0 (a
-              recommendation that backfires). The share form is the better prior where not
-              recommending only loses sales; the shift form can say that a recommendation hurts.
-              `auto` chooses between them (and the rest) by the uplift criterion below.
-              (Shared models saved before the organic factors had h without them; they load and
-              score as they were.)
+  shared_shift the same backbone with an organic shift of the odds, with its own user x item
+              factors: P(Y=1 | T=0) = sigma(f + h);  tau = r - sigma(f + h). Users differ in what
+              they find themselves (h depends on the pair), and tau < 0 where h > 0 (a
+              recommendation that backfires). The share form is the stronger prior where not
+              recommending only loses sales and the log is small; the shift form can say that a
+              recommendation hurts, and for whom. `auto` chooses by the criterion below.
               With exposure_weight > 0 an exposure head shares r's user/item factors:
               logit P(T=1 | u,i) = alpha <p_u, q_i> + c_u + c_i, trained on the propensities
               (cross-entropy with the propensity as soft label). The logging policy chose what
@@ -371,7 +369,10 @@ class SharedUplift(OnePassPath, FitSettings):
         rng = np.random.default_rng(self.seed)
         net = lambda dim: FactorModel(len(user_index), len(item_index), dim, X, Z)  # noqa: E731
         # Exposure head: its own biases and feature terms, plus alpha x the relevance interaction.
-        plain = {"relevance": net(self.dim), "organic": net(self.dim), "exposure": net(0)}
+        # the share form's organic part has no user x item factors: with them it can explain the untreated
+        # rows' preferences itself, and the relevance stops learning from that arm (the product's prior on
+        # small logs: the gate test's trained policy lost its edge); the shift form needs them
+        plain = {"relevance": net(self.dim), "organic": net(self.dim if self.form == "shift" else 0), "exposure": net(0)}
         plain["exposure"].register_parameter("alpha", torch.nn.Parameter(torch.ones(1)))
         modules = {k: Stacked(m, len(candidates)) for k, m in plain.items()}
         relevance, organic, exposure = modules.values()
