@@ -25,9 +25,10 @@ def share_mediated(split: dict) -> float | None:
 
 
 def analyze(data: pd.DataFrame, graph: CausalGraph, cluster: str | None = None, seed: int = 0,
-            placebo_simulations: int = 99, nuisance: str = "auto") -> dict:
+            placebo_simulations: int = 99, nuisance: str = "auto", refute_estimate: bool = True) -> dict:
     """nuisance: the headline's nuisance models (causal.effects.NUISANCES; "auto": per model, logistic
-    or boosted trees by out-of-fold log loss). The refuters re-estimate the total effect 100+ times on
+    or boosted trees by out-of-fold log loss). refute_estimate: run the refuters (False: the estimates,
+    checks and warnings alone, `refute` empty: for a study that reads only those). The refuters re-estimate the total effect 100+ times on
     altered data: they use the logistic nuisances without cross-fitting (what they test, a placebo
     centring on 0, a random cause moving nothing, is not the nuisances' form, which the specification
     check tests)."""
@@ -66,7 +67,8 @@ def analyze(data: pd.DataFrame, graph: CausalGraph, cluster: str | None = None, 
                 by_segment[f"{m}={level}"] = {**split, "share_mediated": share_mediated(split)}
     effects["regression"] = {k: v.to_dict() for k, v in regression(data, t, y, [*z, *modifiers], mediator, cluster).items()}
     refutations = refute(data, lambda df, adj: fit(df, adj, with_mediator=False, nuisance="logistic", folds=1).total(),
-                         t, y, z + modifiers, cluster=cluster, seed=seed, placebo_simulations=placebo_simulations)
+                         t, y, z + modifiers, cluster=cluster, seed=seed,
+                         placebo_simulations=placebo_simulations) if refute_estimate else []
     warnings = _warnings(checks, specification, dr)
     return {"model": {"graph": graph.name, "nodes": graph.nodes, "edges": [list(e) for e in graph.dag.edges],
                       "implied_independences": checks,
