@@ -148,9 +148,9 @@ def main(argv=None) -> dict:
             "detection_rate": _mean([flagged[sh] for sh in flagged if sh in MISSPECIFIED_SHAPES]),
             "false_alarm_rate": _mean([flagged[sh] for sh in flagged if sh not in MISSPECIFIED_SHAPES]),
             "omitted_confounder_detection_rate": _mean([v["omitted_confounder_detection_rate"] for v in shapes.values()])},
-        "effects": {k: summarise(v) for k, v in per[HEADLINE].items()},
+        "effects": {k: summarise(v) for k, v in per[HEADLINE].items() if v},  # none with --replications 0
         "reference_linear_sem": {k: summarise(v) for k, v in per["regression"].items() if v},
-        "refuters": {"placebo_false_alarm_rate": float(np.mean(placebo_alarms)),
+        "refuters": {} if not placebo_alarms else {"placebo_false_alarm_rate": float(np.mean(placebo_alarms)),
                      "placebo_false_alarm_mc_error": float(np.sqrt(np.mean(placebo_alarms) * (1 - np.mean(placebo_alarms))
                                                                    / len(placebo_alarms))),
                      "randomization_test_false_alarm_rate": float(np.mean(randomization_alarms)),
