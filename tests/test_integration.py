@@ -60,9 +60,11 @@ def test_flow_versions_data_and_produces_every_artifact(trained):
 def test_live_drift_emits_the_event_the_retrain_trigger_answers(trained, tmp_path, prefect_events):
     """The monitor flow on a copy of the project: without served feedback it compares the training log's
     windows (a stationary world: no drift, no event); then served traffic from a world whose users'
-    interests moved arrives as a feedback partition: Evidently's test on history_similarity fails on
-    live traffic vs the training log, the flow emits DRIFT_EVENT about the project, and the trigger of
-    the retrain deployment in prefect.yaml (validated as Prefect's own trigger model) covers it."""
+    interests moved arrives as the first feedback partition and ingest merges it: with nothing served
+    before it to compare with, the monitor compares the log's own windows (never served traffic with
+    the logging policy's log), whose latest window is now that traffic; Evidently's test on
+    history_similarity fails, the flow emits DRIFT_EVENT about the project, and the trigger of the
+    retrain deployment in prefect.yaml (validated as Prefect's own trigger model) covers it."""
     import numpy as np
     import yaml
     from prefect.events.clients import AssertingEventsClient
@@ -98,7 +100,7 @@ def test_live_drift_emits_the_event_the_retrain_trigger_answers(trained, tmp_pat
         emb / "items_index.parquet", index=False)
     np.save(emb / "items.npy", World.load(tmp_path / "truth" / "world").item_topics.astype(np.float32))
     moved = monitor_flow(params_path=str(project / "params.yaml"))
-    assert moved["monitor"]["compared"].startswith("live traffic (part-00001)")
+    assert moved["monitor"]["compared"].startswith("training log") and "first served window, part-00001" in moved["monitor"]["compared"]
     assert moved["monitor"]["drift_detected"] is True and moved["monitor"]["key_columns_drifted"] == ["history_similarity"]
     assert moved["event"]["event"] == DRIFT_EVENT
     prefect_events.drain()
