@@ -35,7 +35,7 @@ found without a recommendation, so mu0 and the organic share need it (propensity
 covariate also guards against regularisation-induced confounding, Hahn et al. 2020).
 Chosen by the target. What ranks by uplift is chosen on held-out logged rows by an uplift criterion,
 declared here before any fit: the tau-risk of Nie & Wager (2021), the R-loss
-    mean over held-out rows of [(Y - m(x)) - (T - e) (a + b tau(x))]^2, at the best a, b,
+    mean over held-out rows of [(Y - m(x)) - (T - e) (a + b tau(x))]^2, at the best a and b >= 0,
 with e the logged propensity (exact: the log records the policy's own) and m a fixed baseline, each
 user's mean outcome on the training rows shrunk to the global mean (`outcome_baseline`). With e exact,
 the R-loss's expectation is a constant plus mean e(1 - e) (tau(x) - tau*(x))^2 whatever m is (m only
@@ -75,11 +75,13 @@ def outcome_baseline(users: np.ndarray, y: np.ndarray, fit_rows: np.ndarray, shr
 
 
 def tau_risk(tau: np.ndarray, t: np.ndarray, y: np.ndarray, e: np.ndarray, m: np.ndarray) -> float:
-    """The R-loss of predicted effects `tau` on held-out rows after the best affine map a + b tau
+    """The R-loss of predicted effects `tau` on held-out rows after the best increasing affine map a + b tau (b >= 0)
     (module docstring); lower is better."""
     tau, t, y, e, m = (np.asarray(a, np.float64) for a in (tau, t, y, e, m))
     x = np.column_stack([t - e, (t - e) * (tau - tau.mean())])
     coef = np.linalg.lstsq(x, y - m, rcond=None)[0]
+    if coef[1] < 0:  # b >= 0: an order the effects run against is no order (else a reversed ranking scores as well)
+        coef = np.array([np.linalg.lstsq(x[:, :1], y - m, rcond=None)[0][0], 0.0])
     return float(np.mean((y - m - x @ coef) ** 2))
 
 
