@@ -62,6 +62,14 @@ WORLDS = {
 }
 
 
+def embed(model, items: pd.DataFrame, users: pd.DataFrame) -> dict:
+    """MiniLM embeddings of item texts and user profiles (cached on disk by text)."""
+    enc = TextEncoder(model, progress=False, cache_dir=REPO / ".cache" / "causalrec" / "embeddings").load()
+    return {"item_features": pd.DataFrame(enc.embed((items["title"] + ". " + items["description"]).tolist()),
+                                          index=items["item_id"].to_numpy()),
+            "user_features": pd.DataFrame(enc.embed(users["profile_text"].tolist()), index=users["user_id"].to_numpy())}
+
+
 def ranking_metrics(S, rel, upl) -> dict:
     relevant = rel >= np.quantile(rel, 0.9, axis=1, keepdims=True)
     return {"ndcg@10": M.ndcg_at_k(S, rel, 10), "recall@10": M.recall_at_k(S, relevant, 10),
@@ -86,8 +94,8 @@ def fit_scores(name, kw, seed, inter, text, user_ids, item_ids, batch_size) -> t
                       seed=seed, **kw).fit(
         inter["user_id"], inter["item_id"], inter["treatment"], inter["outcome"], inter["propensity"], **text)
     extra = {k: v for k, v in m.members_[0].extra.items() if k == "exposure_weight"}
-    if name == "auto":  # which learner the uplift criterion chose (a share over seeds in the summary)
-        extra[f"chose_{m.learner_}"] = 1.0
+    if name == "auto":  # what the uplift criterion chose: each learner's stack weight (a mean over seeds in the summary)
+        extra.update({f"weight_{n}": m.stack_.get(n, 0.0) if m.stack_ else float(n == m.learner_) for n in m.search_})
     return m.score_matrix(user_ids, item_ids), extra
 
 
@@ -107,31 +115,41 @@ def summarise(rows: list[dict], key: str) -> dict:
                    if not np.isnan(df.loc[name, (m, s)])} for name in df.index}
 
 
-def run_worlds(args, root: Path, text: dict, user_ids, item_ids, items: pd.DataFrame, embed) -> dict:
-    """Every learner and trivial reference in every world; the declared learner's worst and mean."""
+def world_rows(world_name: str, seed: int, args, root: Path, text: dict, user_ids, item_ids, items: pd.DataFrame) -> list[dict]:
+    """Every learner and trivial reference in one world at one seed (the world's draw and the learners' seed)."""
+    cfg = SimulationConfig(n_interactions=args.interactions, seed=SimulationConfig.seed + seed, **WORLDS[world_name])
+    w_dir = root / f"{world_name}-{seed}"
+    simulate(cfg, w_dir / "data", w_dir / "truth", progress=False)
+    w_items = pd.read_parquet(w_dir / "data" / "items.parquet")
+    w_users = pd.read_parquet(w_dir / "data" / "users.parquet")
+    # worlds of other topics or another draw have other texts: their own embeddings (the same ids)
+    w_text = text if w_items["description"].equals(items["description"]) else embed(args.model, w_items, w_users)
+    inter = pd.read_parquet(w_dir / "data" / "interactions.parquet")
+    test = pd.read_parquet(w_dir / "truth" / "test_pairs.parquet")
+    rel, upl = World.load(w_dir / "truth" / "world").truth_matrices()
+    learners = {**{n: UPLIFT[n] for n in args.learners}, **{n: {} for n in TRIVIAL},
+                **(ABLATIONS if world_name == "default" and not args.skip_ablations else {})}
+    rows = []
+    for name, kw in learners.items():
+        t0 = time.time()
+        S, extra = fit_scores(name, kw, seed, inter, w_text, user_ids, item_ids, args.uplift_batch_size)
+        rows.append({"learner": name, "seed": seed, **score_uplift(S, test, user_ids, item_ids, rel, upl), **extra,
+                     "seconds": time.time() - t0})
+        print(world_name, rows[-1], flush=True)
+    return rows
+
+
+def run_worlds(args, root: Path, text: dict, user_ids, item_ids, items: pd.DataFrame) -> dict:
+    """Every learner and trivial reference in every world and seed (`--jobs` worlds side by side, one
+    thread each); the declared learner's worst and mean."""
+    from joblib import Parallel, delayed
+
+    grid = [(w, seed) for w in args.worlds for seed in range(args.world_seeds)]
+    runs = Parallel(n_jobs=args.jobs)(delayed(world_rows)(w, seed, args, root, text, user_ids, item_ids, items)
+                                      for w, seed in grid)
     worlds = {}
     for world_name in args.worlds:
-        rows = []
-        for seed in range(args.world_seeds):
-            cfg = SimulationConfig(n_interactions=args.interactions, **WORLDS[world_name])
-            w_dir = root / world_name
-            simulate(cfg, w_dir / "data", w_dir / "truth", progress=False)
-            w_items = pd.read_parquet(w_dir / "data" / "items.parquet")
-            w_users = pd.read_parquet(w_dir / "data" / "users.parquet")
-            # worlds of other topics have other texts: their own embeddings (the same ids)
-            w_text = text if w_items["description"].equals(items["description"]) else embed(w_items, w_users)
-            inter = pd.read_parquet(w_dir / "data" / "interactions.parquet")
-            test = pd.read_parquet(w_dir / "truth" / "test_pairs.parquet")
-            rel, upl = World.load(w_dir / "truth" / "world").truth_matrices()
-            learners = {**{n: UPLIFT[n] for n in args.learners}, **{n: {} for n in TRIVIAL},
-                        **(ABLATIONS if world_name == "default" and not args.skip_ablations else {})}
-            for name, kw in learners.items():
-                t0 = time.time()
-                S, extra = fit_scores(name, kw, seed, inter, w_text, user_ids, item_ids, args.uplift_batch_size)
-                rows.append({"learner": name, "seed": seed, **score_uplift(S, test, user_ids, item_ids, rel, upl), **extra,
-                             "seconds": time.time() - t0})
-                print(world_name, rows[-1], flush=True)
-        worlds[world_name] = summarise(rows, "learner")
+        worlds[world_name] = summarise([r for (w, _), rows in zip(grid, runs) if w == world_name for r in rows], "learner")
     ratio = "cp@10_ratio_to_oracle"
     default = {w: r[DEFAULT_LEARNER][ratio] for w, r in worlds.items() if DEFAULT_LEARNER in r}
     beats = {w: all(worlds[w][DEFAULT_LEARNER][ratio] > worlds[w][t][ratio] for t in TRIVIAL) for w in default}
@@ -201,7 +219,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--interactions", type=int, default=100_000)
     ap.add_argument("--seeds", type=int, default=2, help="seeds of the relevance section")
-    ap.add_argument("--world-seeds", type=int, default=1, help="learner seeds per world")
+    ap.add_argument("--world-seeds", type=int, default=1,
+                    help="seeds per world: seed s draws the world with SimulationConfig's seed + s and seeds the learners with s")
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--name", default="simulator")
     ap.add_argument("--sections", nargs="+", choices=["relevance", "worlds", "cold_start"],
@@ -210,6 +229,7 @@ def main() -> None:
     ap.add_argument("--learners", nargs="+", choices=list(UPLIFT), default=list(UPLIFT))
     ap.add_argument("--skip-ablations", action="store_true")
     ap.add_argument("--uplift-batch-size", type=int, default=1024)
+    ap.add_argument("--jobs", type=int, default=1, help="worlds x seeds fitted side by side (a process each)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     root = scratch_dir("simbench-")
@@ -221,21 +241,14 @@ def main() -> None:
     test = pd.read_parquet(root / "truth" / "test_pairs.parquet")
     rel, upl = World.load(root / "truth" / "world").truth_matrices()
     user_ids, item_ids = users["user_id"].to_numpy(), items["item_id"].to_numpy()
-    enc = TextEncoder(args.model, progress=False, cache_dir=REPO / ".cache" / "causalrec" / "embeddings").load()
-
-    def embed(items: pd.DataFrame, users: pd.DataFrame) -> dict:
-        return {"item_features": pd.DataFrame(enc.embed((items["title"] + ". " + items["description"]).tolist()),
-                                              index=items["item_id"].to_numpy()),
-                "user_features": pd.DataFrame(enc.embed(users["profile_text"].tolist()), index=users["user_id"].to_numpy())}
-
-    text = embed(items, users)
+    text = embed(args.model, items, users)
     t0 = time.time()
     result = {"data": {"interactions": args.interactions, "users": cfg.n_users, "items": cfg.n_items, "seed": cfg.seed},
               "seeds": args.seeds, "world_seeds": args.world_seeds, "oracle_cp@10": M.causal_precision_at_k(upl, upl, 10)}
     if "relevance" in args.sections:
         result.update(run_relevance(args, inter, test, text, user_ids, item_ids, rel, upl))
     if "worlds" in args.sections:
-        result.update(run_worlds(args, root, text, user_ids, item_ids, items, embed))
+        result.update(run_worlds(args, root, text, user_ids, item_ids, items))
     if "cold_start" in args.sections:
         result.update(run_cold_start(inter, test, text, user_ids, item_ids, rel))
     result["seconds"] = round(time.time() - t0, 1)

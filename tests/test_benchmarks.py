@@ -48,13 +48,14 @@ def test_scale_benchmark_tiny(tmp_path):
 @pytest.mark.slow
 def test_simulator_benchmark_small(tmp_path):
     _run(["simulator.py", "--interactions", "5000", "--sections", "worlds", "--worlds", "default",
-          "negative_uplift", "--learners", "t_learner", "shared", "auto", "--name", "sim_smoke"], tmp_path)
+          "negative_uplift", "--learners", "t_learner", "shared", "auto", "--jobs", "2", "--name", "sim_smoke"], tmp_path)
     result = json.loads((tmp_path / "sim_smoke.json").read_text())
     worlds, summary = result["worlds"], result["worlds_summary"]
     assert set(worlds) == {"default", "negative_uplift"}
     for rows in worlds.values():
         assert {"t_learner", "shared", "auto", "logged_propensity", "popularity"} <= set(rows)
-        assert sum(v for k, v in rows["auto"].items() if k.startswith("chose_")) == 1.0  # one learner chosen
+        weights = {k: v for k, v in rows["auto"].items() if k.startswith("weight_") and not k.endswith("_std")}
+        assert abs(sum(weights.values()) - 1.0) < 1e-9 and len(weights) == 6  # auto's stack: convex weights
     assert {"shared_outcome_only", "shared_plain"} <= set(worlds["default"])  # ablations in the default world only
     ratios = {w: rows["auto"]["cp@10_ratio_to_oracle"] for w, rows in worlds.items()}
     assert summary["default_learner"] == "auto"  # params.yaml's

@@ -256,6 +256,27 @@ def test_tau_risk_ranks_the_true_effect_first():
                                                                                     e[~fit], np.zeros_like(m))
 
 
+def test_the_r_stack_weighs_learners_by_what_the_held_out_rows_support():
+    """stack_weights: all weight on the true effect beside noise and beside the negated effect; near
+    half each for two partial views whose average is the truth (each alone misses half of it)."""
+    from causalrec.causal.uplift import outcome_baseline, stack_weights
+
+    users, items, t, y, e, tau = _effect_log(n=60_000)
+    uu, ii = (np.array([int(x[1:]) for x in a]) for a in (users, items))
+    fit = np.arange(len(y)) % 2 == 0
+    m = outcome_baseline(users, y, fit)[~fit]
+    truth = tau(uu, ii)[~fit]
+    noise = np.random.default_rng(1).normal(size=truth.size)
+    held = (t[~fit], y[~fit], e[~fit], m)
+    w = stack_weights(np.column_stack([noise, truth, -truth]), *held)
+    assert w[1] > 0.9 and abs(w.sum() - 1) < 1e-9, w
+    by_user = np.where(uu[~fit] % 2 == 0, truth.mean(), truth)  # right across items, blind to the user's group
+    by_item = 2 * truth - by_user                               # the rest: their average is the truth
+    w = stack_weights(np.column_stack([by_user, by_item]), *held)
+    assert 0.3 < w[0] < 0.7 and 0.3 < w[1] < 0.7, w
+    assert not stack_weights(np.column_stack([-truth]), *held).any()  # only a reversed effect: no signal, no weight
+
+
 def test_shared_learners_represent_pair_dependent_and_negative_effects_and_auto_chooses_by_tau_risk():
     """shared_shift's organic part has user x item factors, so users differ in what they find
     themselves, and it can say that a recommendation hurts; `auto` keeps the learner with the lowest
@@ -274,7 +295,13 @@ def test_shared_learners_represent_pair_dependent_and_negative_effects_and_auto_
     assert (S[backfires] < 0).mean() > 0.7 and (S[~backfires] > 0).mean() > 0.7, ((S[backfires] < 0).mean(), (S[~backfires] > 0).mean())
     assert spearmanr(S.ravel(), truth.ravel())[0] > 0.8
     auto = UpliftLearner("auto", **{**kw, "epochs": 10}).fit(users, items, t, y, e)
-    assert set(auto.search_) == set(LEARNERS) and auto.learner_ == min(auto.search_, key=auto.search_.get)
-    assert auto.members_[0].name == auto.learner_
+    assert set(auto.search_) == set(LEARNERS) and auto.members_[0].name == auto.learner_
+    if auto.learner_ == "stacked":  # a convex combination of the learners the held-out rows weigh
+        member = auto.members_[0]
+        assert set(auto.stack_) <= set(LEARNERS) and len(auto.stack_) > 1 and abs(sum(auto.stack_.values()) - 1) < 1e-9
+        parts = [np.clip(m.score_matrix(ids_u[:3], ids_i), -1, 1) for m in member.members]
+        assert np.allclose(auto.score_matrix(ids_u[:3], ids_i), sum(w * p for w, p in zip(auto.stack_.values(), parts)))
+    else:
+        assert auto.learner_ in (*auto.stack_, min(auto.search_, key=auto.search_.get))
     again = UpliftLearner.from_state(auto.to_state())
     assert again.learner_ == auto.learner_ and np.allclose(again.score_matrix(ids_u[:3], ids_i), auto.score_matrix(ids_u[:3], ids_i))

@@ -34,7 +34,8 @@ def train_uplift(params: Params, settings: dict, path: Path) -> dict:
     return {"learner": model.learner_, "configured": u.learner, "rows": len(inter), "bootstrap_members": u.n_bootstrap,
             # 6 decimals: the stage's summary, not the model (a fit on another thread count differs in the 9th)
             "validation_tau_risk": round(model.validation_tau_risk_, 6),
-            **({"tau_risk_by_learner": {k: round(v, 6) for k, v in model.search_.items()}} if model.search_ else {})}
+            **({"tau_risk_by_learner": {k: round(v, 6) for k, v in model.search_.items()}} if model.search_ else {}),
+            **({"stack_weights": {k: round(v, 4) for k, v in model.stack_.items()}} if getattr(model, "stack_", None) else {})}
 
 
 def _uplift_in_own_process(params: Params, settings: dict, path: Path, threads: int) -> dict:
