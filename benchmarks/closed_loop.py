@@ -66,6 +66,23 @@ LOOP_PARAMS = {
               "refit": True},
     "ingest": {"window": 2},                # the base log, then the last two rounds' served traffic
 }
+# --target uplift: the product's default configuration (params.yaml's uplift learner, rank_by: uplift), and
+# every request asks for CONTROLS unshown items whose outcomes the world answers without a recommendation
+# (Y(0)), sent back as unexposed feedback: the served log the uplift learner retrains from. Only what the
+# benchmark must change on top of params.yaml (declared before the run, not tuned on its outcome).
+LOOP_PARAMS_UPLIFT = {
+    "serve": {"rank_by": "uplift"},
+    "uplift": {"enabled": True},
+    "analyze": {"enabled": False},
+    "package": {"build_bento": False},
+    "ingest": {"window": 2},
+    "train": {},
+}
+CONTROLS = 10  # unshown items per request whose organic outcome is reported (as many as the slate shows)
+# The worlds the uplift loop runs in (simulate overrides, the shapes of benchmarks/simulator.py's family)
+LOOP_WORLDS = {"default": {}, "many_topics": {"n_topics": 24}, "noisy_policy": {"policy_view": "noisy"},
+               "interaction_uplift": {"uplift_shape": "interaction"}, "negative_uplift": {"uplift_shape": "negative"},
+               "confounded": {"confounding": 1.0}}
 # name -> (serve overrides, which scenario rounds apply, gate traffic); the rounds are --bad-candidate-round,
 # --bad-champion-round and --drift-round
 TRAJECTORIES = {
@@ -77,6 +94,7 @@ TRAJECTORIES = {
     "mmr": ({"diversity": 0.3}, (), "uniform"),
     # the drift loop without the exploration boost after the alarm (serve.epsilon_after_drift): what it buys
     "drift_without_boost": ({"epsilon_after_drift": 0.0}, ("drift",), "uniform"),
+    "stationary": ({}, (), "uniform"),  # nothing happens: the loop's value and its false drift alarms
 }
 RESEND_SHARE = 0.02  # slates whose feedback is sent twice (a client retry after a lost answer)
 API_KEY = "closed-loop-benchmark"
@@ -125,11 +143,12 @@ def retrain(params) -> dict:
 
 # --------------------------------------------------------------------------------------- truth
 class Truth:
-    """Policy values from the world's truth at a round (benchmark only)."""
+    """Policy values from the world's truth at a round (benchmark only): the expected outcome per shown
+    item (kind "outcome"), or the incremental value E[Y(1) - Y(0)] per shown item (kind "uplift")."""
 
-    def __init__(self, world, round: int, k: int):
+    def __init__(self, world, round: int, k: int, kind: str = "outcome"):
         self.k, self.weights = k, world.activity
-        self.p1 = world.outcome_matrix(round)
+        self.p1 = world.outcome_matrix(round, kind)
         self.users = [f"u{u:06d}" for u in range(world.n_users)]
         self.items = np.array([f"i{i:06d}" for i in range(world.n_items)])
 
@@ -163,13 +182,14 @@ class Truth:
 
 
 # -------------------------------------------------------------------------------------- serving
-def serve_round(core, world, log, round: int, n: int, k: int, rng, resend: float) -> dict:
-    """n requests through the serving core, outcomes from the world, acknowledged feedback."""
+def serve_round(core, world, log, round: int, n: int, k: int, rng, resend: float, controls: int = 0) -> dict:
+    """n requests through the serving core, outcomes from the world, acknowledged feedback (with
+    `controls`: also the organic outcomes of that many unshown items per request, as unexposed events)."""
     users = rng.choice(world.n_users, size=n, p=world.activity)
     acknowledged, sent, shown = set(), 0, []
     for n_request, u in enumerate(users):
         user = f"u{u:06d}"
-        slate = core.recommend(user, k)
+        slate = core.recommend(user, k, controls=controls)
         # The core's request ids are uuid4 (a restarted server must never repeat one); here they follow the
         # seed, so that the gate's evaluation set (the slates with the lowest hashes of their request ids)
         # and with it every retrain are the same in every run of a seed (round 1's requests through the HTTP
@@ -183,6 +203,15 @@ def serve_round(core, world, log, round: int, n: int, k: int, rng, resend: float
                                       it["position"], slate["policy"], slate["request_id"], slate["slate_size"],
                                       slate["model_version"], slate["uniform"])
                   for j, (it, y) in enumerate(zip(slate["items"], outcome))]
+        if slate.get("controls"):  # what the user did with items no one recommended to them
+            control = slate["controls"]
+            organic = world.respond(round, [user] * len(control), [c["item_id"] for c in control],
+                                    [c["propensity"] for c in control], slate["model_version"], exposed=False)
+            events += [core.feedback_event(f"{slate['request_id']}-c{j}", user, c["item_id"], float(y), c["propensity"],
+                                           now, 0, slate["policy"], slate["request_id"], slate["slate_size"],
+                                           slate["model_version"], slate["uniform"], exposed=False,
+                                           control_rate=slate["control_rate"])
+                       for j, (c, y) in enumerate(zip(control, organic))]
         for _ in range(2 if rng.random() < resend else 1):
             log.append_many(events)  # returns once fsynced: the events are acknowledged
             sent += len(events)
@@ -262,19 +291,22 @@ def run_trajectory(name: str, workdir: Path, args, progress) -> dict:
     from causalrec.serving.feedback import FeedbackLog, export_feedback
     from causalrec.serving.privacy import pseudonym_key
 
+    world_name, _, name = name.rpartition(":")  # "<world>:<trajectory>" with --worlds
     serve, scenarios, traffic = TRAJECTORIES[name]
     drift_round = args.drift_round if "drift" in scenarios else None
     bad_candidate_round = args.bad_candidate_round if "bad_candidate" in scenarios else None
     bad_champion_round = args.bad_champion_round if "bad_champion" in scenarios else None
-    overrides = {s: dict(v) for s, v in LOOP_PARAMS.items()}
+    uplift = args.target == "uplift"
+    overrides = {s: dict(v) for s, v in (LOOP_PARAMS_UPLIFT if uplift else LOOP_PARAMS).items()}
     overrides["serve"].update(serve)
     overrides["promote"] = {"traffic": traffic}
-    overrides["simulate"] = {"n_users": args.users, "n_items": args.items, "n_interactions": args.interactions}
+    overrides["simulate"] = {"n_users": args.users, "n_items": args.items, "n_interactions": args.interactions,
+                             **LOOP_WORLDS[world_name or "default"]}
     if args.epochs:
         overrides["train"]["epochs"] = args.epochs
     if args.encoder:
         overrides["embed"] = {"model_path": args.encoder}
-    project = new_project(workdir / name, overrides, workdir / "cache")
+    project = new_project(workdir / (f"{world_name}-{name}" if world_name else name), overrides, workdir / "cache")
     params = load_params(project / "params.yaml")
     registry, k = Registry(params.paths.registry), args.k
     log_path = project / "feedback" / "feedback.jsonl"
@@ -295,15 +327,19 @@ def run_trajectory(name: str, workdir: Path, args, progress) -> dict:
         champion = registry.champion
         core = RecommenderCore(champion_bundle(params), seed=int(rng.integers(2**31)), pseudonym_key=key,
                                version=champion["model_tag"])
-        truth = Truth(world, r, k)
+        truth = Truth(world, r, k, args.target)
         # the champion's exploration this round (serve.epsilon, or its boost after a drift mark)
         epsilon = core.policy.epsilon if core.policy.kind == "epsilon_greedy" else 0.0
+        greedy = truth.policy(core, greedy=True)
         row.update(champion=champion["model_tag"], model=champion["model"], epsilon_served=epsilon,
                    value=truth.value(truth.policy(core, greedy=False)),
-                   value_greedy=truth.value(truth.policy(core, greedy=True)), **truth.references(world, epsilon, popularity))
+                   value_greedy=truth.value(greedy), **truth.references(world, epsilon, popularity))
+        if uplift:  # beside the incremental value: the outcome rate of the same slates, against the best outcome rate
+            outcome = Truth(world, r, k, "outcome")
+            row.update(outcome_rate_greedy=outcome.value(greedy), outcome_rate_oracle=outcome.value(outcome.top(outcome.p1)))
         clock = {"truth": time.perf_counter() - t0}
         t1 = time.perf_counter()
-        served = serve_round(core, world, log, r, args.requests, k, rng, RESEND_SHARE)
+        served = serve_round(core, world, log, r, args.requests, k, rng, RESEND_SHARE, CONTROLS if uplift else 0)
         clock["serve"] = time.perf_counter() - t1
         if r == 1 and args.http_requests:
             t1 = time.perf_counter()
@@ -434,6 +470,38 @@ def summarise(runs: dict, args) -> dict:
     return out
 
 
+def summarise_worlds(runs: dict, args) -> dict:
+    """closed_loop_worlds.json: per world, the stationary loop's last round against the oracle (the value the
+    loop targets, and the outcome rate beside it), the logged-propensity reference, its false drift alarms,
+    and (drift worlds) the value two rounds after the interests moved."""
+    worlds = {}
+    for name, run in runs.items():
+        world, _, kind = name.rpartition(":")
+        w, rounds = worlds.setdefault(world, {}), run["rounds"]
+        if kind == "stationary":
+            last, first = rounds[-1], rounds[0]
+            w.update(final_value_ratio_to_oracle=last["value_greedy"] / last["oracle"],
+                     first_round_value_ratio_to_oracle=first["value_greedy"] / first["oracle"],
+                     logged_propensity_ratio_to_oracle=first["rank_by_logged_propensity"] / first["oracle"],
+                     popularity_ratio_to_oracle=first["rank_by_popularity"] / first["oracle"],
+                     # every alarm after the first round is a false one in a world that never moves
+                     false_drift_alarms=sum(bool(r["drift_detected"]) for r in rounds[1:]),
+                     value_ratio_by_round=[r["value_greedy"] / r["oracle"] for r in rounds],
+                     promoted_rounds=[r["round"] for r in rounds if r["promoted"]])
+            if "outcome_rate_greedy" in last:
+                w["final_outcome_rate_ratio_to_oracle"] = last["outcome_rate_greedy"] / last["outcome_rate_oracle"]
+        else:
+            d = drift_summary(run, args.drift_round)
+            w.update(drift_recovered_ratio=d["recovered_ratio"], drift_detected_within_rounds=d["detected_within_rounds"],
+                     drift_false_alarms_before=d["false_alarms_before"])
+    stationary = {w: v for w, v in worlds.items() if "final_value_ratio_to_oracle" in v}
+    return {"worlds": worlds, "worlds_summary": {
+        "worst_final_value_ratio_to_oracle": min((v["final_value_ratio_to_oracle"] for v in stationary.values()), default=None),
+        "above_logged_propensity_in_every_world": all(v["final_value_ratio_to_oracle"] > v["logged_propensity_ratio_to_oracle"]
+                                                      for v in stationary.values()),
+        "false_drift_alarms": sum(v["false_drift_alarms"] for v in stationary.values())}}
+
+
 def plot(runs: dict, path: Path) -> None:
     import matplotlib
 
@@ -488,7 +556,7 @@ def run_all(names: list[str], workdir: Path, argv: list[str], jobs: int) -> dict
                     failed.append(f"{name} (exit {proc.returncode})")
     if failed:
         raise SystemExit(f"closed loop: trajectories failed: {', '.join(failed)}")
-    return {name: json.loads((workdir / f"{name}.json").read_text()) for name in names}
+    return {name: json.loads((workdir / f"{name.replace(':', '-')}.json").read_text()) for name in names}
 
 
 def main(argv=None) -> dict:
@@ -510,11 +578,27 @@ def main(argv=None) -> dict:
     ap.add_argument("--workdir", default=None,
                     help="where the projects go and stay (default: a temporary directory, removed at exit)")
     ap.add_argument("--jobs", type=int, default=2, help="trajectories run side by side, each in its own process")
+    ap.add_argument("--target", choices=["outcome", "uplift"], default="outcome",
+                    help="outcome: rank by relevance, value = outcome rate (LOOP_PARAMS); uplift: the product's default "
+                         "(rank_by: uplift, the uplift learner retrained from served controls), value = E[Y(1) - Y(0)]")
+    ap.add_argument("--worlds", default=None,
+                    help="comma-separated LOOP_WORLDS: a stationary loop in each (and a drift loop in each of "
+                         "--drift-worlds) -> closed_loop_worlds.json")
+    ap.add_argument("--drift-worlds", default="", help="the worlds of --worlds that also run the drift loop")
     ap.add_argument("--only", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    names = args.trajectories.split(",")
-    unknown = set(names) - set(TRAJECTORIES)
+    if args.worlds:
+        worlds, drift_worlds = args.worlds.split(","), [w for w in args.drift_worlds.split(",") if w]
+        unknown = set(worlds + drift_worlds) - set(LOOP_WORLDS)
+        if unknown or not set(drift_worlds) <= set(worlds):
+            ap.error(f"unknown worlds {sorted(unknown)} (choose from {list(LOOP_WORLDS)}), or a drift world not in --worlds")
+        if drift_worlds and args.rounds < args.drift_round + 2:
+            ap.error("--rounds must reach two rounds after --drift-round (the recovery is read there)")
+        names = [f"{w}:stationary" for w in worlds] + [f"{w}:drift" for w in drift_worlds]
+    else:
+        names = args.trajectories.split(",")
+    unknown = {n.rpartition(":")[2] for n in names} - set(TRAJECTORIES)
     if unknown:
         ap.error(f"unknown trajectories {sorted(unknown)}; choose from {list(TRAJECTORIES)}")
     if ({"drift", "drift_without_boost"} & set(names) and args.rounds < args.drift_round
@@ -522,17 +606,28 @@ def main(argv=None) -> dict:
         ap.error("--rounds must reach the scenarios' rounds (and one round after the bad champion's)")
     workdir = Path(args.workdir) if args.workdir else scratch_dir("closed-loop-")
     if args.only:  # one trajectory in this process (its own BentoML store), its run written to a file
-        os.environ["BENTOML_HOME"] = str(workdir / f"bentoml-{args.only}")
+        os.environ["BENTOML_HOME"] = str(workdir / f"bentoml-{args.only.replace(':', '-')}")
         os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("DVC_NO_ANALYTICS", "1")
         os.environ.setdefault("TQDM_DISABLE", "1")  # one progress line per round instead of every stage's bars
         run = run_trajectory(args.only, workdir, args, lambda m: print(m, flush=True))
-        (workdir / f"{args.only}.json").write_text(json.dumps(run, default=float))
+        (workdir / f"{args.only.replace(':', '-')}.json").write_text(json.dumps(run, default=float))
         return run
     runs = run_all(names, workdir, argv if argv is not None else sys.argv[1:], args.jobs)
     out_dir = Path(args.out) if args.out else RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.worlds:
+        figures = {"settings": {"target": args.target, "loop_params": LOOP_PARAMS_UPLIFT if args.target == "uplift" else LOOP_PARAMS,
+                                "controls_per_request": CONTROLS if args.target == "uplift" else 0,
+                                "worlds": {w: LOOP_WORLDS[w] for w in worlds}, "drift_worlds": drift_worlds,
+                                "rounds": args.rounds, "drift_round": args.drift_round, "requests": args.requests,
+                                "http_requests": args.http_requests, "k": args.k,
+                                "world": {"users": args.users, "items": args.items, "interactions": args.interactions},
+                                "seed": args.seed},
+                   **summarise_worlds(runs, args), "seconds": {name: run["seconds"] for name, run in runs.items()}}
+        write_result("closed_loop_worlds", figures, out_dir)
+        return figures
     summary = summarise(runs, args)
     plot(runs, out_dir / "closed_loop.png")
     import pandas as pd

@@ -71,3 +71,18 @@ def test_interest_drift_starts_at_the_configured_round(world):
 def test_bad_input_is_named(world, args, fragment):
     with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace("]", r"\]")):
         OnlineWorld(world).respond(*args)
+
+
+def test_unshown_items_answer_with_the_organic_outcome_on_their_own_stream(world):
+    """exposed=False draws Y(0) (what a user does with an item no one recommended), from a stream of its
+    own: the shown pairs' outcomes are the same with or without unshown pairs in the same call."""
+    env = OnlineWorld(world, seed=5)
+    users, items, props = _slates()
+    y0 = env.respond(1, users, items, props, policy="v1", exposed=False)
+    p1, p0 = env.expected(1, users, items), env.expected(1, users, items) - env.expected(1, users, items, "uplift")
+    assert abs(y0.mean() - p0.mean()) < 4 * np.sqrt(p0.mean() * (1 - p0.mean()) / len(y0))
+    assert abs(y0.mean() - p1.mean()) > 0.02  # not Y(1)
+    mixed = np.arange(len(users)) % 2 == 0
+    both = OnlineWorld(world, seed=5).respond(1, users, items, props, policy="v1", exposed=mixed)
+    alone = OnlineWorld(world, seed=5).respond(1, np.array(users)[mixed], np.array(items)[mixed], props[mixed], policy="v1")
+    assert both[mixed].tolist() == alone.tolist()

@@ -220,6 +220,52 @@ def test_core_recommend_explain_and_new_items(bundle):
         core.add_item("x", "y", np.zeros(7, np.float32))
 
 
+def test_controls_name_unshown_items_with_exact_propensities_and_export_as_unexposed_rows(bundle, tmp_path):
+    """/recommend's controls: unshown, drawn uniformly, each with the probability this policy would have
+    shown it; their outcomes come back as unexposed feedback and export as untreated rows whose
+    control_rate lets the uplift stage turn the policy's propensity into P(treated | logged)."""
+    from datetime import datetime, timezone
+
+    from causalrec.causal.uplift import logged_treatment_propensity
+    from causalrec.serving.core import RecommenderCore
+
+    path, params = bundle
+    core = RecommenderCore(path, serve={"policy": "epsilon_greedy", "epsilon": 0.2}, seed=0)
+    res = core.recommend("u000001", 5, controls=4)
+    shown = {it["item_id"] for it in res["items"]}
+    named = [c["item_id"] for c in res["controls"]]
+    assert len(named) == 4 == len(set(named)) and not shown & set(named)
+    pi = core.inclusion("u000001", 5)
+    assert all(abs(c["propensity"] - pi[core._pos[c["item_id"]]]) < 1e-12 for c in res["controls"])
+    assert res["control_rate"] == pytest.approx(4 / (core.catalogue_size - 5))
+    counts = pd.Series([c["item_id"] for _ in range(300) for c in core.recommend("u000001", 5, controls=4)["controls"]])
+    assert counts.nunique() > 0.8 * (core.catalogue_size - 5)  # drawn across the unshown items, not the top of a ranking
+    greedy = RecommenderCore(path, serve={"policy": "greedy"}, seed=0).recommend("u000001", 5, controls=4)
+    assert greedy["controls"] == []  # nothing unshown could have been shown: no control has a propensity
+    now = datetime.now(timezone.utc)
+    events = [core.feedback_event(f"e{j}", "u000001", it["item_id"], 1.0, it["propensity"], now, it["position"],
+                                  res["policy"], res["request_id"], res["slate_size"], res["model_version"], res["uniform"])
+              for j, it in enumerate(res["items"])]
+    events += [core.feedback_event(f"c{j}", "u000001", c["item_id"], 0.0, c["propensity"], now, 0, res["policy"],
+                                   res["request_id"], res["slate_size"], res["model_version"], res["uniform"],
+                                   exposed=False, control_rate=res["control_rate"]) for j, c in enumerate(res["controls"])]
+    with pytest.raises(ValueError, match="propensity must be below 1 for an unexposed event"):
+        core.feedback_event("x", "u000001", named[0], 0.0, 1.0, now, exposed=False, control_rate=0.5)
+    with pytest.raises(ValueError, match="control_rate must be a probability"):
+        core.feedback_event("x", "u000001", named[0], 0.0, 0.1, now, exposed=False, control_rate=0.0)
+    log = FeedbackLog(tmp_path / "fb.jsonl")
+    log.append_many(events)
+    export_feedback(tmp_path / "fb.jsonl", params.paths.data_dir, tmp_path / "fb", tmp_path / "v", key=core._pseudonym_key)
+    rows = pd.read_parquet(next((tmp_path / "fb").glob("part-*")) / "interactions.parquet")
+    controls = rows[rows["exposed"] == 0]
+    assert len(controls) == 4 and (controls["treatment"] == 0).all() and (rows[rows["exposed"] == 1]["control_rate"] == 1).all()
+    e = rows["propensity"].to_numpy()
+    c = res["control_rate"]
+    assert np.allclose(logged_treatment_propensity(rows, e), e / (e + (1 - e) * c))  # every row of the request
+    base = rows.assign(request_id="")  # the logging policy's log records every candidate: its own propensity
+    assert np.allclose(logged_treatment_propensity(base, e), e)
+
+
 def test_core_logs_pseudonymised_user_ids(bundle, caplog, monkeypatch):
     import logging
 

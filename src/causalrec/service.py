@@ -136,8 +136,11 @@ class Recommender:
     @bentoml.api(route="/recommend")
     async def recommend(self, user_id: Id,
                         k: Annotated[int, Field(ge=1, le=10_000, strict=True, description="at most serve.k_max items are returned")] = 10,
-                        exclude: Annotated[list[Id], Field(max_length=1000)] = []) -> dict:  # noqa: B006
-        return self.core.recommend(user_id, min(k, self.k_max), exclude)
+                        exclude: Annotated[list[Id], Field(max_length=1000)] = [],  # noqa: B006
+                        controls: Annotated[int, Field(ge=0, le=1000, strict=True, description=(
+                            "also name this many unshown items (drawn uniformly, with their inclusion probabilities "
+                            "and the control_rate): report their outcomes with exposed = false"))] = 0) -> dict:
+        return self.core.recommend(user_id, min(k, self.k_max), exclude, controls)
 
     @bentoml.api(route="/explain")
     def explain(self, user_id: Id, item_id: Id) -> dict:
@@ -159,11 +162,15 @@ class Recommender:
                                                      description="the /recommend answer's (a model version the "
                                                      "registry knows); default: the version this server serves")] = "",
                  uniform: Annotated[bool, Field(strict=True, description="the /recommend answer's: the slate was "
-                                                "drawn uniformly at random (the exploration share)")] = False) -> dict:
+                                                "drawn uniformly at random (the exploration share)")] = False,
+                 exposed: Annotated[bool, Field(strict=True, description="false: the outcome of one of the answer's "
+                                                "controls, an item the slate did not show")] = True,
+                 control_rate: Annotated[float, Field(gt=0, le=1, description="the /recommend answer's "
+                                                      "control_rate (for exposed = false)")] = 1.0) -> dict:
         _require_key(ctx)
         try:
             event = self.core.feedback_event(event_id, user_id, item_id, outcome, propensity, timestamp, position, policy,
-                                             request_id, slate_size, model_version, uniform)
+                                             request_id, slate_size, model_version, uniform, exposed, control_rate)
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
         written = self.feedback_log.append(event)  # fsynced before we answer

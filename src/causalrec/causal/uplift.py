@@ -83,6 +83,27 @@ def outcome_baseline(users: np.ndarray, y: np.ndarray, fit_rows: np.ndarray, shr
     return per_user.reindex(users).fillna(g).to_numpy()
 
 
+def logged_treatment_propensity(interactions: pd.DataFrame, propensity: np.ndarray) -> np.ndarray:
+    """(rows,) P(T = 1 | user, item, the row is in the log): what every uplift learner needs as e.
+
+    The base log records every candidate the logging policy considered, shown or not, so there it is
+    the policy's propensity. Served traffic records every shown item but only a uniform sample of the
+    unshown ones (the /recommend controls, drawn at rate c, the request's `control_rate`): a pair
+    reaches the log treated with probability e and untreated with (1 - e) c, so among logged rows
+    P(T = 1) = e / (e + (1 - e) c). A served request whose client reported no controls has c = 0: its
+    rows are treated for sure and carry no contrast (the learner's clip bounds them)."""
+    e = np.asarray(propensity, np.float64)
+    if "control_rate" not in interactions or "request_id" not in interactions:
+        return e
+    served = interactions["request_id"].fillna("").astype(str).ne("").to_numpy()
+    if not served.any():
+        return e
+    rate = interactions["control_rate"].where(interactions["exposed"] == 0)  # controls carry their request's rate
+    c = rate.groupby(interactions["request_id"]).transform("max").fillna(0.0).to_numpy(np.float64)
+    c = np.where(served, c, 1.0)
+    return e / (e + (1 - e) * c)
+
+
 def tau_risk(tau: np.ndarray, t: np.ndarray, y: np.ndarray, e: np.ndarray, m: np.ndarray) -> float:
     """The R-loss of predicted effects `tau` on held-out rows after the best increasing affine map a + b tau (b >= 0)
     (module docstring); lower is better."""

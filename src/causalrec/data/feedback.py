@@ -3,7 +3,8 @@
     feedback_data/                      (params.paths.feedback_dir; DVC-tracked: feedback_data.dvc)
       part-00001/interactions.parquet   the events of one export: event_id, user_id, item_id, timestamp,
                                         outcome, propensity, position, policy, model_version,
-                                        request_id, slate_size, uniform (exposed = treatment = 1)
+                                        request_id, slate_size, uniform (exposed = treatment = 1; a
+                                        /recommend control: 0, with its control_rate)
       part-00001/items.parquet          items first added at serving time (POST /items)
       part-00001/users.parquet          users first seen in feedback (under their pseudonym)
       part-00001/manifest.json          when, how many events, from which log

@@ -60,7 +60,7 @@ class OnlineWorld:
         self._world = dataclasses.replace(world, theta_early=now, theta_late=later,
                                           config=dataclasses.replace(world.config, drift=1.0))
         self.n_users, self.n_items = len(users), len(world.quality)
-        self._shown: dict[int, dict[int, int]] = {}  # round -> pair key -> impressions drawn so far
+        self._shown: dict[tuple, dict[int, int]] = {}  # (round, exposed) -> pair key -> impressions drawn so far
         self.activity = world.activity / world.activity.sum()  # who visits: requests come from users this often
 
     def progress(self, round: int) -> float:
@@ -78,8 +78,10 @@ class OnlineWorld:
             out[j] = int(key[1:])
         return out
 
-    def respond(self, round: int, user_ids, item_ids, propensities, policy: str) -> np.ndarray:
-        """Outcomes (0/1) of served pairs at `round`. Raises ValueError naming a bad input."""
+    def respond(self, round: int, user_ids, item_ids, propensities, policy: str, exposed=True) -> np.ndarray:
+        """Outcomes (0/1) of served pairs at `round`: Y(1) of a shown item, Y(0) of an unshown one
+        (`exposed` False for that pair: what the user does with an item no one recommended, e.g. a slate's
+        control; its own stream of draws). Raises ValueError naming a bad input."""
         if not (isinstance(round, int) and round >= 1):
             raise ValueError(f"round must be an integer >= 1, got {round!r}")
         if not policy:
@@ -93,8 +95,19 @@ class OnlineWorld:
             raise ValueError(f"propensity must be in (0, 1]; {int(bad.sum())} are not (first: {propensities[bad][0]!r})")
         users = self._index(user_ids, "u", self.n_users, "user_id")
         items = self._index(item_ids, "i", self.n_items, "item_id")
-        p1, _ = self._world.potential_outcome_probs(users, items, self.progress(round))
-        # One uniform per impression from the pair's hash-seeded stream: independent of the other pairs.
+        exposed = np.broadcast_to(np.asarray(exposed, dtype=bool), users.shape)
+        out = np.empty(len(users), dtype=np.int8)
+        for arm in (True, False):
+            rows = np.flatnonzero(exposed == arm)
+            if len(rows):
+                out[rows] = self._draw(round, users[rows], items[rows], arm)
+        return out
+
+    def _draw(self, round: int, users: np.ndarray, items: np.ndarray, exposed: bool) -> np.ndarray:
+        p1, p0 = self._world.potential_outcome_probs(users, items, self.progress(round))
+        # One uniform per impression from the pair's hash-seeded stream (unexposed draws: a stream of their
+        # own, seed + 2**40): independent of the other pairs.
+        seed = self.seed if exposed else self.seed + 2**40
         keys = users.astype(np.uint64) * np.uint64(self.n_items) + items.astype(np.uint64)
         order = np.argsort(keys, kind="stable")
         repeat = np.empty(len(keys), dtype=np.int64)
@@ -103,12 +116,12 @@ class OnlineWorld:
         run = np.cumsum(starts) - 1
         first = np.flatnonzero(starts)
         repeat[order] = np.arange(len(keys)) - first[run]
-        shown = self._shown.setdefault(round, {})
+        shown = self._shown.setdefault((round, exposed), {})
         before = np.fromiter((shown.get(key, 0) for key in keys.tolist()), dtype=np.int64, count=len(keys))
         for key, n in zip(*np.unique(keys, return_counts=True)):
             shown[int(key)] = shown.get(int(key), 0) + int(n)
         draw = (before + repeat).astype(np.uint64)
-        return (_uniform(self.seed, round, keys, draw) < p1).astype(np.int8)
+        return (_uniform(seed, round, keys, draw) < (p1 if exposed else p0)).astype(np.int8)
 
     # ------------------------------------------------------------- truth, for benchmarks only
     def expected(self, round: int, user_ids, item_ids, kind: str = "outcome") -> np.ndarray:
@@ -124,12 +137,13 @@ class OnlineWorld:
         value = self.expected(round, [user_id] * self.n_items, items, kind)
         return [items[i] for i in np.argsort(-value, kind="stable")[:k]]
 
-    def outcome_matrix(self, round: int) -> np.ndarray:
-        """(users, items) true E[Y(1)] of every pair at `round` (row u = user u, column i = item i)."""
+    def outcome_matrix(self, round: int, kind: str = "outcome") -> np.ndarray:
+        """(users, items) true E[Y(1)] ("outcome") or E[Y(1) - Y(0)] ("uplift") of every pair at `round`
+        (row u = user u, column i = item i)."""
         users = np.repeat(np.arange(self.n_users), self.n_items)
         items = np.tile(np.arange(self.n_items), self.n_users)
-        p1, _ = self._world.potential_outcome_probs(users, items, self.progress(round))
-        return p1.reshape(self.n_users, self.n_items)
+        p1, p0 = self._world.potential_outcome_probs(users, items, self.progress(round))
+        return (p1 if kind == "outcome" else p1 - p0).reshape(self.n_users, self.n_items)
 
     def logging_matrix(self) -> np.ndarray:
         """(users, items) the logging policy's exposure probability as it was when the log ended

@@ -94,8 +94,13 @@ FIELD_RULES = {
     "request_id": (_optional_id, "must be empty or an id of at most 64 characters (letters, digits, . _ : -)"),
     "model_version": (is_id, ID_RULE),
     "uniform": (lambda v: isinstance(v, bool), "must be true or false"),
+    # an unexposed event (exposed = false): the outcome of an item the slate did not show, one of the
+    # /recommend answer's `controls` (drawn uniformly from the unshown items at rate control_rate)
+    "exposed": (lambda v: isinstance(v, bool), "must be true or false"),
+    "control_rate": (lambda v: _number(v) and 0 < v <= 1, "must be a probability in (0, 1]"),
 }
-DEFAULTS = {"position": 0, "slate_size": 0, "policy": "", "request_id": "", "uniform": False}
+DEFAULTS = {"position": 0, "slate_size": 0, "policy": "", "request_id": "", "uniform": False, "exposed": True,
+            "control_rate": 1.0}
 
 
 class EventRules:
@@ -121,6 +126,8 @@ class EventRules:
         if self.known_items is not None and isinstance(event.get("item_id"), str) and event["item_id"] not in self.known_items:
             out.append(Broken("item_id", "must be an item of the catalogue (the model's items or one added through "
                                          "POST /items)"))
+        if event.get("exposed") is False and _number(event.get("propensity")) and event["propensity"] >= 1:
+            out.append(Broken("propensity", "must be below 1 for an unexposed event (an item shown for sure was shown)"))
         if (self.known_versions is not None and is_id(event.get("model_version"))
                 and event["model_version"] not in self.known_versions):
             out.append(Broken("model_version", "must be a model version the registry knows"))

@@ -41,7 +41,9 @@ INTERACTIONS = TableSpec(
     optional={"propensity": "float", "position": "int", "policy": "text", "treatment": "binary", "event_id": "text",
               "rating": "float",
               # served feedback (data.feedback): which model served the slate, the slate's id and size
-              "model_version": "text", "request_id": "text", "slate_size": "int", "uniform": "binary"},
+              "model_version": "text", "request_id": "text", "slate_size": "int", "uniform": "binary",
+              # an unexposed served row (a /recommend control): the share of the slate's unshown items drawn
+              "control_rate": "float"},
 )
 ITEMS = TableSpec(
     "items",

@@ -37,6 +37,8 @@ def served_traffic(params: Params, held_out: bool = True) -> pd.DataFrame:
     if not len(rows) or "slate_size" not in rows:
         return pd.DataFrame()
     keep = (rows["slate_size"] > 0) & (rows["request_id"].astype(str) != "")
+    if "exposed" in rows:  # the shown items: a slate's controls (unshown, exposed = 0) are no outcome of the policy's
+        keep &= rows["exposed"] == 1
     if params.promote.traffic == "uniform":
         keep &= gate_slates(rows, params.promote.max_slates, params.promote.max_share if held_out else 1.0)
     return rows[keep].reset_index(drop=True)

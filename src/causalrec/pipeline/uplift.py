@@ -18,7 +18,7 @@ from causalrec.pipeline.paths import stage_paths
 def train_uplift(params: Params, settings: dict, path: Path) -> dict:
     """Fit the uplift learner on every logged row (treated and untreated) with the learners' `settings`
     (train.learner_settings) and save it."""
-    from causalrec.causal.uplift import UpliftLearner
+    from causalrec.causal.uplift import UpliftLearner, logged_treatment_propensity
     from causalrec.persistence import save_model
 
     d = stage_paths(params)
@@ -26,6 +26,7 @@ def train_uplift(params: Params, settings: dict, path: Path) -> dict:
     if "treatment" not in inter or inter["treatment"].nunique() < 2:
         return {"skipped": "the log has no treated-and-untreated 'treatment' column"}
     p = pd.read_parquet(d["propensity"] / "propensities.parquet")["propensity"].to_numpy()
+    p = logged_treatment_propensity(inter, p)  # served rows: the controls are a sample of the unshown items
     u = params.uplift
     model = UpliftLearner(u.learner, n_bootstrap=u.n_bootstrap, arm_method=u.arm_method, exposure_features=u.exposure_features,
                           exposure_weight=u.exposure_weight, **settings)

@@ -120,7 +120,12 @@ class RecommenderCore:
         return (self.uplift, self.relevance) if self.config["rank_by"] == "uplift" else (self.relevance, self.uplift)
 
     # ------------------------------------------------------------------------------ recommend
-    def recommend(self, user_id: str, k: int, exclude: list[str] | None = None) -> dict:
+    def recommend(self, user_id: str, k: int, exclude: list[str] | None = None, controls: int = 0) -> dict:
+        """A slate of k items with the exact probability that this policy shows each. With `controls` > 0 the
+        answer also names that many items the slate did not show, drawn uniformly from the unshown
+        candidates (`control_rate`: the share of them drawn), each with its exact inclusion probability:
+        the client reports what the user did with them anyway (feedback with exposed = false), the
+        unexposed outcomes an uplift model learns what a recommendation adds from."""
         self.sync()
         user_id, shown_to = self._resolve(user_id)
         by_uplift = self.config["rank_by"] == "uplift"
@@ -139,21 +144,44 @@ class RecommenderCore:
                 chosen, propensity = slate.items, slate.propensity
             # The other score only for the items shown: one mat-vec over k rows, not the catalogue.
             secondary = other.scores(user_id, chosen) if other is not None else None
+            control = self._controls(rank, drop, chosen, controls) if controls else None
         relevance, uplift = (secondary, rank[chosen]) if by_uplift else (rank[chosen], secondary)
         cold = user_id not in self.known_users
         request_id = uuid.uuid4().hex
         log.info("recommend request=%s user=%s cold=%s k=%d", request_id, shown_to, cold, k)
-        return {"request_id": request_id, "cold_start": cold, "policy": self.policy.kind, "rank_by": self.config["rank_by"],
-                "model": self.manifest.get("model"), "model_version": self.version, "slate_size": len(chosen),
-                "uniform": slate.uniform,
-                "items": [{"item_id": self.item_ids[i], "title": self.titles[i], "position": pos + 1,
-                           "score": float(relevance[j]), "uplift": None if uplift is None else float(uplift[j]),
-                           "propensity": float(propensity[j])} for j, (pos, i) in enumerate(enumerate(chosen))]}
+        out = {"request_id": request_id, "cold_start": cold, "policy": self.policy.kind, "rank_by": self.config["rank_by"],
+               "model": self.manifest.get("model"), "model_version": self.version, "slate_size": len(chosen),
+               "uniform": slate.uniform,
+               "items": [{"item_id": self.item_ids[i], "title": self.titles[i], "position": pos + 1,
+                          "score": float(relevance[j]), "uplift": None if uplift is None else float(uplift[j]),
+                          "propensity": float(propensity[j])} for j, (pos, i) in enumerate(enumerate(chosen))]}
+        if control is not None:
+            out["controls"], out["control_rate"] = control
+        return out
+
+    def _controls(self, rank: np.ndarray, drop: list[int], chosen: np.ndarray, m: int) -> tuple[list[dict], float]:
+        """m unshown candidates drawn uniformly (without replacement) and each one's exact probability of
+        having been shown in this slate; the share of the eligible unshown candidates drawn. Eligible: the
+        policy could have shown it (probability > 0); a greedy policy has none, so it names no controls."""
+        keep = np.ones(len(rank), bool)
+        keep[drop] = False
+        candidates = np.flatnonzero(keep)
+        pi = np.zeros(len(rank))
+        pi[candidates] = inclusion_probabilities(rank[candidates], len(chosen), self.policy.kind, self.policy.epsilon,
+                                                 self.policy.temperature, self.policy.diversity,
+                                                 None if self.embeddings is None else self.embeddings[candidates])
+        eligible = np.setdiff1d(candidates[pi[candidates] > 0], chosen)
+        if not len(eligible):
+            return [], 1.0
+        picked = self._rng.choice(eligible, size=min(m, len(eligible)), replace=False)
+        return [{"item_id": self.item_ids[i], "propensity": float(pi[i])} for i in picked], len(picked) / len(eligible)
 
     def feedback_event(self, event_id: str, user_id: str, item_id: str, outcome: float, propensity: float,
                        timestamp, position: int = 0, policy: str = "", request_id: str = "", slate_size: int = 0,
-                       model_version: str = "", uniform: bool = False) -> dict:
-        """The feedback log's line for one outcome of a served item (the pseudonym, never the user id),
+                       model_version: str = "", uniform: bool = False, exposed: bool = True,
+                       control_rate: float = 1.0) -> dict:
+        """The feedback log's line for one outcome of a served item, or (exposed = False) of one of the
+        slate's controls (the pseudonym, never the user id),
         checked by the pipeline's own rule book (data.rules.EventRules) on the line as it will be stored,
         so nothing acknowledged can fail export or validation later. Raises ValueError naming every bad
         field and its rule (never a value)."""
@@ -164,6 +192,8 @@ class RecommenderCore:
                  "policy": policy or self.policy.kind, "model_version": model_version or self.version,
                  # the slate's identity and size: what the promotion gate needs to replay the policies
                  "request_id": request_id, "slate_size": slate_size, "uniform": uniform}
+        if not exposed:  # written only for controls: the log lines of shown items stay as they were
+            event.update(exposed=False, control_rate=control_rate)
         if item_id not in self._pos:
             self.sync()  # an item another worker added since this one last looked
         self.rules.check(event)

@@ -182,7 +182,8 @@ def export_feedback(log_path: str | Path, data_dir: str | Path, feedback_dir: st
     feedback suite (the contract's types and domains, event ids unique and new; report in
     `validation_dir`); nothing is written when it fails.
 
-    Each exported event is an exposed, treated row with its outcome, the served propensity and
+    Each exported event is an exposed, treated row (a control: unexposed, untreated, with its
+    control_rate) with its outcome, the served propensity and
     position, policy 'serving:<name>', the model version that served it, its slate (request id, size,
     whether it was drawn uniformly). Items added at serving time join the partition's items with their
     texts. The log holds pseudonyms (serving.privacy): each maps back to a known user through the key
@@ -233,7 +234,10 @@ def export_feedback(log_path: str | Path, data_dir: str | Path, feedback_dir: st
             "event_id": [str(e["event_id"]) for e in good], "user_id": [users.get(e["user_id"], e["user_id"]) for e in good],
             "item_id": [e["item_id"] for e in good],
             "timestamp": pd.to_datetime([e["timestamp"] for e in good], utc=True).tz_localize(None),
-            "exposed": 1, "treatment": 1, "outcome": [float(e["outcome"]) for e in good],
+            # a control (exposed = false): an unshown item's outcome, drawn at the request's control_rate
+            "exposed": [int(e.get("exposed", True)) for e in good], "treatment": [int(e.get("exposed", True)) for e in good],
+            "control_rate": [float(e.get("control_rate", 1.0)) for e in good],
+            "outcome": [float(e["outcome"]) for e in good],
             # served propensities stay float64 (float32 would round a tiny probability to 0)
             "propensity": pd.array([float(e["propensity"]) for e in good], dtype="float64"),
             "position": [int(e.get("position", 0)) for e in good],
