@@ -163,14 +163,21 @@ class SwitchDoublyRobust(DoublyRobust):
 
 
 def paired_interval(estimator: _Estimator, reward, pscore, pi_a, pi_b, groups=None, alpha: float = 0.05,
-                    n_bootstrap: int = 1000, random_state: int | None = None) -> dict:
+                    n_bootstrap: int = 1000, random_state: int | None = None, counted=None) -> dict:
     """Policies a and b on the same logged rounds: each one's value, and a - b, with percentile
     bootstrap intervals that resample the same rounds for both (whole groups when `groups` is given,
     e.g. the rows of one served slate, which share a user and are not independent). pi_a, pi_b: (n,)
-    each policy's probability of the logged action (an IPW-family estimator)."""
+    each policy's probability of the logged action (an IPW-family estimator). `counted` (IPW only):
+    the rows the value is per (the shown items); the others enter the numerator only (a slate's
+    controls, with reward -Y(0): the value is then the incremental one, E[Y(1) - Y(0)] per shown item)."""
     reward = np.asarray(reward, float)
     terms = [estimator._terms(*estimator._prepare(reward, np.zeros(len(reward), int), None, pscore, pi))
              for pi in (pi_a, pi_b)]
+    if counted is not None:
+        if estimator.estimator_name != "ipw":
+            raise ValueError(f"{estimator.estimator_name}: only ipw can weigh uncounted rows (a difference of arms "
+                             "has no self-normalisation)")
+        terms = [(num, den * np.asarray(counted, float)) for num, den in terms]
     if groups is None:
         member = np.arange(len(reward))
     else:

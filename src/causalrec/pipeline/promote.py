@@ -37,7 +37,7 @@ def served_traffic(params: Params, held_out: bool = True) -> pd.DataFrame:
     if not len(rows) or "slate_size" not in rows:
         return pd.DataFrame()
     keep = (rows["slate_size"] > 0) & (rows["request_id"].astype(str) != "")
-    if "exposed" in rows:  # the shown items: a slate's controls (unshown, exposed = 0) are no outcome of the policy's
+    if "exposed" in rows and params.serve.rank_by != "uplift":  # a slate's controls count for the incremental value only
         keep &= rows["exposed"] == 1
     if params.promote.traffic == "uniform":
         keep &= gate_slates(rows, params.promote.max_slates, params.promote.max_share if held_out else 1.0)
@@ -68,9 +68,21 @@ def compare(params: Params, candidate_dir: Path, champion_dir: Path, rows: pd.Da
     # champion's); the logged marginal propensity is for all slates. SNIPS does not depend on n.
     logged = (rows["slate_size"].to_numpy(float) / champion.catalogue_size if cfg.traffic == "uniform"
               else rows["propensity"].to_numpy(float))
-    result = paired_interval(ESTIMATORS[cfg.estimator], rows["outcome"].to_numpy(float), logged,
-                             replay(candidate, rows), replay(champion, rows), groups=rows["request_id"].astype(str).to_numpy(),
-                             alpha=cfg.alpha if alpha is None else alpha, n_bootstrap=cfg.n_bootstrap, random_state=params.seed)
+    reward, estimator, counted = rows["outcome"].to_numpy(float), ESTIMATORS[cfg.estimator], None
+    shown = rows["exposed"].to_numpy() == 1 if "exposed" in rows else np.ones(len(rows), bool)
+    if not shown.all():
+        # Ranked by uplift, with the slates' controls: the incremental value, E[Y(1) - Y(0)] per shown item, by
+        # IPW: a shown row estimates pi Y(1) / P(shown), a control pi Y(0) / P(drawn as a control) with
+        # P = (1 - P(shown)) c, c the request's control_rate (declared here, whatever promote.estimator says:
+        # self-normalisation has no meaning for a difference of arms)
+        c = rows["control_rate"].where(~shown).groupby(rows["request_id"]).transform("max").to_numpy(float)
+        logged = np.where(shown, logged, (1 - logged) * c)
+        reward, estimator, counted = np.where(shown, reward, -reward), ESTIMATORS["ipw"], shown
+    result = paired_interval(estimator, reward, logged, replay(candidate, rows), replay(champion, rows),
+                             groups=rows["request_id"].astype(str).to_numpy(), alpha=cfg.alpha if alpha is None else alpha,
+                             n_bootstrap=cfg.n_bootstrap, random_state=params.seed, counted=counted)
+    if counted is not None:
+        result["estimator"] = "ipw incremental value (shown items minus the slates' controls)"
     result["candidate"], result["champion"] = result.pop("a"), result.pop("b")
     result["slates"] = result.pop("groups")
     return result
@@ -131,6 +143,8 @@ def check_champion(params: Params, locate=None) -> dict:
         return {"checked": False, "reason": "no earlier champion to compare with", "rolled_back": False}
     latest = read_partitions(params.paths.feedback_dir, last=cfg.partitions)
     own = latest[latest["model_version"] == champion["model_tag"]] if len(latest) else latest
+    if "exposed" in own:
+        own = own[own["exposed"] == 1]  # what it showed (a slate's controls were not shown)
     out = {"champion": champion["model_tag"], "previous": previous["model_tag"], "champion_events": len(own),
            "champion_live_outcome_rate": float(own["outcome"].mean()) if len(own) else None}
     rows = served_traffic(params, held_out=False)
