@@ -69,8 +69,8 @@ def test_agrees_with_obp():
 
 
 def test_the_incremental_value_from_shown_items_and_controls_covers_the_truth():
-    """Uniform slates of 3 of 20 items, 4 of the unshown drawn as controls: IPW over shown rows minus
-    controls (`counted`: the shown ones) estimates E[Y(1) - Y(0)] per shown item of any policy; the
+    """Uniform slates of 3 of 20 items, 4 of the unshown drawn as controls: shown rows minus controls
+    (IPW, or SNIPS on each arm) estimate E[Y(1) - Y(0)] per shown item of any policy; the
     policy that ranks by the true uplift beats the one that ranks by relevance on it (and not on the
     outcome rate, where relevance wins)."""
     from causalrec.evaluation.ope import ESTIMATORS, paired_interval
@@ -88,16 +88,17 @@ def test_the_incremental_value_from_shown_items_and_controls_covers_the_truth():
     slate, item, shown, y = (np.array(c) for c in zip(*rows))
     y = y.astype(float)
     logged = np.where(shown, k / n, (1 - k / n) * m / (n - k))
-    reward = np.where(shown, y, -y)
-    res = paired_interval(ESTIMATORS["ipw"], reward, logged, by_uplift[item], by_relevance[item], groups=slate,
-                          n_bootstrap=400, random_state=0, counted=shown)
     truth = [(pi * (p1 - p0)).sum() / k for pi in (by_uplift, by_relevance)]
-    for side, true in zip(("a", "b"), truth):
-        lo, hi = res[side]["ci"]
-        assert lo <= true <= hi, (side, lo, true, hi)
-    assert res["difference"]["ci"][0] > 0  # the uplift ranking adds more
-    outcome = paired_interval(ESTIMATORS["ipw"], y[shown].astype(float), logged[shown], by_uplift[item[shown]],
+    widths = {}
+    for name in ("ipw", "snipw"):
+        res = paired_interval(ESTIMATORS[name], y, logged, by_uplift[item], by_relevance[item], groups=slate,
+                              n_bootstrap=400, random_state=0, shown=shown, alpha=0.01)
+        for side, true in zip(("a", "b"), truth):
+            lo, hi = res[side]["ci"]
+            assert lo <= true <= hi, (name, side, lo, true, hi)
+        assert res["difference"]["ci"][0] > 0, name  # the uplift ranking adds more
+        widths[name] = np.diff(res["difference"]["ci"])[0]
+    assert widths["snipw"] < widths["ipw"]  # each arm self-normalised: the narrower interval
+    outcome = paired_interval(ESTIMATORS["ipw"], y[shown], logged[shown], by_uplift[item[shown]],
                               by_relevance[item[shown]], groups=slate[shown], n_bootstrap=400, random_state=0)
     assert outcome["difference"]["value"] < 0  # while relevance wins on the outcome rate
-    with pytest.raises(ValueError, match="only ipw"):
-        paired_interval(ESTIMATORS["snipw"], reward, logged, by_uplift[item], by_relevance[item], counted=shown)

@@ -163,21 +163,21 @@ class SwitchDoublyRobust(DoublyRobust):
 
 
 def paired_interval(estimator: _Estimator, reward, pscore, pi_a, pi_b, groups=None, alpha: float = 0.05,
-                    n_bootstrap: int = 1000, random_state: int | None = None, counted=None) -> dict:
+                    n_bootstrap: int = 1000, random_state: int | None = None, shown=None) -> dict:
     """Policies a and b on the same logged rounds: each one's value, and a - b, with percentile
     bootstrap intervals that resample the same rounds for both (whole groups when `groups` is given,
     e.g. the rows of one served slate, which share a user and are not independent). pi_a, pi_b: (n,)
-    each policy's probability of the logged action (an IPW-family estimator). `counted` (IPW only):
-    the rows the value is per (the shown items); the others enter the numerator only (a slate's
-    controls, with reward -Y(0): the value is then the incremental one, E[Y(1) - Y(0)] per shown item)."""
+    each policy's probability of the logged action (an IPW-family estimator).
+
+    `shown` (n,) bool: the incremental value, E[Y(1) - Y(0)] per shown item. The True rows are shown
+    items (reward Y(1), pscore the probability they were shown), the False rows a slate's controls
+    (reward Y(0) of an unshown item, pscore the probability it was drawn as a control); each arm is
+    estimated on its own and the control arm is subtracted: IPW divides both by the number of shown
+    rows (unbiased), SNIPS each by its own sum of weights (both sums estimate the same number, the
+    policy's expected slate size per round)."""
     reward = np.asarray(reward, float)
     terms = [estimator._terms(*estimator._prepare(reward, np.zeros(len(reward), int), None, pscore, pi))
              for pi in (pi_a, pi_b)]
-    if counted is not None:
-        if estimator.estimator_name != "ipw":
-            raise ValueError(f"{estimator.estimator_name}: only ipw can weigh uncounted rows (a difference of arms "
-                             "has no self-normalisation)")
-        terms = [(num, den * np.asarray(counted, float)) for num, den in terms]
     if groups is None:
         member = np.arange(len(reward))
     else:
@@ -185,16 +185,32 @@ def paired_interval(estimator: _Estimator, reward, pscore, pi_a, pi_b, groups=No
         _, first, member = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
         member = np.argsort(np.argsort(first))[member]
     n_groups = member.max() + 1 if len(member) else 0
-    # per-group sums of numerator and denominator: a resample of groups is a weighted sum of them
-    sums = [(np.bincount(member, num, n_groups), np.bincount(member, den, n_groups)) for num, den in terms]
+    arms = [np.ones(len(reward), bool)] if shown is None else [np.asarray(shown, bool), ~np.asarray(shown, bool)]
+    self_normalised = estimator.estimator_name.startswith("sn")
+
+    def group_sums(num, den) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per arm, per-group sums of numerator and denominator: a resample of groups is a weighted sum of them."""
+        out = [(np.bincount(member, num * a, n_groups), np.bincount(member, den * a, n_groups)) for a in arms]
+        if len(out) == 2 and not self_normalised:  # IPW: the control arm per shown item too
+            out[1] = (out[1][0], out[0][1])
+        return out
+
+    def value(sums, counts=None):
+        """sum over arms (the control arm subtracted) of sum(num) / sum(den), per resample when `counts`."""
+        total = 0.0
+        for sign, (num, den) in zip((1.0, -1.0), sums):
+            total = total + sign * ((counts @ num) / (counts @ den) if counts is not None else num.sum() / den.sum())
+        return total
+
+    sums = [group_sums(num, den) for num, den in terms]
     rng = np.random.default_rng(random_state)
     boot = [np.empty(n_bootstrap), np.empty(n_bootstrap)]
     for start in range(0, n_bootstrap, 100):  # 100 resamples at a time: memory stays O(100 x groups)
         counts = np.stack([np.bincount(rng.integers(n_groups, size=n_groups), minlength=n_groups)
                            for _ in range(start, min(start + 100, n_bootstrap))]).astype(float)
-        for b_, (num, den) in zip(boot, sums):
-            b_[start:start + len(counts)] = counts @ num / (counts @ den)
-    point = [num.sum() / den.sum() for num, den in sums]
+        for b_, s in zip(boot, sums):
+            b_[start:start + len(counts)] = value(s, counts)
+    point = [value(s) for s in sums]
 
     def summary(value, draws):
         lo, hi = np.quantile(draws, [alpha / 2, 1 - alpha / 2])

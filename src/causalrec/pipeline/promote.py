@@ -68,21 +68,20 @@ def compare(params: Params, candidate_dir: Path, champion_dir: Path, rows: pd.Da
     # champion's); the logged marginal propensity is for all slates. SNIPS does not depend on n.
     logged = (rows["slate_size"].to_numpy(float) / champion.catalogue_size if cfg.traffic == "uniform"
               else rows["propensity"].to_numpy(float))
-    reward, estimator, counted = rows["outcome"].to_numpy(float), ESTIMATORS[cfg.estimator], None
     shown = rows["exposed"].to_numpy() == 1 if "exposed" in rows else np.ones(len(rows), bool)
-    if not shown.all():
-        # Ranked by uplift, with the slates' controls: the incremental value, E[Y(1) - Y(0)] per shown item, by
-        # IPW: a shown row estimates pi Y(1) / P(shown), a control pi Y(0) / P(drawn as a control) with
-        # P = (1 - P(shown)) c, c the request's control_rate (declared here, whatever promote.estimator says:
-        # self-normalisation has no meaning for a difference of arms)
+    incremental = not shown.all()
+    if incremental:
+        # Ranked by uplift, with the slates' controls: the incremental value, E[Y(1) - Y(0)] per shown item: a
+        # shown row weighs Y(1) by pi / P(shown), a control Y(0) by pi / P(drawn as a control), with
+        # P = (1 - P(shown)) c, c the request's control_rate; the gate's estimator on each arm (ope.paired_interval)
         c = rows["control_rate"].where(~shown).groupby(rows["request_id"]).transform("max").to_numpy(float)
         logged = np.where(shown, logged, (1 - logged) * c)
-        reward, estimator, counted = np.where(shown, reward, -reward), ESTIMATORS["ipw"], shown
-    result = paired_interval(estimator, reward, logged, replay(candidate, rows), replay(champion, rows),
-                             groups=rows["request_id"].astype(str).to_numpy(), alpha=cfg.alpha if alpha is None else alpha,
-                             n_bootstrap=cfg.n_bootstrap, random_state=params.seed, counted=counted)
-    if counted is not None:
-        result["estimator"] = "ipw incremental value (shown items minus the slates' controls)"
+    result = paired_interval(ESTIMATORS[cfg.estimator], rows["outcome"].to_numpy(float), logged, replay(candidate, rows),
+                             replay(champion, rows), groups=rows["request_id"].astype(str).to_numpy(),
+                             alpha=cfg.alpha if alpha is None else alpha, n_bootstrap=cfg.n_bootstrap,
+                             random_state=params.seed, shown=shown if incremental else None)
+    if incremental:
+        result["estimator"] += " incremental value (shown items minus the slates' controls)"
     result["candidate"], result["champion"] = result.pop("a"), result.pop("b")
     result["slates"] = result.pop("groups")
     return result
