@@ -545,10 +545,13 @@ def plot(runs: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run_all(names: list[str], workdir: Path, argv: list[str], jobs: int) -> dict:
-    """Each trajectory in its own process (memory returns between them; `jobs` at a time)."""
+def run_all(names: list[str], workdir: Path, argv: list[str], jobs: int, resume: bool = False) -> dict:
+    """Each trajectory in its own process (memory returns between them; `jobs` at a time). With `resume`,
+    a trajectory whose run file is already in `workdir` (it finished in an earlier run of the same
+    command) is read, not run again."""
     workdir.mkdir(parents=True, exist_ok=True)
-    pending, running, failed = list(names), {}, []
+    done = {n for n in names if resume and (workdir / f"{n.replace(':', '-')}.json").exists()}
+    pending, running, failed = [n for n in names if n not in done], {}, []
     while pending or running:
         while pending and len(running) < jobs:
             name = pending.pop(0)
@@ -595,6 +598,8 @@ def main(argv=None) -> dict:
                     help="comma-separated LOOP_WORLDS: a stationary loop in each (and a drift loop in each of "
                          "--drift-worlds) -> closed_loop_worlds.json")
     ap.add_argument("--drift-worlds", default="", help="the worlds of --worlds that also run the drift loop")
+    ap.add_argument("--resume", action="store_true",
+                    help="read the trajectories that finished in --workdir (an earlier run of the same command) instead of running them")
     ap.add_argument("--only", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -624,7 +629,8 @@ def main(argv=None) -> dict:
         run = run_trajectory(args.only, workdir, args, lambda m: print(m, flush=True))
         (workdir / f"{args.only.replace(':', '-')}.json").write_text(json.dumps(run, default=float))
         return run
-    runs = run_all(names, workdir, argv if argv is not None else sys.argv[1:], args.jobs)
+    child_argv = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume"]
+    runs = run_all(names, workdir, child_argv, args.jobs, args.resume)
     out_dir = Path(args.out) if args.out else RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.worlds:
