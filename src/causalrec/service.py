@@ -165,8 +165,8 @@ class Recommender:
                                                 "drawn uniformly at random (the exploration share)")] = False,
                  exposed: Annotated[bool, Field(strict=True, description="false: the outcome of one of the answer's "
                                                 "controls, an item the slate did not show")] = True,
-                 control_rate: Annotated[float, Field(gt=0, le=1, description="the /recommend answer's "
-                                                      "control_rate (for exposed = false)")] = 1.0) -> dict:
+                 control_rate: Annotated[Propensity, Field(description="the /recommend answer's control_rate "
+                                                           "(for exposed = false)")] = 1.0) -> dict:
         _require_key(ctx)
         try:
             event = self.core.feedback_event(event_id, user_id, item_id, outcome, propensity, timestamp, position, policy,
