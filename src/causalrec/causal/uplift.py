@@ -98,9 +98,9 @@ def logged_treatment_propensity(interactions: pd.DataFrame, propensity: np.ndarr
     served = interactions["request_id"].fillna("").astype(str).ne("").to_numpy()
     if not served.any():
         return e
-    rate = interactions["control_rate"].where(interactions["exposed"] == 0)  # controls carry their request's rate
-    c = rate.groupby(interactions["request_id"]).transform("max").fillna(0.0).to_numpy(np.float64)
-    c = np.where(served, c, 1.0)
+    from causalrec.data.feedback import request_control_rate
+
+    c = np.where(served, request_control_rate(interactions), 1.0)
     return e / (e + (1 - e) * c)
 
 

@@ -86,6 +86,13 @@ def gate_slates(rows: pd.DataFrame, max_slates: int | None = None, max_share: fl
     return uniform & request.isin(slates)
 
 
+def request_control_rate(rows: pd.DataFrame) -> np.ndarray:
+    """(rows,) the control_rate of each row's request, read from its controls (exposed = 0: the unshown items
+    /recommend named, drawn at that rate); 0 where the request has none."""
+    rate = rows["control_rate"].where(rows["exposed"] == 0)
+    return rate.groupby(rows["request_id"]).transform("max").fillna(0.0).to_numpy(np.float64)
+
+
 DRIFT_MARK = "drift.json"
 
 

@@ -74,8 +74,9 @@ def compare(params: Params, candidate_dir: Path, champion_dir: Path, rows: pd.Da
         # Ranked by uplift, with the slates' controls: the incremental value, E[Y(1) - Y(0)] per shown item: a
         # shown row weighs Y(1) by pi / P(shown), a control Y(0) by pi / P(drawn as a control), with
         # P = (1 - P(shown)) c, c the request's control_rate; the gate's estimator on each arm (ope.paired_interval)
-        c = rows["control_rate"].where(~shown).groupby(rows["request_id"]).transform("max").to_numpy(float)
-        logged = np.where(shown, logged, (1 - logged) * c)
+        from causalrec.data.feedback import request_control_rate
+
+        logged = np.where(shown, logged, (1 - logged) * request_control_rate(rows))
     result = paired_interval(ESTIMATORS[cfg.estimator], rows["outcome"].to_numpy(float), logged, replay(candidate, rows),
                              replay(champion, rows), groups=rows["request_id"].astype(str).to_numpy(),
                              alpha=cfg.alpha if alpha is None else alpha, n_bootstrap=cfg.n_bootstrap,
