@@ -167,9 +167,8 @@ class RecommenderCore:
         keep[drop] = False
         candidates = np.flatnonzero(keep)
         pi = np.zeros(len(rank))
-        pi[candidates] = inclusion_probabilities(rank[candidates], len(chosen), self.policy.kind, self.policy.epsilon,
-                                                 self.policy.temperature, self.policy.diversity,
-                                                 None if self.embeddings is None else self.embeddings[candidates])
+        pi[candidates] = self._inclusion(rank[candidates], len(chosen),
+                                         None if self.embeddings is None else self.embeddings[candidates])
         eligible = np.setdiff1d(candidates[pi[candidates] > 0], chosen)
         if not len(eligible):
             return [], 1.0
@@ -209,8 +208,12 @@ class RecommenderCore:
         user_id, _ = self._resolve(user_id)
         with self._lock:
             scores = self._rankers()[0].scores(user_id)
-        return inclusion_probabilities(scores, k, self.policy.kind, self.policy.epsilon, self.policy.temperature,
-                                       self.policy.diversity, self.embeddings)
+        return self._inclusion(scores, k, self.embeddings)
+
+    def _inclusion(self, scores: np.ndarray, k: int, vectors: np.ndarray | None) -> np.ndarray:
+        """(candidates,) this service's exploration policy's exact inclusion probabilities over `scores`."""
+        p = self.policy
+        return inclusion_probabilities(scores, k, p.kind, p.epsilon, p.temperature, p.diversity, vectors)
 
     # -------------------------------------------------------------------------------- explain
     def explain(self, user_id: str, item_id: str, n_similar: int = 3) -> dict:

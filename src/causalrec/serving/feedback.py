@@ -230,12 +230,13 @@ def export_feedback(log_path: str | Path, data_dir: str | Path, feedback_dir: st
     path = None
     if good:
         users = _known_users(Path(log_path), data_dir, key)
+        shown = [int(e.get("exposed", True)) for e in good]
         rows = pd.DataFrame({
             "event_id": [str(e["event_id"]) for e in good], "user_id": [users.get(e["user_id"], e["user_id"]) for e in good],
             "item_id": [e["item_id"] for e in good],
             "timestamp": pd.to_datetime([e["timestamp"] for e in good], utc=True).tz_localize(None),
             # a control (exposed = false): an unshown item's outcome, drawn at the request's control_rate
-            "exposed": [int(e.get("exposed", True)) for e in good], "treatment": [int(e.get("exposed", True)) for e in good],
+            "exposed": shown, "treatment": shown,
             "control_rate": [float(e.get("control_rate", 1.0)) for e in good],
             "outcome": [float(e["outcome"]) for e in good],
             # served propensities stay float64 (float32 would round a tiny probability to 0)
