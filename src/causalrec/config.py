@@ -108,6 +108,26 @@ class Propensity(_Section):
 ExposureWeight = Annotated[float, Field(ge=0, le=100)] | Literal["auto"]
 
 
+class TrainPrivacy(_Section):
+    """train.privacy: user-level differential privacy of every model the train stage ships
+    (causalrec.causal.privacy: DP-SGD with per-user clipping, Opacus's RDP accountant)."""
+    enabled: bool
+    epsilon: float = Field(gt=0, le=1000)  # the whole shipped bundle (relevance + uplift) spends at most this
+    delta: float = Field(gt=0, lt=1)       # must lie below 1 / (users in the log): checked when training
+    unit: Literal["user"]                  # a person's every row (the guarantee a person cares about)
+    max_grad_norm: float = Field(gt=0)
+    users_per_step: int = Field(ge=1)
+    rows_per_user: int = Field(ge=1)
+    local_passes: int = Field(ge=0, le=100)
+    user_l2: float = Field(ge=0)
+
+    def fit_settings(self) -> dict | None:
+        """The learners' `privacy` argument (UserLevelDP's fields), None when off."""
+        if not self.enabled:
+            return None
+        return self.model_dump(exclude={"enabled", "unit"})
+
+
 class Train(_Section):
     models: list[Literal["popularity", "mf_naive", "mf_ips", "mf_snips", "mf_dr", "mf_dr_jl", "mf_mrdr_jl", "mf_sdr",
                          "tt_naive", "tt_ips", "tt_snips", "tt_dr", "tt_dr_jl", "tt_mrdr_jl", "tt_sdr",
@@ -124,6 +144,25 @@ class Train(_Section):
     features: list[Literal["text", "attributes"]]
     # true: the chosen model is fitted again on its fit + validation rows for the epochs early stopping kept
     refit: bool
+    privacy: TrainPrivacy
+
+    @model_validator(mode="after")
+    def _private(self) -> "Train":
+        if not self.privacy.enabled:
+            return self
+        from causalrec.causal.debias import PRIVATE_METHODS
+
+        bad = [m for m in self.models if m == "popularity" or m.split("_", 1)[1] not in PRIVATE_METHODS]
+        if len(self.models) != 1 or bad:
+            raise ValueError(f"train.privacy: train one model of methods {PRIVATE_METHODS} (got {self.models}): choosing "
+                             "among several on validation rows reads private rows no accountant counts, and popularity "
+                             "counts are not private")
+        for key in ("exposure_weight", "weight_decay"):
+            if getattr(self, key) == "auto":
+                raise ValueError(f"train.privacy: train.{key} is auto, a search on private validation rows; give it a number")
+        if self.refit:
+            raise ValueError("train.privacy: train.refit reads the epochs early stopping chose on private rows; set it false")
+        return self
 
     @model_validator(mode="after")
     def _one_search(self) -> "Train":
@@ -259,6 +298,16 @@ class Params(_Section):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
     _root: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _private_uplift(self) -> "Params":
+        if self.train.privacy.enabled and self.uplift.enabled:
+            from causalrec.causal.uplift import PRIVATE_LEARNERS
+
+            if self.uplift.learner not in PRIVATE_LEARNERS:
+                raise ValueError(f"train.privacy: uplift.learner {self.uplift.learner!r} has no private fit; choose from "
+                                 f"{PRIVATE_LEARNERS}, or set uplift.enabled: false")
+        return self
 
     @model_validator(mode="after")
     def _uplift_weight_decay(self) -> "Params":

@@ -17,6 +17,7 @@ user vectors may move from the few rows a user has, e.g. after the users' intere
 """
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -32,6 +33,7 @@ from causalrec.models.ids import IdIndex
 
 AUTO_EXPOSURE_WEIGHTS = (0.0, 1.0, 3.0, 10.0)
 AUTO_WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3)  # decades around FitSettings' 1e-4
+PRIVATE_METHODS = ("naive", "ips", "dr")  # losses that are a sum over users (snips, joint learning couple them)
 __all__ = ["AUTO_EXPOSURE_WEIGHTS", "AUTO_WEIGHT_DECAYS", "DR_METHODS", "METHODS", "DebiasedRecommender",
            "auto_exposure_weight", "auto_weight_decay"]
 
@@ -65,6 +67,7 @@ class DebiasedRecommender(OnePassPath, FitSettings):
     imputation_ratio: int = 4     # population pairs sampled per observed pair (DR family)
     objective: str = "binary"     # binary: BCE, predictions are probabilities; regression: squared error
     exposure_weight: float = 0.0  # weight of the exposure head (needs exposure_log); auto: auto_exposure_weight
+    privacy: dict | None = None   # user-level DP-SGD (causalrec.causal.privacy.UserLevelDP's fields); None: off
     history: list = field(default_factory=list, init=False)
 
     def _check(self, propensity):
@@ -85,7 +88,12 @@ class DebiasedRecommender(OnePassPath, FitSettings):
             progress: bool = False, exposure_log: tuple | None = None) -> "DebiasedRecommender":
         """Fit on observed rows. val = (users, items, y, propensity); population = (users, items) of D,
         default: every user x item pair; exposure_log = (users, items, propensity) of every logged
-        row, shown or not (for the exposure head)."""
+        row, shown or not (for the exposure head). With `privacy`, a user-level differentially private
+        fit (`_fit_private`): val is not read (no early stopping on private rows)."""
+        if self.privacy is not None:
+            self._check(propensity)
+            return self._fit_private(users, items, y, propensity, user_features, item_features, population, progress,
+                                     exposure_log)
         self._fit_candidates([self], users, items, y, propensity, val, user_features, item_features, population,
                              progress, exposure_log)
         return self
@@ -95,6 +103,9 @@ class DebiasedRecommender(OnePassPath, FitSettings):
                         population: tuple | None = None, progress: bool = False, exposure_log: tuple | None = None):
         """Fit `candidates` (copies of self that differ in exposure_weight or weight_decay only) in one
         pass, in place (`fit`: self alone; `fit_path`: one copy per candidate value)."""
+        if self.privacy is not None and len(candidates) > 1:
+            raise ValueError("a private fit has no validation search: each candidate would spend budget and the choice "
+                             "reads private validation rows; give exposure_weight and weight_decay numbers")
         for c in candidates:
             c._check(propensity)
         decay = copy_decay(candidates)
@@ -228,6 +239,197 @@ class DebiasedRecommender(OnePassPath, FitSettings):
             elif hasattr(c, "head_"):  # refitted without a head: none left from before
                 del c.head_
 
+    # ------------------------------------------------------------------------------- private fit
+    def private_mechanisms(self, n_users: int) -> list[tuple[float, int]]:
+        """[(sample rate, steps)] a private fit over n_users runs (DR's frozen imputer is a private fit too)."""
+        from causalrec.causal.privacy import UserLevelDP
+
+        dp = UserLevelDP(**{**self.privacy, "noise_multiplier": None})
+        return dp.mechanisms(n_users, self.epochs) * (2 if self.method == "dr" else 1)
+
+    def _fit_private(self, users, items, y, propensity, user_features, item_features, population, progress,
+                     exposure_log) -> "DebiasedRecommender":
+        """User-level DP-SGD (causalrec.causal.privacy: what is protected and how). Each pass: the users'
+        own vectors refitted locally (shared parameters frozen), then one expected pass of private steps
+        over the shared parameters. The loss of a user is the method's loss over that user's rows."""
+        from tqdm.auto import tqdm
+
+        from causalrec.causal import privacy as dpm
+
+        if self.method not in PRIVATE_METHODS:
+            raise ValueError(f"method '{self.method}' has no private fit (its loss couples users in a batch); "
+                             f"choose from {PRIVATE_METHODS}")
+        if self.exposure_weight > 0 and exposure_log is None:
+            raise ValueError("exposure_weight needs exposure_log = (users, items, propensity) of every logged row")
+        dp = dpm.UserLevelDP(**self.privacy)
+        users, items = np.asarray(users).astype(str), np.asarray(items).astype(str)
+        pop, ex = population or (None, None), exposure_log or (None, None)
+        user_index = IdIndex(_ids(users, pop[0], ex[0], None if user_features is None else user_features.index))
+        item_index = IdIndex(_ids(items, pop[1], ex[1], None if item_features is None else item_features.index))
+        u, i = user_index.encode(users), item_index.encode(items)
+        n_users, n_items = len(user_index), len(item_index)
+        rows = dpm.UserRows(u, n_users)
+        sigma = dp.noise_multiplier
+        if sigma is None:
+            sigma = dpm.calibrate(dp.epsilon, dp.delta, self.private_mechanisms(len(rows.users)))
+        mechanisms = dp.mechanisms(len(rows.users), self.epochs)
+        imputer = None
+        if self.method == "dr":  # the frozen imputer: a private naive fit with the same sigma (composed below)
+            imputer = replace(self, method="naive", exposure_weight=0.0, privacy={**self.privacy, "noise_multiplier": sigma})
+            imputer.fit(users, items, y, None, user_features=user_features, item_features=item_features)
+            mechanisms = mechanisms + [tuple(m[1:]) for m in imputer.privacy_["mechanisms"]]
+        torch.manual_seed(self.seed)
+        rng, gen = np.random.default_rng(self.seed), torch.Generator().manual_seed(self.seed + 1)
+        X, Z = feature_matrix(user_index, user_features), feature_matrix(item_index, item_features)
+        net = FactorModel(n_users, n_items, self.dim, X, Z)
+        head = None
+        if self.exposure_weight > 0:
+            head = FactorModel(n_users, n_items, 0, X, Z)
+            head.register_parameter("alpha", torch.nn.Parameter(torch.ones(1)))
+            ex_rows = dpm.UserRows(user_index.encode(np.asarray(exposure_log[0]).astype(str)), n_users)
+            ex_items = item_index.encode(np.asarray(exposure_log[1]).astype(str))
+            ex_target = np.clip(np.asarray(exposure_log[2], np.float64), 1e-4, 1 - 1e-4).astype(np.float32)
+        if population is not None:
+            pop_rows = dpm.UserRows(user_index.encode(np.asarray(population[0]).astype(str)), n_users)
+            pop_items = item_index.encode(np.asarray(population[1]).astype(str))
+        private_names = {"user": (net, "user.weight"), "user_bias": (net, "user_bias.weight")}
+        if head is not None:
+            private_names["head_user_bias"] = (head, "user_bias.weight")
+        shared = {f"net.{n}": p for n, p in net.named_parameters() if n not in ("user.weight", "user_bias.weight")}
+        if head is not None:
+            shared.update({f"head.{n}": p for n, p in head.named_parameters() if n != "user_bias.weight"})
+        item_tables = tuple(k for k in shared if k.endswith(("item.weight", "item_bias.weight")))
+        private_tables = {k: dict(m.named_parameters())[n] for k, (m, n) in private_names.items()}
+        y_all = np.asarray(y, np.float32)
+        w_all = np.ones(len(y_all), np.float32) if propensity is None else (1.0 / np.asarray(propensity, np.float64)).astype(np.float32)
+        k_rows = dp.rows_per_user
+
+        def batch_of(sampled: np.ndarray) -> dict[str, torch.Tensor]:
+            """One entry per sampled user: their rows (k_rows, padded; mask), features, DR and head inputs."""
+            idx, mask = rows.sample(sampled, k_rows, rng)
+            b = {"items": torch.as_tensor(i[idx]), "y": torch.as_tensor(y_all[idx]), "w": torch.as_tensor(w_all[idx]),
+                 "mask": torch.as_tensor(mask, dtype=torch.float32)}
+            if X is not None:
+                b["x"] = X[torch.as_tensor(sampled)]
+            if self.method == "dr":
+                m = k_rows * self.imputation_ratio
+                if population is None:
+                    pop_i, pop_mask = rng.integers(n_items, size=(len(sampled), m)), np.ones((len(sampled), m), bool)
+                    d_size = np.full(len(sampled), n_items)
+                else:
+                    pidx, pop_mask = pop_rows.sample(sampled, m, rng)
+                    pop_i, d_size = pop_items[pidx], np.maximum(pop_rows.count[sampled], 1)
+                su = np.repeat(user_index.ids[sampled], m)
+                g_pop = imputer.predict(su, item_index.ids[pop_i.reshape(-1)]).reshape(pop_i.shape)
+                g_obs = imputer.predict(np.repeat(user_index.ids[sampled], k_rows), item_index.ids[i[idx].reshape(-1)])
+                b.update({"pop": torch.as_tensor(pop_i), "pop_mask": torch.as_tensor(pop_mask, dtype=torch.float32),
+                          "g_pop": torch.as_tensor(g_pop, dtype=torch.float32),
+                          "g_obs": torch.as_tensor(g_obs.reshape(idx.shape), dtype=torch.float32),
+                          "obs_share": torch.as_tensor(rows.count[sampled] / d_size, dtype=torch.float32)})
+            if head is not None:
+                eidx, emask = ex_rows.sample(sampled, k_rows, rng)
+                b.update({"ex_items": torch.as_tensor(ex_items[eidx]), "ex_target": torch.as_tensor(ex_target[eidx]),
+                          "ex_mask": torch.as_tensor(emask & (ex_rows.count[sampled] > 0)[:, None], dtype=torch.float32)})
+            if Z is not None:
+                for f in ("items", "pop", "ex_items"):
+                    if f in b:
+                        b[f"z_{f}"] = Z[b[f]]
+            return b
+
+        objective, method, weight = self.objective, self.method, float(self.exposure_weight)
+
+        def user_loss(sh: dict, pv: dict, b: dict) -> torch.Tensor:
+            """One user's loss (vmapped: pv and b are that user's entries)."""
+            pu, bu = pv["user"], pv["user_bias"][0]
+            if "net.user_tower.weight" in sh:
+                t = b["x"] @ sh["net.user_tower.weight"].T
+                pu, bu = pu + t[:-1], bu + t[-1]
+
+            def item_side(f):
+                q, bi = sh["net.item.weight"][b[f]], sh["net.item_bias.weight"][b[f]][..., 0]
+                if "net.item_tower.weight" in sh:
+                    t = b[f"z_{f}"] @ sh["net.item_tower.weight"].T
+                    q, bi = q + t[..., :-1], bi + t[..., -1]
+                return q, bi
+
+            q, bi = item_side("items")
+            logits = q @ pu + bi + bu + sh["net.global_bias"][0]
+            n = b["mask"].sum().clamp(min=1)
+            if objective == "regression":
+                row = (logits - b["y"]) ** 2
+            else:
+                row = F.binary_cross_entropy_with_logits(logits, b["y"], reduction="none")
+            if method == "dr":
+                qp, bp = item_side("pop")
+                pop_logits = qp @ pu + bp + bu + sh["net.global_bias"][0]
+                e_hat = F.binary_cross_entropy_with_logits(pop_logits, b["g_pop"], reduction="none")
+                corr = dr_correction(logits, b["y"], b["g_obs"]) * b["w"]
+                loss = (e_hat * b["pop_mask"]).sum() / b["pop_mask"].sum().clamp(min=1) \
+                    + b["obs_share"] * (corr * b["mask"]).sum() / n
+            else:
+                loss = (row * b["w"] * b["mask"]).sum() / n
+            if head is not None:
+                qe, _ = item_side("ex_items")
+                hb = sh["head.item_bias.weight"][b["ex_items"]][..., 0]
+                hu = pv["head_user_bias"][0]
+                if "head.user_tower.weight" in sh:
+                    hu = hu + (b["x"] @ sh["head.user_tower.weight"].T)[0]
+                if "head.item_tower.weight" in sh:
+                    hb = hb + (b["z_ex_items"] @ sh["head.item_tower.weight"].T)[..., 0]
+                e_logit = sh["head.alpha"][0] * (qe @ pu) + hb + hu + sh["head.global_bias"][0]
+                e_loss = F.binary_cross_entropy_with_logits(e_logit, b["ex_target"], reduction="none")
+                loss = loss + weight * (e_loss * b["ex_mask"]).sum() / b["ex_mask"].sum().clamp(min=1)
+            return loss
+
+        opt_shared = adam(list(shared.values()), self.lr, 0.0)
+        opt_private = adam(list(private_tables.values()), self.lr, 0.0)
+        q_rate, steps = mechanisms[0]
+        population_users = rows.users
+        from torch.func import vmap
+
+        def local_pass():
+            """Each user's own vector: one Adam step per chunk of users, the shared parameters frozen."""
+            frozen = {k: v.detach() for k, v in shared.items()}
+            for chunk in np.array_split(rng.permutation(population_users), max(1, len(population_users) // dp.users_per_step)):
+                b = batch_of(chunk)
+                idx = torch.as_tensor(chunk)
+                pv = {k: t.index_select(0, idx) for k, t in private_tables.items()}
+                loss = vmap(user_loss, in_dims=(None, 0, 0))(frozen, pv, b).sum()
+                loss = loss + dp.user_l2 * sum((v ** 2).sum() for v in pv.values())
+                opt_private.zero_grad()
+                loss.backward()
+                opt_private.step()
+
+        for p in (net, head):
+            if p is not None:
+                p.train()
+        history = []
+        for epoch in tqdm(range(self.epochs), desc=f"train {self.method} (private)", disable=not progress):
+            start = time.perf_counter()
+            for _ in range(dp.local_passes):
+                local_pass()
+            for _ in range(steps // self.epochs):  # mechanisms: epochs x ceil(1 / q) steps
+                sampled = population_users[rng.random(len(population_users)) < q_rate]
+                b = batch_of(sampled)
+                pv = {k: t.detach().index_select(0, torch.as_tensor(sampled, dtype=torch.long)) for k, t in private_tables.items()}
+                grads = dpm.private_step(user_loss, shared, pv, b, item_tables, tuple(f for f in ("items", "pop", "ex_items") if f in b), dp, sigma,
+                                         q_rate * len(population_users), gen)
+                for k, p in shared.items():
+                    p.grad = grads[k] + self.weight_decay * p.detach()
+                opt_shared.step()
+            history.append({"epoch": epoch + 1, "seconds": time.perf_counter() - start})
+        for _ in range(dp.local_passes):
+            local_pass()
+        net.eval()
+        trained_users, trained_items = np.zeros(n_users, bool), np.zeros(n_items, bool)
+        trained_users[u], trained_items[i] = True, True
+        self.users_, self.items_, self.trained_users_, self.trained_items_ = user_index, item_index, trained_users, trained_items
+        self.net_, self.history, self.exposure_weight_ = net, history, float(self.exposure_weight)
+        if head is not None:
+            self.head_ = head.eval()
+        self.privacy_ = dpm.record(dp, sigma, mechanisms)
+        return self
+
     def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.objective == "regression":
             return (out - y) ** 2
@@ -267,7 +469,7 @@ class DebiasedRecommender(OnePassPath, FitSettings):
     def to_state(self) -> dict:
         """Config + weights as plain types and tensors (causalrec.persistence loads it with weights_only=True)."""
         return {"params": {k: v for k, v in asdict(self).items() if k != "history"}, "history": self.history,
-                "fitted": {k: getattr(self, k) for k in ("exposure_weight_", "search_") if hasattr(self, k)},
+                "fitted": {k: getattr(self, k) for k in ("exposure_weight_", "search_", "privacy_") if hasattr(self, k)},
                 "users": self.users_.ids.tolist(), "items": self.items_.ids.tolist(),
                 "trained_users": torch.as_tensor(self.trained_users_), "trained_items": torch.as_tensor(self.trained_items_),
                 "state": self.net_.state_dict()}

@@ -70,6 +70,7 @@ import numpy as np
 import pandas as pd
 
 from causalrec.causal.debias import DebiasedRecommender, auto_exposure_weight
+from causalrec.causal.privacy import composed
 from causalrec.causal.training import FitSettings, OnePassPath, minibatches
 
 
@@ -223,6 +224,10 @@ class SharedShift(Shared):
 
 
 LEARNERS = {c.name: c for c in (TLearner, XLearner, DRLearner, DLCE, Shared, SharedShift)}
+# the learners made of private fits, and the arm each of their fits trains on (in order): their privacy plan
+PRIVATE_FITS = {"t_learner": ("treated", "untreated"), "x_learner": ("treated", "untreated", "treated", "untreated"),
+                "dr_learner": ("treated", "untreated", "all"), "dlce": ("all",)}
+PRIVATE_LEARNERS = tuple(PRIVATE_FITS)
 
 
 class Stacked(UpliftMember):
@@ -279,7 +284,8 @@ class _Arms:
     exposure_weight: float | str
 
     def fit_model(self, mask, target, prop=None, objective="binary", method="naive", s=0) -> DebiasedRecommender:
-        m = DebiasedRecommender(method, objective=objective, **self.learner.fit_settings(seed=self.seed + s))
+        m = DebiasedRecommender(method, objective=objective, privacy=self.learner.private_fit_,
+                                **self.learner.fit_settings(seed=self.seed + s))
         fit, vm = ~self.val & mask, self.val & mask
         return m.fit(self.users[fit], self.items[fit], target[fit], None if prop is None else prop[fit],
                      val=(self.users[vm], self.items[vm], target[vm], None if prop is None else prop[vm]),
@@ -300,7 +306,9 @@ class UpliftLearner(FitSettings):
     clip: float = 0.01
     exposure_features: bool = True
     exposure_weight: float | str = "auto"  # shared learner: exposure-head weight, >= 0, or "auto" (validation)
+    privacy: dict | None = None   # user-level DP for every fit (causalrec.causal.privacy.UserLevelDP's fields); None: off
     members_: list = field(default_factory=list, init=False, repr=False)
+    private_fit_: dict | None = field(default=None, init=False, repr=False)
 
     def fit(self, users, items, treatment, outcome, propensity, user_features: pd.DataFrame | None = None,
             item_features: pd.DataFrame | None = None) -> "UpliftLearner":
@@ -325,6 +333,9 @@ class UpliftLearner(FitSettings):
         # its own rows, so validating on them would reward memorising (and bias "auto" upwards).
         is_val = rng.random(len(y)) < 0.1
         train_rows, val_rows = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+        resamples = [train_rows if self.n_bootstrap == 1 else rng.choice(train_rows, size=len(train_rows))
+                     for _ in range(self.n_bootstrap)]
+        self.private_fit_ = None if self.privacy is None else self._private_fit(users, t, resamples)
         val = np.r_[np.zeros(len(train_rows), bool), np.ones(len(val_rows), bool)]
         self.members_ = []
         exposure_weight, learner = self.exposure_weight, self.learner
@@ -332,8 +343,7 @@ class UpliftLearner(FitSettings):
         score = lambda m: tau_risk(m.predict(users[val_rows], items[val_rows]), t[val_rows],  # noqa: E731
                                    y[val_rows], e[val_rows], baseline)
         self.search_ = self.stack_ = None
-        for b in range(self.n_bootstrap):
-            rows = train_rows if self.n_bootstrap == 1 else rng.choice(train_rows, size=len(train_rows))
+        for b, rows in enumerate(resamples):
             idx = np.concatenate([rows, val_rows])
             arms = _Arms(self, users[idx], items[idx], t[idx] == 1, y[idx], e[idx], val, self.seed + 10 * b, features,
                          exposure_weight)
@@ -358,8 +368,31 @@ class UpliftLearner(FitSettings):
                 self.members_.append(LEARNERS[learner].fit(arms))
             exposure_weight = self.members_[0].extra.get("exposure_weight", exposure_weight)  # "auto": decided once
         self.learner_ = learner
+        if self.privacy is not None:
+            self.privacy_ = composed([p.privacy_ for m in self.members_ for p in m.parts])
         self.validation_tau_risk_ = score(self.members_[0])  # a stack's is in-sample: its weights were fit on these rows
         return self
+
+    def _private_fit(self, users: np.ndarray, t: np.ndarray, resamples: list[np.ndarray]) -> dict:
+        """The privacy settings every part is fitted with: one noise multiplier, calibrated so that every
+        private fit of every member, composed, spends at most privacy.epsilon (the fits are planned
+        from the rows each will see: its arm of its resample)."""
+        from causalrec.causal.privacy import UserLevelDP, calibrate
+
+        if self.learner not in PRIVATE_LEARNERS:
+            raise ValueError(f"uplift learner {self.learner!r} has no private fit; choose from {PRIVATE_LEARNERS} "
+                             "(auto chooses on private validation rows; the shared learners' loss couples users)")
+        dp = UserLevelDP(**self.privacy)
+        if dp.noise_multiplier is not None:
+            return self.privacy
+        mechanisms = []
+        for rows in resamples:
+            treated = t[rows] == 1
+            arms = {"treated": len(np.unique(users[rows][treated])), "untreated": len(np.unique(users[rows][~treated])),
+                    "all": len(np.unique(users[rows]))}
+            for arm in PRIVATE_FITS[self.learner]:
+                mechanisms += dp.mechanisms(arms[arm], self.epochs)
+        return {**self.privacy, "noise_multiplier": calibrate(dp.epsilon, dp.delta, mechanisms)}
 
     def score_matrix(self, user_ids, item_ids) -> np.ndarray:
         """(users, items) estimated uplift (mean over bootstrap members)."""
@@ -375,11 +408,12 @@ class UpliftLearner(FitSettings):
     def to_state(self) -> dict:
         from dataclasses import asdict
 
-        return {"params": {k: v for k, v in asdict(self).items() if k != "members_"},
+        return {"params": {k: v for k, v in asdict(self).items() if k not in ("members_", "private_fit_")},
                 "members": [m.to_state() for m in self.members_],
                 "chosen": {"learner": getattr(self, "learner_", self.learner), "search": getattr(self, "search_", None),
                            "stack": getattr(self, "stack_", None),
-                           "validation_tau_risk": getattr(self, "validation_tau_risk_", None)}}
+                           "validation_tau_risk": getattr(self, "validation_tau_risk_", None),
+                           "privacy": getattr(self, "privacy_", None)}}
 
     @classmethod
     def from_state(cls, state: dict) -> "UpliftLearner":
@@ -388,6 +422,8 @@ class UpliftLearner(FitSettings):
         model.learner_ = chosen.get("learner", model.learner)
         model.search_, model.validation_tau_risk_ = chosen.get("search"), chosen.get("validation_tau_risk")
         model.stack_ = chosen.get("stack")
+        if chosen.get("privacy") is not None:
+            model.privacy_ = chosen["privacy"]
         model.members_ = [{**LEARNERS, "stacked": Stacked}[m["learner"]]([DebiasedRecommender.from_state(p) for p in m["parts"]], **m["extra"])
                           for m in state["members"]]
         return model

@@ -38,7 +38,10 @@ def write_bundle(params: Params, model_name: str, out: Path) -> dict:
                 "registry": str(params.paths.registry),  # the model versions feedback may name (serving.core)
                 "exploration_boost": exploration_boost(params),
                 "data_md5": data_hash(params), "encoder": json.loads(emb_manifest.read_text()) if emb_manifest.exists() else None,
-                "causal_analysis": None if causal is None else causal["graph"]}
+                "causal_analysis": None if causal is None else causal["graph"],
+                # user-level DP of what this bundle ships (train stage), None: trained without privacy
+                "privacy": json.loads((d["models"] / "train.json").read_text()).get("privacy")
+                if (d["models"] / "train.json").exists() else None}
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
 

@@ -62,7 +62,8 @@ def register_candidate(params: Params, model_name: str, edit=None, label: str | 
     record_created(d["store_tags"], str(enc_model.tag))
     entry = {"model_tag": model_tag, "encoder_tag": str(enc_model.tag), "bento_tag": None, "model": label or model_name,
              "primary_metric": primary, "score": score, "metrics": metrics["models"][model_name],
-             "data_md5": manifest["data_md5"], "params_sha256": params_hash(params), "git_sha": code_version(params.root)}
+             "data_md5": manifest["data_md5"], "params_sha256": params_hash(params), "git_sha": code_version(params.root),
+             "privacy": manifest.get("privacy")}
     Registry(params.paths.registry).register(entry)
     return entry, model_path(params, model_tag)  # (the path inside `create` was a temporary directory)
 

@@ -88,9 +88,26 @@ def compare(params: Params, candidate_dir: Path, champion_dir: Path, rows: pd.Da
     return result
 
 
+def over_privacy_budget(params: Params, candidate: dict) -> str | None:
+    """Why the candidate may not serve under train.privacy (None: it may): trained without privacy, or its
+    recorded epsilon above the configured one."""
+    budget = params.train.privacy
+    if not budget.enabled:
+        return None
+    spent = (candidate.get("privacy") or {}).get("epsilon")
+    if spent is None:
+        return f"train.privacy is on (epsilon {budget.epsilon}) but the candidate records no privacy: trained without it"
+    if spent > budget.epsilon * (1 + 1e-6):
+        return f"privacy: the candidate spent epsilon {spent:.4g} > train.privacy.epsilon {budget.epsilon}"
+    return None
+
+
 def decide(params: Params, candidate: dict, candidate_dir: Path, champion: dict | None,
            champion_dir: Path | None) -> dict:
     """{"promote": bool, "reason": str, "ope": comparison or None} for a registered candidate."""
+    over = over_privacy_budget(params, candidate)
+    if over:
+        return {"promote": False, "ope": None, "reason": over}
     if champion is None:
         return {"promote": True, "reason": "first model: no champion yet", "ope": None}
     rows = served_traffic(params)

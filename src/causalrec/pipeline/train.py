@@ -28,12 +28,35 @@ def make_model(name: str, params: Params):
     t = params.train
     if name == "popularity":
         return Popularity()
-    settings = {**learner_settings(params), "exposure_weight": t.exposure_weight}
+    settings = {**learner_settings(params), "exposure_weight": t.exposure_weight, "privacy": private_settings(params, "relevance")}
     # a setting left to the search is not the learner's: the search sets each candidate's value (config allows one)
     model = DebiasedRecommender(method=name.split("_", 1)[1], **{k: v for k, v in settings.items() if v != "auto"})
     if t.exposure_weight == "auto":
         return auto_exposure_weight(model)
     return auto_weight_decay(model) if t.weight_decay == "auto" else model
+
+
+def private_settings(params: Params, part: str) -> dict | None:
+    """The `privacy` argument of the shipped relevance model or the uplift learner (None: off). The two are
+    trained on the same users and shipped together: with the uplift learner on, each gets half of
+    train.privacy's epsilon and delta (basic composition: the bundle spends at most the sum; the train
+    stage records the accountant's composition of both, tighter)."""
+    settings = params.train.privacy.fit_settings()
+    if settings is None:
+        return None
+    if part not in ("relevance", "uplift"):
+        raise ValueError(f"unknown part {part!r}")
+    halves = 2 if params.uplift.enabled else 1
+    return {**settings, "epsilon": settings["epsilon"] / halves, "delta": settings["delta"] / halves}
+
+
+def check_private_population(params: Params, users) -> None:
+    """delta must lie below 1 / n (a mechanism may leak a whole user with probability delta)."""
+    n = len(pd.unique(pd.Series(users)))
+    delta = params.train.privacy.delta
+    if params.train.privacy.enabled and delta >= 1.0 / n:
+        raise StageError(f"train.privacy.delta = {delta:g} is not below 1 / {n} users in the log ({1.0 / n:.3g}): with "
+                         "that delta a mechanism may publish one whole user's rows; lower it")
 
 
 def learner_settings(params: Params) -> dict:
@@ -102,6 +125,7 @@ def train(params: Params) -> dict:
 
     d = stage_paths(params)
     rows = training_rows(params)
+    check_private_population(params, rows.fit["user_id"])
     # the embeddings read once for every two-tower model (fit_model would read them per model)
     features = text_features(params) if any(n.split("_", 1)[0] in TOWER_FEATURES for n in params.train.models) else None
     summary, curves, models = {}, [], {}
@@ -113,7 +137,7 @@ def train(params: Params) -> dict:
             summary[name] = {"epochs": len(model.history), "fit_rows": len(rows.fit), "val_rows": len(rows.val),
                              "exposure_weight": getattr(model, "exposure_weight_", None),
                              "weight_decay": getattr(model, "weight_decay", None),
-                             "validation_auc": _validation_auc(model, rows)}
+                             "validation_auc": _validation_auc(model, rows), "privacy": getattr(model, "privacy_", None)}
         scored = [n for n in params.train.models if not np.isnan(summary[n]["validation_auc"])]
         if not scored:
             raise StageError(f"train: the validation rows ({rows.how}) hold a single outcome; no model can be chosen")
@@ -128,6 +152,11 @@ def train(params: Params) -> dict:
             save_model(model, tmp / f"{name}.pt")
         if params.uplift.enabled:
             summary["uplift"] = uplift_summary()
+        if params.train.privacy.enabled:  # what the shipped bundle spends: the chosen model and the uplift learner
+            from causalrec.causal.privacy import composed
+
+            parts = [summary[chosen]["privacy"]] + ([summary["uplift"]["privacy"]] if "privacy" in summary.get("uplift", {}) else [])
+            summary["privacy"] = composed(parts, params.train.privacy.delta, params.train.privacy.epsilon)
         curve = pd.DataFrame(curves, columns=["model", "epoch", "train_loss", "val_loss"])
         curve.to_csv(tmp / "training_curves.csv", index=False)
         plots.training_curves(curve, tmp / "training_curves.png")

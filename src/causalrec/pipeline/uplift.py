@@ -28,13 +28,16 @@ def train_uplift(params: Params, settings: dict, path: Path) -> dict:
     p = pd.read_parquet(d["propensity"] / "propensities.parquet")["propensity"].to_numpy()
     p = logged_treatment_propensity(inter, p)  # served rows: the controls are a sample of the unshown items
     u = params.uplift
+    from causalrec.pipeline.train import private_settings
+
     model = UpliftLearner(u.learner, n_bootstrap=u.n_bootstrap, arm_method=u.arm_method, exposure_features=u.exposure_features,
-                          exposure_weight=u.exposure_weight, **settings)
+                          exposure_weight=u.exposure_weight, privacy=private_settings(params, "uplift"), **settings)
     model.fit(inter["user_id"], inter["item_id"], inter["treatment"], inter["outcome"], p, **text_features(params))
     save_model(model, path)
     return {"learner": model.learner_, "configured": u.learner, "rows": len(inter), "bootstrap_members": u.n_bootstrap,
             # 6 decimals: the stage's summary, not the model (a fit on another thread count differs in the 9th)
             "validation_tau_risk": round(model.validation_tau_risk_, 6),
+            **({"privacy": model.privacy_} if getattr(model, "privacy_", None) else {}),
             **({"tau_risk_by_learner": {k: round(v, 6) for k, v in model.search_.items()}} if model.search_ else {}),
             **({"stack_weights": {k: round(v, 4) for k, v in model.stack_.items()}} if getattr(model, "stack_", None) else {})}
 
