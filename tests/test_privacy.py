@@ -126,7 +126,7 @@ def test_config_and_gate_hold_the_budget(tmp_path):
     from causalrec.config import ConfigError, load_params
     from causalrec.pipeline.promote import over_privacy_budget
 
-    on = {"CAUSALREC__TRAIN__PRIVACY": "{enabled: true, epsilon: 3, delta: 1.0e-6, unit: user, max_grad_norm: 1, "
+    on = {"CAUSALREC__TRAIN__PRIVACY": "{enabled: true, epsilon: 3, delta: 1.0e-6, unit: user, epochs: 10, max_grad_norm: 1, "
                                        "users_per_step: 256, rows_per_user: 64, local_passes: 2, user_l2: 0.1}"}
     with pytest.raises(ConfigError, match="train.privacy"):
         load_params("params.yaml", environ=on)  # the default trains five models, popularity among them
@@ -137,3 +137,21 @@ def test_config_and_gate_hold_the_budget(tmp_path):
     assert "spent epsilon" in over_privacy_budget(params, {"privacy": {"epsilon": 3.5}})
     assert "without it" in over_privacy_budget(params, {"privacy": None})
     assert over_privacy_budget(load_params("params.yaml"), {"privacy": None}) is None  # privacy off: no check
+
+
+def test_membership_attack_sees_memorisation_and_dp_hides_it():
+    """Labels that are pure noise can only be fitted by memorising them: the fold-in attack tells members
+    from non-members on a non-private model trained to memorise, and no longer on an epsilon = 1 one."""
+    from causalrec.evaluation.membership import attack_auc
+
+    rng = np.random.default_rng(0)
+    u = np.repeat(np.arange(300), 15)
+    i, y = rng.integers(60, size=len(u)), (rng.random(len(u)) < 0.3).astype(np.float32)
+    u, i = u.astype(str), i.astype(str)
+    member = np.isin(u, np.arange(0, 300, 2).astype(str))
+    rows = lambda mask: (u[mask], i[mask], y[mask])  # noqa: E731
+    fit = dict(dim=16, epochs=60, lr=0.02, weight_decay=0.0)
+    plain = DebiasedRecommender("naive", **fit).fit(*rows(member))
+    private = DebiasedRecommender("naive", privacy={"epsilon": 1.0, "delta": 1e-4, "users_per_step": 50}, **fit).fit(*rows(member))
+    assert attack_auc(plain, rows(member), rows(~member)) > 0.62
+    assert abs(attack_auc(private, rows(member), rows(~member)) - 0.5) < 0.06

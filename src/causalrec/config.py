@@ -115,6 +115,7 @@ class TrainPrivacy(_Section):
     epsilon: float = Field(gt=0, le=1000)  # the whole shipped bundle (relevance + uplift) spends at most this
     delta: float = Field(gt=0, lt=1)       # must lie below 1 / (users in the log): checked when training
     unit: Literal["user"]                  # a person's every row (the guarantee a person cares about)
+    epochs: int = Field(ge=1, le=10_000)   # passes of a private fit (no early stopping: it would read private rows)
     max_grad_norm: float = Field(gt=0)
     users_per_step: int = Field(ge=1)
     rows_per_user: int = Field(ge=1)
@@ -125,7 +126,7 @@ class TrainPrivacy(_Section):
         """The learners' `privacy` argument (UserLevelDP's fields), None when off."""
         if not self.enabled:
             return None
-        return self.model_dump(exclude={"enabled", "unit"})
+        return self.model_dump(exclude={"enabled", "unit", "epochs"})
 
 
 class Train(_Section):

@@ -62,7 +62,7 @@ def check_private_population(params: Params, users) -> None:
 def learner_settings(params: Params) -> dict:
     """train.* as the learners' FitSettings (relevance and uplift train alike)."""
     t = params.train
-    return {"dim": t.dim, "epochs": t.epochs, "lr": t.lr, "weight_decay": t.weight_decay, "batch_size": t.batch_size,
+    return {"dim": t.dim, "epochs": t.privacy.epochs if t.privacy.enabled else t.epochs, "lr": t.lr, "weight_decay": t.weight_decay, "batch_size": t.batch_size,
             "patience": t.patience, "seed": params.seed}
 
 
