@@ -367,7 +367,8 @@ def run_trajectory(name: str, workdir: Path, args, progress) -> dict:
         export = export_feedback(log_path, params.paths.data_dir, params.paths.feedback_dir,
                                  params.paths.artifacts_dir / "validation" / "feedback", key=key,
                                  known_versions=set(registry.state()["models"]),
-                                 max_quarantine_share=params.feedback.max_quarantine_share)
+                                 max_quarantine_share=params.feedback.max_quarantine_share,
+                                 retention_days=params.privacy.retention_days)
         row["partition"], row["quarantined"] = Path(export["partition"]).name, export["quarantined"]
         clock["export"] = time.perf_counter() - t1
         t1 = time.perf_counter()

@@ -697,3 +697,29 @@ def _ingest(project):
 
     pipeline.STAGES["ingest"](load_params(project / "params.yaml"))
     return project / "data"
+
+
+def test_retention_drops_served_events_older_than_its_days_at_export_and_at_ingest(tmp_path):
+    """privacy.retention_days: an event a minute past the edge is gone, one a minute inside it stays,
+    both when the log is exported and when ingest merges partitions exported before the limit was set."""
+    from causalrec.data.feedback import merge_into
+    from causalrec.data.simulate import SimulationConfig, simulate
+
+    simulate(SimulationConfig(n_users=20, n_items=10, n_interactions=200), tmp_path / "data", tmp_path / "truth", progress=False)
+    now = pd.Timestamp("2026-12-01T12:00:00Z")
+    log = FeedbackLog(tmp_path / "fb.jsonl")
+    stamps = {"old": now - pd.Timedelta(days=30, minutes=1), "fresh": now - pd.Timedelta(days=30) + pd.Timedelta(minutes=1)}
+    for name, t in stamps.items():
+        log.append(_event(name, user_id="u000001", timestamp=t.isoformat()))
+    export = lambda **kw: export_feedback(tmp_path / "fb.jsonl", tmp_path / "data", tmp_path / "fb_kept",  # noqa: E731
+                                          tmp_path / "validation", **kw)
+    counts = export(retention_days=30, now=now)
+    assert (counts["exported"], counts["expired"]) == (1, 1)
+    exported = pd.read_parquet(tmp_path / "fb_kept" / "part-00001" / "interactions.parquet")
+    assert list(exported["event_id"]) == ["efresh"]
+    # partitions written with no limit: ingest drops what has since aged out
+    export_feedback(tmp_path / "fb.jsonl", tmp_path / "data", tmp_path / "fb_all", tmp_path / "validation")
+    base = len(pd.read_parquet(tmp_path / "data" / "interactions.parquet"))
+    merged = merge_into(tmp_path / "data", tmp_path / "fb_all", retention_days=30, now=now)
+    inter = pd.read_parquet(tmp_path / "data" / "interactions.parquet")
+    assert merged["expired"] == 1 and len(inter) == base + 1 and list(inter["event_id"].dropna()) == ["efresh"]

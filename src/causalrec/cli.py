@@ -130,7 +130,8 @@ def export_feedback_cmd(log: Path = typer.Option(..., help="feedback log (JSON l
         known = set(registry.state()["models"]) if registry.path.exists() else None
         result = export_feedback(log, p.paths.data_dir, p.paths.feedback_dir,
                                  p.paths.artifacts_dir / "validation_feedback", catalogue, known_versions=known,
-                                 max_quarantine_share=p.feedback.max_quarantine_share)
+                                 max_quarantine_share=p.feedback.max_quarantine_share,
+                                 retention_days=p.privacy.retention_days)
     except (ConfigError, DataError, RegistryError, ValidationFailed, KeyError, ValueError) as exc:
         typer.secho(f"causalrec export-feedback: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None

@@ -231,6 +231,11 @@ class Feedback(_Section):
     max_quarantine_share: float = Field(ge=0, le=1)
 
 
+class Privacy(_Section):
+    # served events older than this many days are dropped at export and at ingest (None: kept)
+    retention_days: float | None = Field(gt=0)
+
+
 class Monitor(_Section):
     window_fraction: float = Field(gt=0, le=0.5)
     drift_share: float = Field(gt=0, le=1)
@@ -294,6 +299,7 @@ class Params(_Section):
     promote: Promote
     serve: Serve
     feedback: Feedback
+    privacy: Privacy
     monitor: Monitor
     analyze: Analyze
 

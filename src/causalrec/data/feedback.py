@@ -127,8 +127,18 @@ def drift_mark(feedback_dir: str | Path) -> dict | None:
     return mark
 
 
+def retention_cutoff(retention_days: float | None, now=None):
+    """The oldest timestamp a served event may have (UTC-naive, as the partitions hold them); None: no limit."""
+    if retention_days is None:
+        return None
+    now = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
+    now = now.tz_convert("UTC").tz_localize(None) if now.tzinfo is not None else now
+    return now - pd.Timedelta(days=retention_days)
+
+
 def merge_into(data_dir: str | Path, feedback_dir: str | Path, window: int | None = None, holdout: int = 0,
-               holdout_slates: int | None = None, holdout_share: float = 1.0, since: str | None = None) -> dict:
+               holdout_slates: int | None = None, holdout_share: float = 1.0, since: str | None = None,
+               retention_days: float | None = None, now=None) -> dict:
     """Append the partitions' rows to the base tables in `data_dir` (items and users by key, first
     occurrence wins, from every partition; interactions from the last `window` logs, the base log
     counting as the oldest: with window w and at least w partitions, the base interactions are
@@ -137,7 +147,8 @@ def merge_into(data_dir: str | Path, feedback_dir: str | Path, window: int | Non
     users no longer have. The uniformly drawn slates of the last `holdout` partitions (at most
     `holdout_slates` of them and at most the share `holdout_share`: `gate_slates`) stay out: they are
     the promotion gate's evaluation set, and a candidate trained on them would be scored on its own
-    training data. Returns counts per table."""
+    training data. With `retention_days`, served events older than that (before `now`, default the
+    clock) are dropped (privacy.retention_days). Returns counts per table."""
     import io
 
     data_dir, parts = Path(data_dir), partitions(feedback_dir)
@@ -157,6 +168,11 @@ def merge_into(data_dir: str | Path, feedback_dir: str | Path, window: int | Non
         # interactions through the contract reader (timestamps UTC-naive, as in the partitions); the keyed
         # tables whole (columns the contract does not name stay)
         base = read_table(data_dir, spec) if spec is INTERACTIONS else pd.read_parquet(data_dir / spec.file)
+        cutoff = retention_cutoff(retention_days, now)
+        if spec is INTERACTIONS and cutoff is not None:
+            expired = (rows["timestamp"] < cutoff).to_numpy()
+            counts["expired"] = int(expired.sum())
+            rows = rows[~expired]
         if spec is INTERACTIONS and holdout and "uniform" in rows:
             latest = rows["partition"].isin([p.name for p in parts[-holdout:]]).to_numpy()
             held = np.zeros(len(rows), bool)

@@ -45,7 +45,8 @@ def ingest(params: Params) -> dict:
                "quarantine": Quarantine(params.paths.feedback_dir).counts(),
                "feedback": merge_into(d["data"], params.paths.feedback_dir, window=src.window, holdout=holdout,
                                       holdout_slates=params.promote.max_slates,
-                                      holdout_share=params.promote.max_share, since=mark and mark["since_partition"])}
+                                      holdout_share=params.promote.max_share, since=mark and mark["since_partition"],
+                                      retention_days=params.privacy.retention_days)}
     d["truth"].mkdir(parents=True, exist_ok=True)
     atomic_write_json(d["truth"] / "ingest.json", summary)
     return summary

@@ -168,7 +168,8 @@ class TooMuchQuarantined(ValueError):
 
 def export_feedback(log_path: str | Path, data_dir: str | Path, feedback_dir: str | Path, validation_dir: str | Path,
                     catalogue: str | Path | None = None, key: bytes | None = None,
-                    known_versions: set[str] | None = None, max_quarantine_share: float = 1.0) -> dict:
+                    known_versions: set[str] | None = None, max_quarantine_share: float = 1.0,
+                    retention_days: float | None = None, now=None) -> dict:
     """The logged events no partition holds yet become the next partition of `feedback_dir`
     (causalrec.data.feedback); `data_dir` is only read (ingest merges the partitions).
 
@@ -187,10 +188,12 @@ def export_feedback(log_path: str | Path, data_dir: str | Path, feedback_dir: st
     position, policy 'serving:<name>', the model version that served it, its slate (request id, size,
     whether it was drawn uniformly). Items added at serving time join the partition's items with their
     texts. The log holds pseudonyms (serving.privacy): each maps back to a known user through the key
-    beside the log (or `key`); a user first seen at serving time enters under the pseudonym."""
+    beside the log (or `key`); a user first seen at serving time enters under the pseudonym. With
+    `retention_days` (privacy.retention_days), events older than that before `now` (default the clock)
+    are not exported (counted as expired)."""
     import pandas as pd
 
-    from causalrec.data.feedback import exported_event_ids, read_partitions, write_partition
+    from causalrec.data.feedback import exported_event_ids, read_partitions, retention_cutoff, write_partition
     from causalrec.data.quarantine import Quarantine
     from causalrec.data.rules import EventRules
     from causalrec.data.schema import ITEMS, USERS, read_table
@@ -221,6 +224,11 @@ def export_feedback(log_path: str | Path, data_dir: str | Path, feedback_dir: st
     broken = [rules.broken(e) for e in new]
     bad = [(e, [str(rule) for rule in b]) for e, b in zip(new, broken) if b]
     good = [e for e, b in zip(new, broken) if not b]
+    cutoff = retention_cutoff(retention_days, now)
+    if cutoff is not None and good:
+        stamps = pd.to_datetime([e["timestamp"] for e in good], utc=True).tz_localize(None)
+        counts["expired"] = int((stamps < cutoff).sum())
+        good = [e for e, t in zip(good, stamps) if not t < cutoff]
     if bad and len(bad) > max_quarantine_share * len(new):
         raise TooMuchQuarantined(
             f"{len(bad)} of {len(new)} new feedback events ({len(bad) / len(new):.0%}) break a rule, over "
