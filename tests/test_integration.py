@@ -441,3 +441,54 @@ def test_reliability_probes_on_the_served_api(trained, tmp_path):
     assert figures["data_version_stable"] is True
     assert figures["orphan_workers_after_kill"] == 0 and figures["group_kill"]["restarts_bound_the_same_port"] == 1
     assert figures["group_kill"]["killed_servers_temp_dirs_left_after_restart"] == 0
+
+
+def test_forget_erases_a_served_person_everywhere_and_keeps_them_out(trained, server, monkeypatch):
+    """The loop with a planted person: served (HTTP), their feedback exported, retrained (the Prefect flow:
+    data versioned and pushed, models in BentoML's store and exports). `causalrec forget` then leaves
+    neither their id nor their pseudonym in the project, the DVC cache and remote, BentoML's store, the
+    registry or Prefect's database; a re-ingest from the source does not bring an erased simulator user
+    back; the registry marks the models and the gate replaces such a champion. Runs last: it erases."""
+    from causalrec import pipeline
+    from causalrec.config import load_params
+    from causalrec.data.erasure import find
+    from causalrec.flows.retrain import retrain_flow
+    from causalrec.pipeline.forget import forget, places
+    from causalrec.pipeline.promote import decide
+    from causalrec.registry import Registry
+    from causalrec.serving.feedback import export_feedback
+    from causalrec.serving.privacy import pseudonymize
+
+    url, project = server
+    monkeypatch.setenv("CAUSALREC_PSEUDONYM_KEY", "test-pseudonym-key")  # the server's
+    monkeypatch.setenv("CAUSALREC__SERVE__FEEDBACK_LOG", "feedback/fb.jsonl")  # where the server logs
+    monkeypatch.setenv("CAUSALREC__PACKAGE__BUILD_BENTO", "false")  # the bento build is tested above
+    planted = "planted-person-q7x2"
+    pseudonym = pseudonymize(planted, b"test-pseudonym-key")
+    slate = _post(url, "/recommend", {"user_id": planted, "k": 5}).json()
+    for rank, it in enumerate(slate["items"], 1):
+        event = {"event_id": f"planted-{rank}", "user_id": planted, "item_id": it["item_id"], "outcome": int(rank < 3),
+                 "propensity": it["propensity"], "timestamp": "2026-12-07T08:00:00Z", "position": rank,
+                 "request_id": slate["request_id"], "slate_size": 5, "model_version": slate["model_version"]}
+        assert _post(url, "/feedback", event, key=API_KEY).json()["status"] == "logged"
+    params = load_params(project / "params.yaml")
+    exported = export_feedback(params.serve.feedback_log, params.paths.data_dir, params.paths.feedback_dir,
+                               project / "artifacts" / "validation_feedback")
+    assert exported["exported"] >= 5 and exported["new_users"] >= 1
+    retrain_flow(params_path=str(project / "params.yaml"))
+    needles = (planted, pseudonym)
+    before = find(places(params), needles)
+    assert any("feedback_data" in p for p in before) and any("causalrec-recommender" in p for p in before)  # BentoML's store
+    assert any(".dvc/cache" in p for p in before)
+    result = forget(params, planted)
+    assert result["found_after"] == [] and find(places(params), needles) == []  # forget raises otherwise; again by hand
+    assert result["dvc"]["remotes_collected"] and result["feedback_log_events"] == 5
+    registry = Registry(params.paths.registry)
+    assert all(m.get("trained_on_erased_data") for m in registry.state()["models"].values())
+    clean = {"model_tag": "x", "primary_metric": "ndcg@10", "score": 0.0}
+    assert decide(params, clean, project, registry.champion, None)["promote"] is True
+    # an erased simulator user: the simulator's seed regenerates them, the tombstone keeps them out
+    forget(params, "u000003")
+    pipeline.STAGES["ingest"](params)
+    assert "u000003" not in set(pd.read_parquet(project / "data" / "users.parquet")["user_id"])
+    assert "u000003" not in set(pd.read_parquet(project / "data" / "interactions.parquet")["user_id"])

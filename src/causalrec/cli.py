@@ -91,6 +91,31 @@ def retrain(params: Path = PARAMS, version: bool = typer.Option(True, help="dvc 
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
+@app.command()
+def forget(user: str = typer.Option(..., help="the person's id: raw, or the pseudonym the service logs (anon-...)"),
+           retrain_now: bool = typer.Option(False, "--retrain", help="then run the retrain flow: a champion "
+                                            "trained without them replaces the one trained with them"),
+           params: Path = PARAMS) -> None:
+    """Erase one person from the data, every feedback partition and log, stage outputs, BentoML's store,
+    Prefect's database, the DVC cache and remote; keep a keyed tombstone so nothing brings them back;
+    mark every registered model as trained on erased data. Fails (exit 1) naming any place still holding them."""
+    from causalrec.config import ConfigError, load_params
+    from causalrec.pipeline.forget import forget as run_forget
+    from causalrec.pipeline.paths import StageError
+
+    try:
+        result = run_forget(load_params(params), user)
+    except (ConfigError, ValueError) as exc:
+        typer.secho(f"causalrec forget: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    except StageError as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(result, indent=2, default=str))
+    if retrain_now:
+        retrain(params=params, version=True, force=False)
+
+
 @app.command("monitor-flow")
 def monitor_flow(params: Path = PARAMS) -> None:
     """Run the Prefect monitor flow: drift report (live traffic against the training data), the

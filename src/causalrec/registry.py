@@ -25,7 +25,7 @@ from pathlib import Path
 
 from causalrec.io import atomic_write_json
 
-ACTIONS = ("register", "promote", "block", "rollback")
+ACTIONS = ("register", "promote", "block", "rollback", "erase")
 
 
 class RegistryError(ValueError):
@@ -149,6 +149,17 @@ class Registry:
             state["aliases"]["champion"] = back
             state["champions"].append(back)
             return event
+
+    def mark_trained_on_erased(self, reason: str, by: str) -> list[str]:
+        """A person was erased from the data: every registered model was trained on data that held them
+        (their own vector is scrubbed from the stored models, what they taught the shared parameters is
+        not). Each is marked; the gate replaces such a champion with the next candidate trained without them."""
+        with self._update() as state:
+            tags = list(state["models"])
+            for tag in tags:
+                state["models"][tag]["trained_on_erased_data"] = True
+            self._event(state, "erase", state["aliases"]["champion"] or "", reason, by, models=tags)
+            return tags
 
     def keep(self) -> set[str]:
         """Every BentoML tag (model, encoder, bento) a champion, past or present, or the challenger uses:

@@ -47,9 +47,40 @@ def ingest(params: Params) -> dict:
                                       holdout_slates=params.promote.max_slates,
                                       holdout_share=params.promote.max_share, since=mark and mark["since_partition"],
                                       retention_days=params.privacy.retention_days)}
+    summary["erased"] = drop_erased(params)
     d["truth"].mkdir(parents=True, exist_ok=True)
     atomic_write_json(d["truth"] / "ingest.json", summary)
     return summary
+
+
+def drop_erased(params: Params) -> dict:
+    """Rows of people erased by `causalrec forget` (keyed tombstones in paths.feedback_dir) leave the
+    ingested tables, whatever the source still holds (the simulator's seed regenerates them)."""
+    import io
+    from pathlib import Path
+
+    import pandas as pd
+
+    from causalrec.data.erasure import Tombstones
+    from causalrec.data.schema import INTERACTIONS, USERS
+    from causalrec.io import atomic_write_bytes
+    from causalrec.serving.privacy import existing_pseudonym_key
+
+    stones = Tombstones(params.paths.feedback_dir)
+    if not stones.load():
+        return {}
+    key = existing_pseudonym_key(Path(params.serve.feedback_log).parent)
+    out = {}
+    for spec in (INTERACTIONS, USERS):
+        path = params.paths.data_dir / spec.file
+        frame = pd.read_parquet(path)
+        erased = stones.erased(frame["user_id"].astype(str), key)
+        out[spec.name] = int(erased.sum())
+        if erased.any():
+            buf = io.BytesIO()
+            frame[~erased].to_parquet(buf, index=False)
+            atomic_write_bytes(path, buf.getvalue())
+    return out
 
 
 # ------------------------------------------------------------------------------------- validate

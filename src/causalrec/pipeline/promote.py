@@ -110,6 +110,10 @@ def decide(params: Params, candidate: dict, candidate_dir: Path, champion: dict 
         return {"promote": False, "ope": None, "reason": over}
     if champion is None:
         return {"promote": True, "reason": "first model: no champion yet", "ope": None}
+    if champion.get("trained_on_erased_data") and not candidate.get("trained_on_erased_data"):
+        return {"promote": True, "ope": None, "reason": (
+            f"the champion {champion['model_tag']} was trained on data a person was erased from (causalrec forget); "
+            "the candidate was trained without them")}
     rows = served_traffic(params)
     n_slates = rows["request_id"].nunique() if len(rows) else 0
     if n_slates >= params.promote.min_slates and champion_dir is None:

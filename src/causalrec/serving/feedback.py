@@ -198,6 +198,7 @@ def export_feedback(log_path: str | Path, data_dir: str | Path, feedback_dir: st
     from causalrec.data.rules import EventRules
     from causalrec.data.schema import ITEMS, USERS, read_table
     from causalrec.serving.catalogue import read_items
+    from causalrec.serving.privacy import pseudonym_key
     from causalrec.validation import validate_feedback
 
     data_dir = Path(data_dir)
@@ -224,6 +225,13 @@ def export_feedback(log_path: str | Path, data_dir: str | Path, feedback_dir: st
     broken = [rules.broken(e) for e in new]
     bad = [(e, [str(rule) for rule in b]) for e, b in zip(new, broken) if b]
     good = [e for e, b in zip(new, broken) if not b]
+    if good:  # people erased (causalrec forget) stay erased, whatever the log still holds
+        from causalrec.data.erasure import Tombstones
+
+        erased = Tombstones(feedback_dir).erased([str(e["user_id"]) for e in good],
+                                                 key if key is not None else pseudonym_key(Path(log_path).parent))
+        counts["erased"] = int(erased.sum())
+        good = [e for e, gone in zip(good, erased) if not gone]
     cutoff = retention_cutoff(retention_days, now)
     if cutoff is not None and good:
         stamps = pd.to_datetime([e["timestamp"] for e in good], utc=True).tz_localize(None)

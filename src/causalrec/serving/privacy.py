@@ -40,6 +40,15 @@ def api_key_matches(provided: str | None, expected: str | None) -> bool:
     return hmac.compare_digest(provided.encode("utf-8"), expected.encode("utf-8"))
 
 
+def existing_pseudonym_key(key_dir: str | Path) -> bytes | None:
+    """The key pseudonym_key would return, without creating one: None when there is none yet."""
+    key = os.environ.get(KEY_ENV)
+    if key:
+        return key.encode("utf-8")
+    path = Path(key_dir) / KEY_FILE
+    return pseudonym_key(key_dir) if path.exists() else None
+
+
 def pseudonym_key(key_dir: str | Path | None = None) -> bytes:
     """$CAUSALREC_PSEUDONYM_KEY; else the key file in `key_dir` (created once, mode 0600, by whichever
     worker gets there first: every worker and the exporter then share it); else, with no `key_dir`, a
