@@ -451,7 +451,7 @@ def test_forget_erases_a_served_person_everywhere_and_keeps_them_out(trained, se
     back; the registry marks the models and the gate replaces such a champion. Runs last: it erases."""
     from causalrec import pipeline
     from causalrec.config import load_params
-    from causalrec.data.erasure import find
+    from causalrec.serving.erasure import find
     from causalrec.flows.retrain import retrain_flow
     from causalrec.pipeline.forget import forget, places
     from causalrec.pipeline.promote import decide

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 from causalrec.config import Params
-from causalrec.data import erasure
+from causalrec.serving import erasure
 from causalrec.io import append_line_durably
 from causalrec.pipeline.paths import StageError, stage_paths
 

@@ -61,7 +61,7 @@ def drop_erased(params: Params) -> dict:
 
     import pandas as pd
 
-    from causalrec.data.erasure import Tombstones
+    from causalrec.serving.erasure import Tombstones
     from causalrec.data.schema import INTERACTIONS, USERS
     from causalrec.io import atomic_write_bytes
     from causalrec.serving.privacy import existing_pseudonym_key

@@ -226,7 +226,7 @@ def export_feedback(log_path: str | Path, data_dir: str | Path, feedback_dir: st
     bad = [(e, [str(rule) for rule in b]) for e, b in zip(new, broken) if b]
     good = [e for e, b in zip(new, broken) if not b]
     if good:  # people erased (causalrec forget) stay erased, whatever the log still holds
-        from causalrec.data.erasure import Tombstones
+        from causalrec.serving.erasure import Tombstones
 
         erased = Tombstones(feedback_dir).erased([str(e["user_id"]) for e in good],
                                                  key if key is not None else pseudonym_key(Path(log_path).parent))
