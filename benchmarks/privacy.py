@@ -274,12 +274,16 @@ def summarise(rows: list[dict]) -> tuple[list[dict], dict]:
     text_gain = {str(n): (None if ratio(f"simulator_{n}", 3.0, "mf") is None else
                           ratio(f"simulator_{n}", 3.0, "ti") - ratio(f"simulator_{n}", 3.0, "mf")) for n in sims}
     largest = f"simulator_{sims[-1]}" if sims else None
-    mia = {}
+    mia, mia_by = {}, {}
     for key in ("inf", "10", "3", "1"):
         e = float(key)
         vals = [r["mia_auc"] for r in table if r.get("mia_auc") is not None and r["dataset"] == largest
                 and r["backbone"] == HEADLINE["backbone"] and r["trainer"] == "product" and r["epsilon"] == e]
         mia[key] = vals[0] if vals else None
+    for r in table:
+        if r.get("mia_auc") is not None and r["trainer"] == "product":
+            summary_key = f"{r['dataset']}/{r['backbone']}"
+            mia_by.setdefault(summary_key, {})["inf" if np.isinf(r["epsilon"]) else f"{r['epsilon']:g}"] = r["mia_auc"]
     product = frame[frame["trainer"] == "product"]
     finite = product["epsilon"].map(lambda e: e is not None and not pd.isna(e) and np.isfinite(e))
     plain = product["epsilon"].map(lambda e: e is not None and not pd.isna(e) and np.isinf(e))
@@ -288,6 +292,8 @@ def summarise(rows: list[dict]) -> tuple[list[dict], dict]:
                "simulator_ratio_at_eps3_by_users": by_users,
                "text_minus_ids_ratio_at_eps3_by_users": text_gain,
                "mia_auc": mia, "mia_auc_dataset": largest,
+               # every size and backbone beside the declared one: where a non-private model leaks, and where it does not
+               "mia_auc_by_dataset": mia_by,
                "goal_ratio_at_eps3_100k": 0.9,
                "goal_met": (by_users.get("100000") or 0) >= 0.9,
                "training_time_ratio_private_to_nonprivate": {
