@@ -56,31 +56,18 @@ def ingest(params: Params) -> dict:
 def drop_erased(params: Params) -> dict:
     """Rows of people erased by `causalrec forget` (keyed tombstones in paths.feedback_dir) leave the
     ingested tables, whatever the source still holds (the simulator's seed regenerates them)."""
-    import io
     from pathlib import Path
 
-    import pandas as pd
-
-    from causalrec.serving.erasure import Tombstones
     from causalrec.data.schema import INTERACTIONS, USERS
-    from causalrec.io import atomic_write_bytes
+    from causalrec.serving.erasure import Tombstones, drop_rows
     from causalrec.serving.privacy import existing_pseudonym_key
 
     stones = Tombstones(params.paths.feedback_dir)
     if not stones.load():
         return {}
     key = existing_pseudonym_key(Path(params.serve.feedback_log).parent)
-    out = {}
-    for spec in (INTERACTIONS, USERS):
-        path = params.paths.data_dir / spec.file
-        frame = pd.read_parquet(path)
-        erased = stones.erased(frame["user_id"].astype(str), key)
-        out[spec.name] = int(erased.sum())
-        if erased.any():
-            buf = io.BytesIO()
-            frame[~erased].to_parquet(buf, index=False)
-            atomic_write_bytes(path, buf.getvalue())
-    return out
+    return {spec.name: drop_rows(params.paths.data_dir / spec.file, lambda ids: stones.erased(ids, key))
+            for spec in (INTERACTIONS, USERS)}
 
 
 # ------------------------------------------------------------------------------------- validate

@@ -177,17 +177,23 @@ def count_files(roots) -> int:
 
 
 # ----------------------------------------------------------------------------------------- scrubbing
-def scrub_parquet(path: Path, needles: tuple[str, ...], column: str = "user_id") -> int:
-    """Rewrite a parquet table without the rows whose `column` is a needle (atomically); rows removed."""
+def drop_rows(path: Path, which, column: str = "user_id") -> int:
+    """Rewrite a parquet table without the rows for which `which(values of column as str)` is True
+    (atomically); rows removed (0, the file untouched, without such a column or such rows)."""
     frame = pd.read_parquet(path)
     if column not in frame:
         return 0
-    hit = frame[column].astype(str).isin(needles).to_numpy()
+    hit = np.asarray(which(frame[column].astype(str)), bool)
     if hit.any():
         buf = io.BytesIO()
         frame[~hit].to_parquet(buf, index=False)
         atomic_write_bytes(path, buf.getvalue())
     return int(hit.sum())
+
+
+def scrub_parquet(path: Path, needles: tuple[str, ...], column: str = "user_id") -> int:
+    """Rewrite a parquet table without the rows whose `column` is a needle (atomically); rows removed."""
+    return drop_rows(path, lambda ids: ids.isin(needles), column)
 
 
 def scrub_jsonl(path: Path, needles: tuple[str, ...]) -> int:
