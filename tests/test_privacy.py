@@ -115,11 +115,13 @@ def test_private_uplift_learner_composes_every_fit_within_its_budget():
     u, i, y, t, _ = _log(n_users=200)
     e = np.full(len(y), 0.5)
     dp = {"epsilon": 5.0, "delta": 1e-4, "users_per_step": 50}
-    m = UpliftLearner("t_learner", n_bootstrap=2, dim=4, epochs=3, privacy=dp).fit(u, i, t, y, e)
+    m = UpliftLearner("t_learner", n_bootstrap=2, dim=4, epochs=3, exposure_features=False, privacy=dp).fit(u, i, t, y, e)
     assert m.privacy_["parts"] == 4  # two arms x two bootstrap members
     assert 4.5 < m.privacy_["epsilon"] <= 5.0
     with pytest.raises(ValueError, match="no private fit"):
-        UpliftLearner("auto", dim=4, epochs=1, privacy=dp).fit(u, i, t, y, e)
+        UpliftLearner("auto", dim=4, epochs=1, exposure_features=False, privacy=dp).fit(u, i, t, y, e)
+    with pytest.raises(ValueError, match="exposure features"):
+        UpliftLearner("t_learner", dim=4, epochs=1, privacy=dp).fit(u, i, t, y, e)
 
 
 def test_config_and_gate_hold_the_budget(tmp_path):
@@ -132,7 +134,8 @@ def test_config_and_gate_hold_the_budget(tmp_path):
         load_params("params.yaml", environ=on)  # the default trains five models, popularity among them
     params = load_params("params.yaml", environ={**on, "CAUSALREC__TRAIN__MODELS": "[tt_naive]",
                                                  "CAUSALREC__TRAIN__EXPOSURE_WEIGHT": "1.0",
-                                                 "CAUSALREC__UPLIFT__LEARNER": "t_learner"})
+                                                 "CAUSALREC__UPLIFT__LEARNER": "t_learner",
+                                                 "CAUSALREC__UPLIFT__EXPOSURE_FEATURES": "false"})
     assert over_privacy_budget(params, {"privacy": {"epsilon": 2.9}}) is None
     assert "spent epsilon" in over_privacy_budget(params, {"privacy": {"epsilon": 3.5}})
     assert "without it" in over_privacy_budget(params, {"privacy": None})

@@ -314,6 +314,14 @@ class Params(_Section):
             if self.uplift.learner not in PRIVATE_LEARNERS:
                 raise ValueError(f"train.privacy: uplift.learner {self.uplift.learner!r} has no private fit; choose from "
                                  f"{PRIVATE_LEARNERS}, or set uplift.enabled: false")
+            if self.uplift.exposure_features:
+                raise ValueError("train.privacy: uplift.exposure_features are statistics over every user's rows (each "
+                                 "item's mean propensity, standardised over users): one person's rows would move every "
+                                 "user's features; set it false")
+        if self.train.privacy.enabled and self.propensity.method != "logged":
+            raise ValueError(f"train.privacy: propensity.method {self.propensity.method!r} is fitted on every user's rows, "
+                             "and IPS/DR weights would carry one person into everyone's gradient; use the logged "
+                             "propensities (method: logged)")
         return self
 
     @model_validator(mode="after")

@@ -9,8 +9,10 @@ rows alone and serve only that user: the recommendations are then *jointly* diff
 (the billboard model: Hsu et al. 2014; Jain, Thakkar & Thakurta 2018, "Differentially private matrix
 completion revisited"): what the recommendations of any set of other users reveal about a person is
 bounded by epsilon. The user vectors themselves are personal data: never published, erased with the
-person. Item texts are public (their tower is shared); user profile texts and the per-user exposure
-feature go through the user tower, which is shared and trained on the private path.
+person. Item texts are public (their tower is shared); user profile texts go through the user tower,
+which is shared and trained on the private path. Inputs computed from everyone's rows (estimated
+propensities, the uplift learner's exposure features) are refused under privacy: one person would move
+every user's inputs, which per-user clipping does not bound.
 
 The mechanism (Abadi et al. 2016; user-level: McMahan et al. 2018), one step:
   1. Poisson sampling: each user joins the step with probability q = users_per_step / n_users (the

@@ -382,6 +382,9 @@ class UpliftLearner(FitSettings):
         if self.learner not in PRIVATE_LEARNERS:
             raise ValueError(f"uplift learner {self.learner!r} has no private fit; choose from {PRIVATE_LEARNERS} "
                              "(auto chooses on private validation rows; the shared learners' loss couples users)")
+        if self.exposure_features:
+            raise ValueError("a private uplift fit takes no exposure features: they are statistics over every user's "
+                             "rows, so one person would move every user's inputs (exposure_features=False)")
         dp = UserLevelDP(**self.privacy)
         if dp.noise_multiplier is not None:
             return self.privacy
