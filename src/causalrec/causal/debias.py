@@ -17,6 +17,7 @@ user vectors may move from the few rows a user has, e.g. after the users' intere
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass, field, replace
 
@@ -336,50 +337,8 @@ class DebiasedRecommender(OnePassPath, FitSettings):
                         b[f"z_{f}"] = Z[b[f]]
             return b
 
-        objective, method, weight = self.objective, self.method, float(self.exposure_weight)
-
-        def user_loss(sh: dict, pv: dict, b: dict) -> torch.Tensor:
-            """One user's loss (vmapped: pv and b are that user's entries)."""
-            pu, bu = pv["user"], pv["user_bias"][0]
-            if "net.user_tower.weight" in sh:
-                t = b["x"] @ sh["net.user_tower.weight"].T
-                pu, bu = pu + t[:-1], bu + t[-1]
-
-            def item_side(f):
-                q, bi = sh["net.item.weight"][b[f]], sh["net.item_bias.weight"][b[f]][..., 0]
-                if "net.item_tower.weight" in sh:
-                    t = b[f"z_{f}"] @ sh["net.item_tower.weight"].T
-                    q, bi = q + t[..., :-1], bi + t[..., -1]
-                return q, bi
-
-            q, bi = item_side("items")
-            logits = q @ pu + bi + bu + sh["net.global_bias"][0]
-            n = b["mask"].sum().clamp(min=1)
-            if objective == "regression":
-                row = (logits - b["y"]) ** 2
-            else:
-                row = F.binary_cross_entropy_with_logits(logits, b["y"], reduction="none")
-            if method == "dr":
-                qp, bp = item_side("pop")
-                pop_logits = qp @ pu + bp + bu + sh["net.global_bias"][0]
-                e_hat = F.binary_cross_entropy_with_logits(pop_logits, b["g_pop"], reduction="none")
-                corr = dr_correction(logits, b["y"], b["g_obs"]) * b["w"]
-                loss = (e_hat * b["pop_mask"]).sum() / b["pop_mask"].sum().clamp(min=1) \
-                    + b["obs_share"] * (corr * b["mask"]).sum() / n
-            else:
-                loss = (row * b["w"] * b["mask"]).sum() / n
-            if head is not None:
-                qe, _ = item_side("ex_items")
-                hb = sh["head.item_bias.weight"][b["ex_items"]][..., 0]
-                hu = pv["head_user_bias"][0]
-                if "head.user_tower.weight" in sh:
-                    hu = hu + (b["x"] @ sh["head.user_tower.weight"].T)[0]
-                if "head.item_tower.weight" in sh:
-                    hb = hb + (b["z_ex_items"] @ sh["head.item_tower.weight"].T)[..., 0]
-                e_logit = sh["head.alpha"][0] * (qe @ pu) + hb + hu + sh["head.global_bias"][0]
-                e_loss = F.binary_cross_entropy_with_logits(e_logit, b["ex_target"], reduction="none")
-                loss = loss + weight * (e_loss * b["ex_mask"]).sum() / b["ex_mask"].sum().clamp(min=1)
-            return loss
+        user_loss = functools.partial(_private_user_loss, objective=self.objective, method=self.method,
+                                      head_weight=float(self.exposure_weight) if head is not None else 0.0)
 
         opt_shared = adam(list(shared.values()), self.lr, 0.0)
         opt_private = adam(list(private_tables.values()), self.lr, 0.0)
@@ -487,3 +446,47 @@ class DebiasedRecommender(OnePassPath, FitSettings):
         m.net_.load_state_dict(state)
         m.net_.eval()
         return m
+
+
+def _private_user_loss(sh: dict, pv: dict, b: dict, objective: str, method: str, head_weight: float) -> torch.Tensor:
+    """One user's loss in a private fit (DebiasedRecommender._fit_private; vmapped over users, so `pv` and `b`
+    are that user's entries): the method's loss over their sampled rows (a mean: every user weighs the same),
+    DR's imputed population term, and the exposure head's loss on their logged rows when head_weight > 0.
+    `sh` holds the shared tensors by name ("net.<param>", "head.<param>"), `pv` the user's own rows."""
+    pu, bu = pv["user"], pv["user_bias"][0]
+    if "net.user_tower.weight" in sh:
+        t = b["x"] @ sh["net.user_tower.weight"].T
+        pu, bu = pu + t[:-1], bu + t[-1]
+
+    def item_side(f):
+        q, bi = sh["net.item.weight"][b[f]], sh["net.item_bias.weight"][b[f]][..., 0]
+        if "net.item_tower.weight" in sh:
+            t = b[f"z_{f}"] @ sh["net.item_tower.weight"].T
+            q, bi = q + t[..., :-1], bi + t[..., -1]
+        return q, bi
+
+    q, bi = item_side("items")
+    logits = q @ pu + bi + bu + sh["net.global_bias"][0]
+    n = b["mask"].sum().clamp(min=1)
+    if method == "dr":
+        qp, bp = item_side("pop")
+        pop_logits = qp @ pu + bp + bu + sh["net.global_bias"][0]
+        e_hat = F.binary_cross_entropy_with_logits(pop_logits, b["g_pop"], reduction="none")
+        corr = dr_correction(logits, b["y"], b["g_obs"]) * b["w"]
+        loss = (e_hat * b["pop_mask"]).sum() / b["pop_mask"].sum().clamp(min=1) + b["obs_share"] * (corr * b["mask"]).sum() / n
+    else:
+        row = (logits - b["y"]) ** 2 if objective == "regression" else \
+            F.binary_cross_entropy_with_logits(logits, b["y"], reduction="none")
+        loss = (row * b["w"] * b["mask"]).sum() / n
+    if head_weight > 0:
+        qe, _ = item_side("ex_items")
+        hb = sh["head.item_bias.weight"][b["ex_items"]][..., 0]
+        hu = pv["head_user_bias"][0]
+        if "head.user_tower.weight" in sh:
+            hu = hu + (b["x"] @ sh["head.user_tower.weight"].T)[0]
+        if "head.item_tower.weight" in sh:
+            hb = hb + (b["z_ex_items"] @ sh["head.item_tower.weight"].T)[..., 0]
+        e_logit = sh["head.alpha"][0] * (qe @ pu) + hb + hu + sh["head.global_bias"][0]
+        e_loss = F.binary_cross_entropy_with_logits(e_logit, b["ex_target"], reduction="none")
+        loss = loss + head_weight * (e_loss * b["ex_mask"]).sum() / b["ex_mask"].sum().clamp(min=1)
+    return loss
