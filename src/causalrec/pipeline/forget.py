@@ -42,7 +42,7 @@ from pathlib import Path
 from causalrec.config import Params
 from causalrec.serving import erasure
 from causalrec.io import append_line_durably
-from causalrec.pipeline.paths import StageError, stage_paths
+from causalrec.pipeline.paths import StageError
 
 AUDIT_LOG = Path("privacy") / "erasures.jsonl"
 SKIP_DIRS = {".git", ".venv", "node_modules"}
@@ -124,8 +124,6 @@ def _scrub_artifacts(artifacts: Path, needles: tuple[str, ...]) -> dict:
 
 def _scrub_bentoml(home: Path, needles: tuple[str, ...]) -> dict:
     """Every stored model file and table in BentoML's store (models and built bentos)."""
-    from causalrec.persistence import KINDS  # noqa: F401  (the model files' format)
-
     models = rows = 0
     if not home.is_dir():
         return {"models": 0, "rows": 0}
