@@ -390,9 +390,7 @@ class DebiasedRecommender(OnePassPath, FitSettings):
         return self
 
     def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.objective == "regression":
-            return (out - y) ** 2
-        return F.binary_cross_entropy_with_logits(out, y, reduction="none")
+        return row_loss(self.objective, out, y)
 
     def _link(self, out: torch.Tensor) -> np.ndarray:
         return (out if self.objective == "regression" else torch.sigmoid(out)).numpy()
@@ -475,9 +473,7 @@ def _private_user_loss(sh: dict, pv: dict, b: dict, objective: str, method: str,
         corr = dr_correction(logits, b["y"], b["g_obs"]) * b["w"]
         loss = (e_hat * b["pop_mask"]).sum() / b["pop_mask"].sum().clamp(min=1) + b["obs_share"] * (corr * b["mask"]).sum() / n
     else:
-        row = (logits - b["y"]) ** 2 if objective == "regression" else \
-            F.binary_cross_entropy_with_logits(logits, b["y"], reduction="none")
-        loss = (row * b["w"] * b["mask"]).sum() / n
+        loss = (row_loss(objective, logits, b["y"]) * b["w"] * b["mask"]).sum() / n
     if head_weight > 0:
         qe, _ = item_side("ex_items")
         hb = sh["head.item_bias.weight"][b["ex_items"]][..., 0]
@@ -490,3 +486,10 @@ def _private_user_loss(sh: dict, pv: dict, b: dict, objective: str, method: str,
         e_loss = F.binary_cross_entropy_with_logits(e_logit, b["ex_target"], reduction="none")
         loss = loss + head_weight * (e_loss * b["ex_mask"]).sum() / b["ex_mask"].sum().clamp(min=1)
     return loss
+
+
+def row_loss(objective: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-row loss of raw scores `out`: squared error (regression) or cross-entropy on the logit (binary)."""
+    if objective == "regression":
+        return (out - y) ** 2
+    return F.binary_cross_entropy_with_logits(out, y, reduction="none")
