@@ -471,6 +471,8 @@ def test_forget_erases_a_served_person_everywhere_and_keeps_them_out(trained, se
                  "propensity": it["propensity"], "timestamp": "2026-12-07T08:00:00Z", "position": rank,
                  "request_id": slate["request_id"], "slate_size": 5, "model_version": slate["model_version"]}
         assert _post(url, "/feedback", event, key=API_KEY).json()["status"] == "logged"
+    # learned between retrains: the next slate already comes from their re-estimated vector (serve.online)
+    assert _post(url, "/recommend", {"user_id": planted, "k": 5}).json()["online_update"] is True
     params = load_params(project / "params.yaml")
     exported = export_feedback(params.serve.feedback_log, params.paths.data_dir, params.paths.feedback_dir,
                                project / "artifacts" / "validation_feedback")
@@ -483,6 +485,8 @@ def test_forget_erases_a_served_person_everywhere_and_keeps_them_out(trained, se
     result = forget(params, planted)
     assert result["found_after"] == [] and find(places(params), needles) == []  # forget raises otherwise; again by hand
     assert result["dvc"]["remotes_collected"] and result["feedback_log_events"] == 5
+    # the running service's online state forgot them too (it rebuilds when the log is rewritten)
+    assert _post(url, "/recommend", {"user_id": planted, "k": 5}).json()["online_update"] is False
     registry = Registry(params.paths.registry)
     assert all(m.get("trained_on_erased_data") for m in registry.state()["models"].values())
     clean = {"model_tag": "x", "primary_metric": "ndcg@10", "score": 0.0}

@@ -14,10 +14,12 @@ from conftest import make_project
 
 
 @pytest.mark.parametrize("kind, diversity", [("greedy", 0.0), ("epsilon_greedy", 0.0), ("softmax", 0.0),
-                                             ("epsilon_greedy", 0.5)])
+                                             ("epsilon_greedy", 0.5), ("thompson", 0.0), ("thompson", 0.5)])
 def test_logged_propensities_match_serving_frequencies(kind, diversity):
     rng = np.random.default_rng(0)
     scores = rng.normal(size=30) * 0.2
+    if kind == "thompson":  # three bootstrap members that agree on some items and not on others
+        scores = scores + rng.normal(size=(3, 30)) * 0.2
     vectors = rng.normal(size=(30, 8))
     policy = ExplorationPolicy(kind, epsilon=0.2, temperature=0.1, diversity=diversity)
     k, n_draws = 5, 20_000
@@ -38,7 +40,7 @@ def test_logged_propensities_match_serving_frequencies(kind, diversity):
     for item, p in logged.items():  # what was logged is exactly pi
         assert p == pytest.approx(pi[item])
     # the uniform share: epsilon of the slates, and within them every item at k / n, whatever its score
-    assert uniform / n_draws == pytest.approx(0.2 if kind == "epsilon_greedy" else 0.0, abs=0.01)
+    assert uniform / n_draws == pytest.approx(0.2 if kind in ("epsilon_greedy", "thompson") else 0.0, abs=0.01)
     if uniform:
         assert np.abs(uniform_counts / uniform - k / 30).max() < 0.04
 

@@ -201,8 +201,18 @@ class Package(_Section):
     build_bento: bool
 
 
+class Online(_Section):
+    # serving.online: each user's vector re-estimated from their recent served events between retrains
+    enabled: bool
+    max_events: int = Field(ge=1, le=10_000)       # per user, the most recent kept (in memory, per worker)
+    max_users: int = Field(ge=1, le=100_000_000)   # users kept; the least recently active dropped first
+    l2: float = Field(gt=0, le=1e6)                 # pull towards the trained vector, in units of one event
+    weight_clip: float = Field(ge=1, le=1e6)        # inverse-propensity weights capped at this times the smallest
+    scan_bytes: int = Field(ge=0, le=2**40)         # at start-up, the state is read from this much of the log's end
+
+
 class Serve(_Section):
-    policy: Literal["greedy", "epsilon_greedy", "softmax"]
+    policy: Literal["greedy", "epsilon_greedy", "softmax", "thompson"]
     epsilon: float = Field(ge=0, le=1)
     temperature: float = Field(gt=0, le=1000)
     rank_by: Literal["uplift", "relevance"]
@@ -216,6 +226,7 @@ class Serve(_Section):
     feedback_log: Path
     feedback_max_bytes: int = Field(ge=4096, le=2**40)  # rotate the feedback log past this size
     catalogue: Path  # items added at serving time (SQLite, shared by every worker)
+    online: Online
 
     @model_validator(mode="after")
     def _exact_propensities(self) -> "Serve":
@@ -322,6 +333,14 @@ class Params(_Section):
             raise ValueError(f"train.privacy: propensity.method {self.propensity.method!r} is fitted on every user's rows, "
                              "and IPS/DR weights would carry one person into everyone's gradient; use the logged "
                              "propensities (method: logged)")
+        return self
+
+    @model_validator(mode="after")
+    def _thompson_members(self) -> "Params":
+        if self.serve.policy == "thompson" and not (self.uplift.enabled and self.serve.rank_by == "uplift"
+                                                    and self.uplift.n_bootstrap >= 2):
+            raise ValueError("serve.policy thompson draws one of the uplift learner's bootstrap members per request: it "
+                             "needs uplift.enabled, serve.rank_by: uplift and uplift.n_bootstrap >= 2")
         return self
 
     @model_validator(mode="after")

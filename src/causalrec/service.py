@@ -129,7 +129,8 @@ class Recommender:
         log_path = os.environ.get("CAUSALREC_FEEDBACK_LOG", manifest["serve"]["feedback_log"])
         # Feedback stores pseudonyms; the key sits beside the log, shared with every worker and the exporter.
         self.core = RecommenderCore(self.bundle.path, catalogue=catalogue, pseudonym_key=pseudonym_key(Path(log_path).parent),
-                                    version=PINS.recommender, registry=os.environ.get("CAUSALREC_REGISTRY"))
+                                    version=PINS.recommender, registry=os.environ.get("CAUSALREC_REGISTRY"),
+                                    feedback_log=log_path)  # followed for online updates (serve.online)
         self.feedback_log = FeedbackLog(log_path, max_bytes=int(self.core.config["feedback_max_bytes"]))
         self.k_max = int(self.core.config["k_max"])
 

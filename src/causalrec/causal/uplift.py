@@ -129,6 +129,11 @@ class UpliftMember:
     def combine(self, s: list[np.ndarray]) -> np.ndarray:
         raise NotImplementedError
 
+    def outcome_parts(self) -> list[int]:
+        """The parts that model the outcome of a shown item, E[Y(1) | u, i] (serving updates their user side
+        online from served feedback); the other parts model Y(0) or the effect itself and stay as trained."""
+        return []
+
     def score_matrix(self, user_ids, item_ids) -> np.ndarray:
         # The effect on a 0/1 outcome lies in [-1, 1]; regression learners can overshoot it.
         return np.clip(self.combine([p.score_matrix(user_ids, item_ids) for p in self.parts]), -1.0, 1.0)
@@ -146,6 +151,9 @@ class TLearner(UpliftMember):
 
     def combine(self, s):
         return s[0] - s[1]
+
+    def outcome_parts(self):
+        return [0]  # mu1
 
     @classmethod
     def fit(cls, arms: "_Arms") -> "TLearner":
@@ -198,6 +206,9 @@ class DLCE(UpliftMember):
 class Shared(UpliftMember):
     name, form = "shared", "share"
 
+    def outcome_parts(self):
+        return [0]  # r, the outcome if shown; s[1] is the organic share (or shift)
+
     def combine(self, s):
         if self.extra.get("form", "share") == "share":
             return s[0] * (1 - s[1])
@@ -247,6 +258,13 @@ class Stacked(UpliftMember):
     def of(cls, members: list[UpliftMember], weights) -> "Stacked":
         return cls([p for m in members for p in m.parts], [float(w) for w in weights],
                    [{"learner": m.name, "n_parts": len(m.parts), "extra": m.extra} for m in members])
+
+    def outcome_parts(self):
+        out, start = [], 0
+        for m in self.members:
+            out += [start + j for j in m.outcome_parts()]
+            start += len(m.parts)
+        return out
 
     def combine(self, s):
         out, start = 0.0, 0

@@ -8,6 +8,14 @@ off-policy evaluation need.
   softmax         sampling proportional to size: target inclusion pi_i = k softmax(s / T)_i, capped
                   at 1 with the excess redistributed; exactly k items are drawn by systematic sampling
                   (Madow), whose inclusion probabilities are exactly pi_i.
+  thompson        exploration where the model is unsure: scores are (M, n), one row per bootstrap member of
+                  the uplift learner (a bootstrap approximation of the posterior: bootstrap Thompson
+                  sampling, Eckles & Kaptein 2014); each request draws one member uniformly and shows its
+                  top k, and with probability epsilon the slate is uniform instead (the floor that keeps
+                  off-policy estimates of any policy valid):
+                      pi_i = (1 - eps) (1/M) sum_m 1[i in top k of member m] + eps k / n
+                  exact, as the draw is over M known members. Items every member ranks high are shown
+                  almost always; items the members disagree on are shown in proportion to their agreement.
 
 Diversity (greedy and epsilon_greedy): with `diversity` = lambda > 0 and item vectors (text
 embeddings), the "top k" is the maximal-marginal-relevance slate (Carbonell & Goldstein 1998):
@@ -21,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-POLICIES = ("greedy", "epsilon_greedy", "softmax")
+POLICIES = ("greedy", "epsilon_greedy", "softmax", "thompson")
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -76,9 +84,14 @@ def _capped_pps(weights: np.ndarray, k: int) -> np.ndarray:
 def inclusion_probabilities(scores: np.ndarray, k: int, policy: str, epsilon: float = 0.1,
                             temperature: float = 0.1, diversity: float = 0.0,
                             vectors: np.ndarray | None = None) -> np.ndarray:
-    """(n,) exact probability that each candidate is in the slate."""
-    n = len(scores)
+    """(n,) exact probability that each candidate is in the slate (thompson: `scores` is (members, n))."""
+    n = scores.shape[-1]
     k = min(k, n)
+    if policy == "thompson":
+        pi = np.full(n, epsilon * k / n)
+        for member in np.atleast_2d(scores):
+            pi[_slate_core(member, k, vectors, diversity)] += (1 - epsilon) / len(np.atleast_2d(scores))
+        return pi
     if policy == "greedy":
         pi = np.zeros(n)
         pi[_slate_core(scores, k, vectors, diversity)] = 1.0
@@ -106,7 +119,7 @@ class ExplorationPolicy:
     kind: str = "epsilon_greedy"
     epsilon: float = 0.1
     temperature: float = 0.1
-    diversity: float = 0.0  # MMR weight lambda in [0, 1) (greedy and epsilon_greedy; 0: the plain top k)
+    diversity: float = 0.0  # MMR weight lambda in [0, 1) (greedy, epsilon_greedy, thompson; 0: the plain top k)
 
     def __post_init__(self):
         if self.kind not in POLICIES:
@@ -123,11 +136,20 @@ class ExplorationPolicy:
 
     def select(self, scores: np.ndarray, k: int, rng: np.random.Generator, vectors: np.ndarray | None = None) -> Slate:
         """The slate shown: indices (best score first), their inclusion probabilities, whether uniform.
-        vectors: (n, d) item vectors for diversity (ignored when it is 0)."""
-        n = len(scores)
+        vectors: (n, d) item vectors for diversity (ignored when it is 0). thompson: `scores` is
+        (members, n), the slate ordered by the members' mean."""
+        n = scores.shape[-1]
         k = min(k, n)
         if k == 0:
             return Slate(np.array([], int), np.array([]), False)
+        if self.kind == "thompson":
+            members = np.atleast_2d(scores)
+            explore = rng.random() < self.epsilon
+            chosen = (rng.choice(n, size=k, replace=False) if explore
+                      else _slate_core(members[rng.integers(len(members))], k, vectors, self.diversity))
+            pi = inclusion_probabilities(members, k, self.kind, self.epsilon, diversity=self.diversity, vectors=vectors)
+            chosen = chosen[np.argsort(-members.mean(0)[chosen], kind="stable")]
+            return Slate(chosen, pi[chosen], bool(explore))
         if self.kind in ("greedy", "epsilon_greedy"):
             # One top-k serves both the slate and the probabilities (no full pi vector per request).
             top = _slate_core(scores, k, vectors, self.diversity)

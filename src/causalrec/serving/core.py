@@ -6,7 +6,9 @@ positives, for explanations), manifest.json (model, metrics, data version, encod
 
 Requests never fail for an unknown user: it gets the cold-start scores (biases and feature
 towers only). Every slate is drawn by the exploration policy, and each item carries the exact
-probability with which the policy showed it.
+probability with which the policy showed it. With serve.online on and the feedback log given, a
+user's vector is re-estimated from their recent served events before their slate is drawn
+(serving.online): the probabilities stay exact for the scores that drew it.
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ class NotFound(KeyError):
 class RecommenderCore:
     def __init__(self, bundle_dir: str | Path, serve: dict | None = None, seed: int | None = None,
                  catalogue: "CatalogueStore | None" = None, pseudonym_key: bytes | None = None,
-                 version: str | None = None, exploration_boost: bool = True, registry: str | Path | None = None):
+                 version: str | None = None, exploration_boost: bool = True, registry: str | Path | None = None,
+                 feedback_log: str | Path | None = None):
         """catalogue: the shared store of items added at serving time (none: added items live in this
         process only). pseudonym_key: the key of stored feedback's pseudonyms (none: a per-process key,
         see serving.privacy). version: the model version every slate and feedback event carries (the
@@ -43,7 +46,8 @@ class RecommenderCore:
         boost after a drift mark (package.exploration_boost); False: its configured exploration, as
         the promotion gate compares policies (their rankings, at the same exploration). registry: the
         registry whose model versions feedback may name besides `version` (default: the bundle's; none:
-        only `version`)."""
+        only `version`). feedback_log: the log this service's feedback goes to, followed for online
+        updates when serve.online is on (none: no online updates, e.g. the promotion gate's replay)."""
         bundle_dir = Path(bundle_dir)
         self.version = version or bundle_dir.name
         self.manifest = self.read_manifest(bundle_dir)
@@ -65,6 +69,10 @@ class RecommenderCore:
         self.uplift = CatalogueScorer(load_model(uplift_path), self.item_ids) if uplift_path.exists() else None
         if self.uplift is None and self.config["rank_by"] == "uplift":
             self.config["rank_by"] = "relevance"
+        if self.policy.kind == "thompson" and (self.uplift is None or self.config["rank_by"] != "uplift"
+                                               or self.uplift.n_members < 2):
+            raise ValueError(f"{bundle_dir}: serve.policy thompson needs an uplift model with bootstrap members "
+                             "(uplift.n_bootstrap >= 2) and rank_by: uplift")
         self.known_users = set(getattr(getattr(model, "users_", None), "ids", np.array([])).tolist())
         causal = bundle_dir / "causal.json"  # the causal analysis' mediation split (package stage), if run
         self.causal = json.loads(causal.read_text()) if causal.exists() else None
@@ -76,6 +84,14 @@ class RecommenderCore:
         self._pseudonym_key = pseudonym_key if pseudonym_key is not None else new_pseudonym_key()
         self.catalogue, self._synced = catalogue, 0
         self.sync()
+        from collections import OrderedDict
+
+        from causalrec.serving.online import OnlineUsers
+
+        online = self.config.get("online") or {}
+        self.online = (OnlineUsers(feedback_log, self.version, online["max_events"], online["max_users"], online["scan_bytes"])
+                       if feedback_log is not None and online.get("enabled") else None)
+        self._folded: OrderedDict[str, tuple[int, dict]] = OrderedDict()  # pseudonym -> (events' version, overrides)
         from causalrec.data.rules import EventRules
         from causalrec.registry import KnownVersions
 
@@ -119,6 +135,44 @@ class RecommenderCore:
         """(the score the policy ranks by, the other one)."""
         return (self.uplift, self.relevance) if self.config["rank_by"] == "uplift" else (self.relevance, self.uplift)
 
+    def _ranking(self, user_id: str, users: list | None = None) -> np.ndarray:
+        """What the policy draws from: (catalogue,) scores, or (members, catalogue) for thompson."""
+        ranker = self._rankers()[0]
+        if self.policy.kind == "thompson":
+            return ranker.member_scores(user_id, users)
+        return ranker.scores(user_id, users=users)
+
+    def _online_users(self, user_id: str, alias: str) -> dict[str, list | None]:
+        """Per scorer ("relevance", "uplift"), the parts' user vectors re-estimated from this person's recent
+        served events (serving.online), or {} when there are none (or online updates are off). Recomputed only
+        when their events changed. Caller holds the lock."""
+        if self.online is None:
+            return {}
+        self.online.refresh()
+        stamp = self.online.version(alias)
+        if not stamp:
+            self._folded.pop(alias, None)
+            return {}
+        cached = self._folded.get(alias)
+        if cached is not None and cached[0] == stamp:
+            self._folded.move_to_end(alias)
+            return cached[1]
+        from causalrec.serving.online import ips_weights
+
+        events = [(self._pos[i], y, p) for i, y, p in self.online.events(alias) if i in self._pos]
+        out = {}
+        if events:
+            pos, y, prop = (np.array(col) for col in zip(*events))
+            cfg = self.config["online"]
+            weight = ips_weights(prop, cfg["weight_clip"])
+            for name, scorer in (("relevance", self.relevance), ("uplift", self.uplift)):
+                if scorer is not None:
+                    out[name] = scorer.fold_in(user_id, pos, y.astype(np.float64), weight, cfg["l2"])
+        self._folded[alias] = (stamp, out)
+        if len(self._folded) > self.online.max_users:
+            self._folded.popitem(last=False)
+        return out
+
     # ------------------------------------------------------------------------------ recommend
     def recommend(self, user_id: str, k: int, exclude: list[str] | None = None, controls: int = 0) -> dict:
         """A slate of k items with the exact probability that this policy shows each. With `controls` > 0 the
@@ -131,25 +185,29 @@ class RecommenderCore:
         by_uplift = self.config["rank_by"] == "uplift"
         ranker, other = self._rankers()
         with self._lock:
-            rank = ranker.scores(user_id)
-            n = len(rank)
+            online = self._online_users(user_id, shown_to)
+            rank = self._ranking(user_id, online.get(self.config["rank_by"]))
+            n = rank.shape[-1]
             drop = [p for p in (self._pos.get(item) for item in exclude or []) if p is not None]
             if drop:
                 candidates = np.delete(np.arange(n), drop)
-                slate = self.policy.select(rank[candidates], min(k, len(candidates)), self._rng,
+                slate = self.policy.select(rank[..., candidates], min(k, len(candidates)), self._rng,
                                            None if self.embeddings is None else self.embeddings[candidates])
                 chosen, propensity = candidates[slate.items], slate.propensity
             else:
                 slate = self.policy.select(rank, min(k, n), self._rng, self.embeddings)
                 chosen, propensity = slate.items, slate.propensity
             # The other score only for the items shown: one mat-vec over k rows, not the catalogue.
-            secondary = other.scores(user_id, chosen) if other is not None else None
+            secondary = (other.scores(user_id, chosen, online.get("uplift" if other is self.uplift else "relevance"))
+                         if other is not None else None)
             control = self._controls(rank, drop, chosen, controls) if controls else None
-        relevance, uplift = (secondary, rank[chosen]) if by_uplift else (rank[chosen], secondary)
+        shown = rank[..., chosen] if rank.ndim == 1 else rank[:, chosen].mean(0)  # thompson: the members' mean
+        relevance, uplift = (secondary, shown) if by_uplift else (shown, secondary)
         cold = user_id not in self.known_users
         request_id = uuid.uuid4().hex
         log.info("recommend request=%s user=%s cold=%s k=%d", request_id, shown_to, cold, k)
-        out = {"request_id": request_id, "cold_start": cold, "policy": self.policy.kind, "rank_by": self.config["rank_by"],
+        out = {"request_id": request_id, "cold_start": cold, "online_update": bool(online),
+               "policy": self.policy.kind, "rank_by": self.config["rank_by"],
                "model": self.manifest.get("model"), "model_version": self.version, "slate_size": len(chosen),
                "uniform": slate.uniform,
                "items": [{"item_id": self.item_ids[i], "title": self.titles[i], "position": pos + 1,
@@ -163,11 +221,11 @@ class RecommenderCore:
         """m unshown candidates drawn uniformly (without replacement) and each one's exact probability of
         having been shown in this slate; the share of the eligible unshown candidates drawn. Eligible: the
         policy could have shown it (probability > 0); a greedy policy has none, so it names no controls."""
-        keep = np.ones(len(rank), bool)
+        keep = np.ones(rank.shape[-1], bool)
         keep[drop] = False
         candidates = np.flatnonzero(keep)
-        pi = np.zeros(len(rank))
-        pi[candidates] = self._inclusion(rank[candidates], len(chosen),
+        pi = np.zeros(rank.shape[-1])
+        pi[candidates] = self._inclusion(rank[..., candidates], len(chosen),
                                          None if self.embeddings is None else self.embeddings[candidates])
         eligible = np.setdiff1d(candidates[pi[candidates] > 0], chosen)
         if not len(eligible):
@@ -207,7 +265,7 @@ class RecommenderCore:
         slate of k: the evaluation policy's side of an off-policy estimate (pipeline.promote)."""
         user_id, _ = self._resolve(user_id)
         with self._lock:
-            scores = self._rankers()[0].scores(user_id)
+            scores = self._ranking(user_id)
         return self._inclusion(scores, k, self.embeddings)
 
     def _inclusion(self, scores: np.ndarray, k: int, vectors: np.ndarray | None) -> np.ndarray:

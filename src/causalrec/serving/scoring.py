@@ -73,9 +73,19 @@ class FactorTerm:
                 "item bias (features)": b_x, "match: user x item id": float(p @ q_id),
                 "match: user x item features": float(p @ q_x)}
 
-    def scores(self, user_id: str, idx: np.ndarray | None = None) -> np.ndarray:
-        """Scores of every item, or of the items at positions `idx` only."""
-        p, bu = self.user(user_id)
+    def fold_in(self, user_id: str, positions: np.ndarray, y: np.ndarray, weight: np.ndarray,
+                l2: float) -> tuple[np.ndarray, float]:
+        """The user's vector and bias re-estimated from outcomes at catalogue `positions`, the trained ones
+        as the prior (serving.online.fold_in)."""
+        from causalrec.serving.online import fold_in
+
+        return fold_in(self.Q[positions], self.b[positions], self.global_bias, y, weight, self.user(user_id), l2, self.link)
+
+    def scores(self, user_id: str, idx: np.ndarray | None = None,
+               user: tuple[np.ndarray, float] | None = None) -> np.ndarray:
+        """Scores of every item, or of the items at positions `idx` only; `user`: (vector, bias) in place
+        of the trained ones (an online update)."""
+        p, bu = user if user is not None else self.user(user_id)
         Q, b = (self.Q, self.b) if idx is None else (self.Q[idx], self.b[idx])
         raw = Q @ p + b + (bu + self.global_bias)
         return _sigmoid(raw) if self.link == "sigmoid" else raw
@@ -94,16 +104,18 @@ class CatalogueScorer:
         from causalrec.models import Popularity
 
         self.kind = type(model).__name__
+        # online_parts: the parts that model the outcome of a shown item (serving.online updates their user side)
         if isinstance(model, Popularity):
             self.const = model.predict(None, np.asarray(item_ids)).astype(np.float32)
-            self.parts, self.combine = [], None
+            self.parts, self.combine, self.online_parts = [], None, []
         elif isinstance(model, DebiasedRecommender):
-            self.parts, self.combine = [_term(model, item_ids)], lambda s: s[0]
+            self.parts, self.combine, self.online_parts = [_term(model, item_ids)], lambda s: s[0], [0]
         elif isinstance(model, UpliftLearner):
             # Each member says which relevance-type parts it has and how they combine (causal/uplift.py).
-            self.parts, combines = [], []
+            self.parts, combines, self.online_parts = [], [], []
             for member in model.members_:
                 start = len(self.parts)
+                self.online_parts += [start + j for j in member.outcome_parts()]
                 self.parts += [_term(part, item_ids) for part in member.parts]
                 # The effect on a 0/1 outcome lies in [-1, 1]; regression learners can overshoot it.
                 combines.append(lambda s, a=start, n=len(member.parts), c=member.combine: np.clip(c(s[a:a + n]), -1, 1))
@@ -118,11 +130,23 @@ class CatalogueScorer:
         for part in self.parts:
             part.add_item(features)
 
-    def scores(self, user_id: str, idx: np.ndarray | None = None) -> np.ndarray:
-        """(n_items,) scores, or those of the items at positions `idx` only (cheaper)."""
+    def fold_in(self, user_id: str, positions: np.ndarray, y: np.ndarray, weight: np.ndarray, l2: float) -> list | None:
+        """Per part, the user's (vector, bias) re-estimated from outcomes of shown items at `positions`
+        (None for a part that keeps its trained ones); None when no part learns online."""
+        if not self.online_parts:
+            return None
+        return [part.fold_in(user_id, positions, y, weight, l2) if j in self.online_parts else None
+                for j, part in enumerate(self.parts)]
+
+    def _part_scores(self, user_id: str, idx, users: list | None) -> list[np.ndarray]:
+        return [p.scores(user_id, idx, None if users is None else users[j]) for j, p in enumerate(self.parts)]
+
+    def scores(self, user_id: str, idx: np.ndarray | None = None, users: list | None = None) -> np.ndarray:
+        """(n_items,) scores, or those of the items at positions `idx` only (cheaper); `users`: per part
+        (vector, bias) overrides from `fold_in`."""
         if not self.parts:
             return self.const.copy() if idx is None else self.const[idx]
-        return self.combine([p.scores(user_id, idx) for p in self.parts]).astype(np.float32)
+        return self.combine(self._part_scores(user_id, idx, users)).astype(np.float32)
 
     def contributions(self, user_id: str, pos: int, item_id: str) -> dict | None:
         """A relevance model's score split into additive parts (FactorTerm.contributions), with the
@@ -133,10 +157,15 @@ class CatalogueScorer:
         return {"link": term.link, "scale": "logit" if term.link == "sigmoid" else "score",
                 "parts": term.contributions(user_id, pos, item_id)}
 
-    def member_scores(self, user_id: str) -> np.ndarray | None:
+    @property
+    def n_members(self) -> int:
+        """Bootstrap members whose scores member_scores gives (1: one model)."""
+        return len(getattr(self, "member_combines", [None]))
+
+    def member_scores(self, user_id: str, users: list | None = None) -> np.ndarray | None:
         """(n_members, n_items) for bootstrap uplift models, else None."""
         combines = getattr(self, "member_combines", None)
         if not combines or len(combines) < 2:
             return None
-        s = [p.scores(user_id) for p in self.parts]
+        s = self._part_scores(user_id, None, users)
         return np.stack([c(s) for c in combines])
