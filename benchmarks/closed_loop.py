@@ -192,13 +192,18 @@ class Truth:
 
 
 # -------------------------------------------------------------------------------------- serving
-def serve_round(core, world, log, round: int, n: int, k: int, rng, resend: float, controls: int = 0) -> dict:
+def serve_round(core, world, log, round: int, n: int, k: int, rng, resend: float, controls: int = 0,
+                activity: np.ndarray | None = None, on_request=None) -> dict:
     """n requests through the serving core, outcomes from the world, acknowledged feedback (with
-    `controls`: also the organic outcomes of that many unshown items per request, as unexposed events)."""
-    users = rng.choice(world.n_users, size=n, p=world.activity)
+    `controls`: also the organic outcomes of that many unshown items per request, as unexposed events).
+    activity: who visits, how often (default the world's); on_request(u): called before each request."""
+    activity = world.activity if activity is None else activity
+    users = rng.choice(world.n_users, size=n, p=activity / activity.sum())
     acknowledged, sent, shown = set(), 0, []
     for n_request, u in enumerate(users):
         user = f"u{u:06d}"
+        if on_request is not None:
+            on_request(u)
         slate = core.recommend(user, k, controls=controls)
         # The core's request ids are uuid4 (a restarted server must never repeat one); here they follow the
         # seed, so that the gate's evaluation set (the slates with the lowest hashes of their request ids)
@@ -227,7 +232,7 @@ def serve_round(core, world, log, round: int, n: int, k: int, rng, resend: float
             sent += len(events)
         acknowledged |= {e["event_id"] for e in events}
         shown += [core._pos[i] for i in items]
-    return {"acknowledged": acknowledged, "sent": sent, "shown": np.array(shown)}
+    return {"acknowledged": acknowledged, "sent": sent, "shown": np.array(shown), "users": users}
 
 
 def serve_http(project: Path, champion: dict, world, round: int, n: int, k: int, rng, feedback_log: Path) -> dict:
@@ -546,17 +551,18 @@ def plot(runs: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run_all(names: list[str], workdir: Path, argv: list[str], jobs: int, resume: bool = False) -> dict:
-    """Each trajectory in its own process (memory returns between them; `jobs` at a time). With `resume`,
-    a trajectory whose run file is already in `workdir` (it finished in an earlier run of the same
-    command) is read, not run again."""
+def run_all(names: list[str], workdir: Path, argv: list[str], jobs: int, resume: bool = False,
+            script: str = __file__) -> dict:
+    """Each trajectory in its own process (`script --only NAME`: memory returns between them; `jobs` at a
+    time). With `resume`, a trajectory whose run file is already in `workdir` (it finished in an earlier run
+    of the same command) is read, not run again."""
     workdir.mkdir(parents=True, exist_ok=True)
     done = {n for n in names if resume and (workdir / f"{n.replace(':', '-')}.json").exists()}
     pending, running, failed = [n for n in names if n not in done], {}, []
     while pending or running:
         while pending and len(running) < jobs:
             name = pending.pop(0)
-            cmd = [sys.executable, __file__, *argv, "--workdir", str(workdir), "--only", name]
+            cmd = [sys.executable, script, *argv, "--workdir", str(workdir), "--only", name]
             # the cores shared out: two torch processes each spinning two OpenMP threads on two cores
             # run a hundred times slower than one
             threads = str(max(1, (os.cpu_count() or 1) // min(jobs, len(names))))

@@ -103,6 +103,8 @@ def test_feedback_changes_the_next_slate_on_another_worker_with_exact_propensiti
 
 
 def test_thompson_over_bootstrap_members_logs_its_exact_inclusion(online_core, bundle):
+    """The logged propensities are exact for the draw over members (the frequencies themselves:
+    test_serving.test_logged_propensities_match_serving_frequencies)."""
     from causalrec.serving.core import RecommenderCore
 
     make, _ = online_core
@@ -113,5 +115,7 @@ def test_thompson_over_bootstrap_members_logs_its_exact_inclusion(online_core, b
     assert pi.sum() == pytest.approx(5)
     for item in res["items"] + res["controls"]:
         assert item["propensity"] == pytest.approx(pi[core._pos[item["item_id"]]])
-    with pytest.raises(ValueError, match="thompson needs an uplift model"):
-        RecommenderCore(bundle[0], serve={"policy": "thompson", "rank_by": "relevance"})
+    # a model without bootstrap members (e.g. ranking by relevance) is one member: exactly epsilon-greedy
+    one = RecommenderCore(bundle[0], serve={"policy": "thompson", "rank_by": "relevance"})
+    two = RecommenderCore(bundle[0], serve={"policy": "epsilon_greedy", "rank_by": "relevance"})
+    assert np.allclose(one.inclusion("u000001", 5), two.inclusion("u000001", 5))

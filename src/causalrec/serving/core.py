@@ -69,10 +69,6 @@ class RecommenderCore:
         self.uplift = CatalogueScorer(load_model(uplift_path), self.item_ids) if uplift_path.exists() else None
         if self.uplift is None and self.config["rank_by"] == "uplift":
             self.config["rank_by"] = "relevance"
-        if self.policy.kind == "thompson" and (self.uplift is None or self.config["rank_by"] != "uplift"
-                                               or self.uplift.n_members < 2):
-            raise ValueError(f"{bundle_dir}: serve.policy thompson needs an uplift model with bootstrap members "
-                             "(uplift.n_bootstrap >= 2) and rank_by: uplift")
         self.known_users = set(getattr(getattr(model, "users_", None), "ids", np.array([])).tolist())
         causal = bundle_dir / "causal.json"  # the causal analysis' mediation split (package stage), if run
         self.causal = json.loads(causal.read_text()) if causal.exists() else None
@@ -136,10 +132,12 @@ class RecommenderCore:
         return (self.uplift, self.relevance) if self.config["rank_by"] == "uplift" else (self.relevance, self.uplift)
 
     def _ranking(self, user_id: str, users: list | None = None) -> np.ndarray:
-        """What the policy draws from: (catalogue,) scores, or (members, catalogue) for thompson."""
+        """What the policy draws from: (catalogue,) scores, or (members, catalogue) for thompson; a ranker
+        without bootstrap members is one member (thompson over one member is epsilon-greedy, exactly)."""
         ranker = self._rankers()[0]
         if self.policy.kind == "thompson":
-            return ranker.member_scores(user_id, users)
+            members = ranker.member_scores(user_id, users)
+            return members if members is not None else ranker.scores(user_id, users=users)[None]
         return ranker.scores(user_id, users=users)
 
     def _online_users(self, user_id: str, alias: str) -> dict[str, list | None]:

@@ -1,0 +1,307 @@
+"""Learning between retrains, measured in the closed loop (issue 39): online user updates for users who
+arrive every round, and Thompson exploration over the uplift learner's bootstrap members against
+epsilon-greedy.
+
+    python benchmarks/closed_loop_online.py                     # the full run -> results/closed_loop_online.json
+    python benchmarks/closed_loop_online.py --users 300 --items 150 --interactions 8000 --requests 300 \\
+        --new-users 20 --rounds 2                               # a quick look
+
+The world is the simulator's (closed_loop.py's environment) with a share of its users held out of the
+logging policy's log: each round a fresh cohort of them arrives, never seen by any model, and each
+new user asks for 5 slates in a row, reporting what they did with each before asking for the next (the
+slate's shown items and its controls, as the product's clients do). Returning users visit as the world's
+activity says. Between rounds the loop exports the feedback and retrains (closed_loop.retrain: ingest
+of the base log and the served partitions, validate, version, embed, propensity, train, evaluate,
+package with the OPE gate); the next round's cohort is new again.
+
+Trajectories, each its own project (closed_loop.new_project), the same seed, world and cohorts:
+  offline    serve.online off: a new user's 5 slates all come from the cold-start scores
+  online     serve.online on (the product's default): each slate after the first from their vector
+             re-estimated from the events of their earlier slates
+  thompson   online on, serve.policy thompson (exploration over the uplift learner's bootstrap members)
+
+Declared before the run (nothing here was tuned on its outcome): the product's default configuration
+(closed_loop.LOOP_PARAMS_UPLIFT: the uplift learner on, rank_by uplift, CONTROLS controls per request),
+params.yaml's serve.online settings (l2 1, weight_clip 10, max_events 50) and epsilon 0.1 for both
+exploration policies. Values are the world's truth, read only to score:
+  * a slate's value: the true incremental value E[Y(1) - Y(0)] per item of the greedy part of what the
+    policy would show at that moment (its top k, the members' mean for thompson: the like-for-like
+    figure closed_loop.py reports), over the oracle's (the user's true top-k incremental value); the
+    outcome rate of the same slates over the best outcome rate beside it; and the value of the slate
+    actually served (exploration included) for the exploration comparison.
+  * new users: the mean ratio over a round's cohort, per slate 1..5; returning users: the mean ratio over
+    their requests of the round.
+  * the gate's power (thompson vs epsilon-greedy): on round 1's served traffic, the champion against a
+    deliberately bad candidate (its scores reversed, closed_loop.reverse_scores), the gate's estimator and
+    interval on the first n slates with every served slate and its exact logged propensity
+    (promote.traffic: all); the smallest n of SLATE_STEPS whose interval lies wholly below zero.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from _common import RESULTS, scratch_dir, write_result
+from closed_loop import CONTROLS, LOOP_PARAMS_UPLIFT, Truth, new_project, retrain, reverse_scores, serve_round
+
+TRAJECTORIES = {"offline": {"policy": "epsilon_greedy", "online": False},
+                "online": {"policy": "epsilon_greedy", "online": True},
+                "thompson": {"policy": "thompson", "online": True}}
+SLATES_PER_NEW_USER = 5
+SLATE_STEPS = (25, 50, 100, 200, 400, 800, 1600, 3200)
+
+
+def make_source(workdir: Path, args) -> tuple[Path, Path, list[list[int]]]:
+    """The world's log without the held-out users (a parquet source), its truth, and the cohorts per round."""
+    import pandas as pd
+    import yaml
+
+    from causalrec.config import Params
+    from causalrec.data.simulate import simulate
+    from _common import REPO
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["simulate"].update(n_users=args.users, n_items=args.items, n_interactions=args.interactions)
+    params = Params.model_validate(raw)
+    src, truth = workdir / "world" / "data", workdir / "world" / "truth"
+    simulate(params.simulation_config(), src, truth, progress=False)
+    rng = np.random.default_rng([args.seed, 39])
+    held = rng.choice(args.users, size=args.new_users * args.rounds, replace=False)
+    cohorts = [held[r * args.new_users:(r + 1) * args.new_users].tolist() for r in range(args.rounds)]
+    gone = {f"u{u:06d}" for u in held}
+    out = workdir / "world" / "source"
+    out.mkdir(parents=True)
+    for table in ("interactions", "users"):
+        frame = pd.read_parquet(src / f"{table}.parquet")
+        frame[~frame["user_id"].isin(gone)].to_parquet(out / f"{table}.parquet", index=False)
+    shutil.copy2(src / "items.parquet", out / "items.parquet")
+    test = pd.read_parquet(truth / "test_pairs.parquet")
+    test = test[~test["user_id"].isin(gone)]
+    test.assign(outcome=test["y1"])[["user_id", "item_id", "outcome"]].to_parquet(out / "test_pairs.parquet", index=False)
+    return out, truth / "world", cohorts
+
+
+def greedy_slate(core, user: str, k: int) -> np.ndarray:
+    """Catalogue positions of the greedy part of what `core` would show `user` now (online state included)."""
+    uid, alias = core._resolve(user)
+    with core._lock:
+        online = core._online_users(uid, alias)
+        rank = core._ranking(uid, online.get(core.config["rank_by"]))
+    rank = rank.mean(0) if rank.ndim == 2 else rank
+    return np.argsort(-rank, kind="stable")[:k]
+
+
+def ratio(truth: Truth, u: int, items: np.ndarray) -> float:
+    """A slate's true value per item for user u (the world's item indices) over the oracle's slate for u."""
+    return float(truth.p1[u][items].mean() / np.sort(truth.p1[u])[::-1][:truth.k].mean())
+
+
+def run_trajectory(name: str, workdir: Path, args, source: Path, world_dir: Path, cohorts: list) -> dict:
+    from causalrec.config import load_params
+    from causalrec.data.online import OnlineWorld
+    from causalrec.data.simulate import World
+    from causalrec.evaluation.metrics import exposure_coverage
+    from causalrec.pipeline.package import register_candidate
+    from causalrec.pipeline.promote import compare, served_traffic
+    from causalrec.pipeline.store import champion_bundle
+    from causalrec.registry import Registry
+    from causalrec.serving.core import RecommenderCore
+    from causalrec.serving.feedback import FeedbackLog, export_feedback
+    from causalrec.serving.privacy import pseudonym_key
+
+    setting = TRAJECTORIES[name]
+    overrides = {s: dict(v) for s, v in LOOP_PARAMS_UPLIFT.items()}
+    overrides["serve"].update(policy=setting["policy"])
+    overrides["ingest"].update(source="parquet", source_path=str(source), test_path=str(source / "test_pairs.parquet"))
+    overrides["paths"] = {"input_dirs": [str(source)]}
+    if args.epochs:
+        overrides["train"]["epochs"] = args.epochs
+    project = new_project(workdir / name, overrides, workdir / "cache")
+    params = load_params(project / "params.yaml")
+    online = params.serve.online.model_dump() | {"enabled": setting["online"]}
+    registry, k = Registry(params.paths.registry), args.k
+    log_path = project / "feedback" / "feedback.jsonl"
+    log, key = FeedbackLog(log_path), pseudonym_key(log_path.parent)
+    rng = np.random.default_rng([args.seed, 1])  # the same cohorts' request order and draws in every trajectory
+    world = OnlineWorld(World.load(world_dir), seed=args.seed)
+    held = {u for c in cohorts for u in c}
+    start, rounds = time.perf_counter(), []
+    retrain(params)
+    for r in range(1, args.rounds + 1):
+        t0 = time.perf_counter()
+        champion = registry.champion
+        core = RecommenderCore(champion_bundle(params), seed=int(rng.integers(2**31)), pseudonym_key=key,
+                               version=champion["model_tag"], feedback_log=log_path, serve={"online": online})
+        truth, outcome = Truth(world, r, k, "uplift"), Truth(world, r, k, "outcome")
+        order = core.positions(truth.items)  # world item j sits at catalogue position order[j]
+        inverse = np.argsort(order)  # catalogue position -> world item
+        row = {"round": r, "champion": champion["model_tag"], "new_users": [], "returning": []}
+        # new users: a cohort, each asking for SLATES_PER_NEW_USER slates in a row, reporting each
+        cohort_values = np.zeros((len(cohorts[r - 1]), SLATES_PER_NEW_USER, 3))
+        for a, u in enumerate(cohorts[r - 1]):
+            user = f"u{u:06d}"
+            for j in range(SLATES_PER_NEW_USER):
+                greedy = greedy_slate(core, user, k)
+                slate = core.recommend(user, k, controls=CONTROLS)
+                served = core.positions([it["item_id"] for it in slate["items"]])
+                cohort_values[a, j] = (ratio(truth, u, inverse[greedy]), ratio(outcome, u, inverse[greedy]),
+                                       ratio(truth, u, inverse[served]))
+                _report(core, world, log, r, user, slate, f"n{r}-{a}-{j}")
+        row["new_users"] = {"value_ratio_by_slate": cohort_values[:, :, 0].mean(0).tolist(),
+                            "outcome_rate_ratio_by_slate": cohort_values[:, :, 1].mean(0).tolist(),
+                            "served_value_ratio_by_slate": cohort_values[:, :, 2].mean(0).tolist(),
+                            "cold_start_requests": SLATES_PER_NEW_USER * len(cohorts[r - 1])}
+        # returning users: the world's activity over everyone not held out, each request's greedy value
+        activity = world.activity.copy()
+        activity[sorted(held)] = 0.0
+        for c in cohorts[:r - 1]:
+            activity[c] = world.activity[c]  # earlier cohorts are returning users now
+        values = []  # each request's greedy value at the moment it is served (their online state included)
+        returning = serve_round(core, world, log, r, args.requests, k, rng, 0.0, CONTROLS, activity,
+                                on_request=lambda u: values.append(ratio(truth, u, inverse[greedy_slate(core, f"u{u:06d}", k)])))
+        row["returning"] = {"value_ratio": float(np.mean(values)), "requests": args.requests,
+                            "coverage": exposure_coverage(returning["shown"], world.n_items)}
+        export_feedback(log_path, params.paths.data_dir, params.paths.feedback_dir,
+                        params.paths.artifacts_dir / "validation" / "feedback", key=key,
+                        known_versions=set(registry.state()["models"]))
+        if r == 1:
+            row["gate_power"] = gate_power(params, champion, compare, served_traffic, register_candidate)
+        if r < args.rounds:
+            decision = retrain(params)["package"]
+            row.update(promoted=decision["promoted"], gate=decision["reason"])
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        rounds.append(row)
+        print(f"{name} round {r}: new users' slates {np.round(row['new_users']['value_ratio_by_slate'], 3).tolist()}, "
+              f"returning {row['returning']['value_ratio']:.3f} ({row['seconds']} s)", flush=True)
+    return {"rounds": rounds, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _report(core, world, log, r: int, user: str, slate: dict, request_id: str) -> None:
+    """The world's answer to one slate (shown items and controls), logged as the client would send it."""
+    now = datetime.now(timezone.utc)
+    items, control = slate["items"], slate.get("controls") or []
+    y = world.respond(r, [user] * len(items), [it["item_id"] for it in items], [it["propensity"] for it in items],
+                      slate["model_version"])
+    events = [core.feedback_event(f"{request_id}-{j}", user, it["item_id"], float(o), it["propensity"], now,
+                                  it["position"], slate["policy"], request_id, slate["slate_size"],
+                                  slate["model_version"], slate["uniform"]) for j, (it, o) in enumerate(zip(items, y))]
+    if control:
+        y0 = world.respond(r, [user] * len(control), [c["item_id"] for c in control], [c["propensity"] for c in control],
+                           slate["model_version"], exposed=False)
+        events += [core.feedback_event(f"{request_id}-c{j}", user, c["item_id"], float(o), c["propensity"], now, 0,
+                                       slate["policy"], request_id, slate["slate_size"], slate["model_version"],
+                                       slate["uniform"], exposed=False, control_rate=slate["control_rate"])
+                   for j, (c, o) in enumerate(zip(control, y0))]
+    log.append_many(events)
+
+
+def gate_power(params, champion: dict, compare, served_traffic, register_candidate) -> dict:
+    """Slates of this round's traffic the gate needs to see the reversed champion as worse (interval below 0)."""
+    from causalrec.pipeline.store import champion_bundle
+
+    every = params.model_copy(update={"promote": params.promote.model_copy(update={"traffic": "all"})})
+    rows = served_traffic(every, held_out=False)
+    _, bad = register_candidate(params, champion["model"], edit=reverse_scores, label="reversed (gate power)")
+    slates = np.sort(rows["request_id"].astype(str).unique())
+    out = {"slates_available": len(slates), "detected_at_slates": None, "steps": []}
+    for n in [s for s in SLATE_STEPS if s <= len(slates)]:
+        part = rows[rows["request_id"].astype(str).isin(set(slates[:n]))].reset_index(drop=True)
+        result = compare(every, bad, champion_bundle(params), part)
+        hi = result["difference"]["ci"][1]
+        out["steps"].append({"slates": n, "difference": result["difference"]["value"], "ci": result["difference"]["ci"]})
+        if hi < 0:
+            out["detected_at_slates"] = n
+            break
+    return out
+
+
+def summarise(runs: dict) -> dict:
+    def by_slate(run, key="value_ratio_by_slate"):
+        return np.mean([r["new_users"][key] for r in run["rounds"]], 0).tolist()
+
+    def returning(run):
+        return float(np.mean([r["returning"]["value_ratio"] for r in run["rounds"]]))
+
+    out = {}
+    if {"online", "offline"} <= set(runs):
+        on, off = runs["online"], runs["offline"]
+        out["online_update"] = {"with": by_slate(on), "without": by_slate(off),
+                                "returning_users_delta": returning(on) - returning(off),
+                                "returning_users": {"with": returning(on), "without": returning(off)},
+                                "outcome_rate_ratio": {"with": by_slate(on, "outcome_rate_ratio_by_slate"),
+                                                       "without": by_slate(off, "outcome_rate_ratio_by_slate")},
+                                "third_slate_goal_0.8_met": by_slate(on)[2] >= 0.8}
+    if {"thompson", "online"} <= set(runs):
+        ts, eg = runs["thompson"], runs["online"]
+
+        def last(run, key):
+            return run["rounds"][-1]["returning"][key]
+
+        out["uncertainty_exploration"] = {
+            "value_ratio_to_oracle": returning(ts), "served_value_ratio_new_users": by_slate(ts, "served_value_ratio_by_slate"),
+            "coverage": last(ts, "coverage"), "slates_to_block_bad": ts["rounds"][0]["gate_power"]["detected_at_slates"],
+            "vs_epsilon_greedy": {"value_ratio_to_oracle": returning(eg),
+                                  "served_value_ratio_new_users": by_slate(eg, "served_value_ratio_by_slate"),
+                                  "coverage": last(eg, "coverage"),
+                                  "slates_to_block_bad": eg["rounds"][0]["gate_power"]["detected_at_slates"]}}
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=3000, help="returning users' requests per round")
+    ap.add_argument("--new-users", type=int, default=100, help="new users arriving per round")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--users", type=int, default=2000)
+    ap.add_argument("--items", type=int, default=1000)
+    ap.add_argument("--interactions", type=int, default=100000)
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--trajectories", default=",".join(TRAJECTORIES))
+    ap.add_argument("--jobs", type=int, default=1, help="trajectories side by side (each its own process)")
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--only", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    names = args.trajectories.split(",")
+    if set(names) - set(TRAJECTORIES):
+        ap.error(f"unknown trajectories {sorted(set(names) - set(TRAJECTORIES))}; choose from {list(TRAJECTORIES)}")
+    workdir = Path(args.workdir) if args.workdir else scratch_dir("closed-loop-online-")
+    for var, value in (("BENTOML_DO_NOT_TRACK", "True"), ("HF_HUB_OFFLINE", "1"), ("DVC_NO_ANALYTICS", "1"),
+                       ("TQDM_DISABLE", "1")):
+        os.environ.setdefault(var, value)
+    if args.only:
+        os.environ["BENTOML_HOME"] = str(workdir / f"bentoml-{args.only}")
+        meta = json.loads((workdir / "world" / "cohorts.json").read_text())
+        run = run_trajectory(args.only, workdir, args, Path(meta["source"]), Path(meta["world"]), meta["cohorts"])
+        (workdir / f"{args.only}.json").write_text(json.dumps(run, default=float))
+        return run
+    source, world_dir, cohorts = make_source(workdir, args)
+    (workdir / "world" / "cohorts.json").write_text(json.dumps({"source": str(source), "world": str(world_dir),
+                                                                 "cohorts": cohorts}))
+    from closed_loop import run_all
+
+    runs = run_all(names, workdir, list(argv if argv is not None else sys.argv[1:]), args.jobs, script=__file__)
+    figures = {"settings": {"loop_params": LOOP_PARAMS_UPLIFT, "controls_per_request": CONTROLS,
+                            "trajectories": {n: TRAJECTORIES[n] for n in names}, "rounds": args.rounds,
+                            "new_users_per_round": args.new_users, "slates_per_new_user": SLATES_PER_NEW_USER,
+                            "returning_requests_per_round": args.requests, "k": args.k,
+                            "world": {"users": args.users, "items": args.items, "interactions": args.interactions},
+                            "seed": args.seed},
+               **summarise(runs), "per_round": {n: run["rounds"] for n, run in runs.items()},
+               "seconds": {n: run["seconds"] for n, run in runs.items()}}
+    write_result("closed_loop_online", figures, Path(args.out) if args.out else RESULTS)
+    return figures
+
+
+if __name__ == "__main__":
+    main()
