@@ -54,7 +54,11 @@ from closed_loop import CONTROLS, LOOP_PARAMS_UPLIFT, Truth, new_project, retrai
 
 TRAJECTORIES = {"offline": {"policy": "epsilon_greedy", "online": False},
                 "online": {"policy": "epsilon_greedy", "online": True},
-                "thompson": {"policy": "thompson", "online": True}}
+                "thompson": {"policy": "thompson", "online": True},
+                # champion and challengers (bandit_traffic): today's fixed promotion step against the bandit
+                "fixed": {"policy": "epsilon_greedy", "online": True, "traffic": "fixed"},
+                "bandit": {"policy": "epsilon_greedy", "online": True, "traffic": "bandit"}}
+BANDIT_FLOOR, BANDIT_BATCH = 0.2, 250  # declared: the floor share spread over the policies; requests between updates
 SLATES_PER_NEW_USER = 5
 SLATE_STEPS = (25, 50, 100, 200, 400, 800, 1600, 3200)
 
@@ -105,16 +109,17 @@ def ratio(truth: Truth, u: int, items: np.ndarray) -> float:
 
 
 def run_trajectory(name: str, workdir: Path, args, source: Path, world_dir: Path, cohorts: list) -> dict:
+    if "traffic" in TRAJECTORIES[name]:
+        return run_traffic_trajectory(name, workdir, args, source, world_dir, cohorts)
+    return run_cohort_trajectory(name, workdir, args, source, world_dir, cohorts)
+
+
+def setup(name: str, workdir: Path, args, source: Path, world_dir: Path):
+    """The trajectory's project (product defaults + TRAJECTORIES[name]), its world, log and first model."""
     from causalrec.config import load_params
     from causalrec.data.online import OnlineWorld
     from causalrec.data.simulate import World
-    from causalrec.evaluation.metrics import exposure_coverage
-    from causalrec.pipeline.package import register_candidate
-    from causalrec.pipeline.promote import compare, served_traffic
-    from causalrec.pipeline.store import champion_bundle
-    from causalrec.registry import Registry
-    from causalrec.serving.core import RecommenderCore
-    from causalrec.serving.feedback import FeedbackLog, export_feedback
+    from causalrec.serving.feedback import FeedbackLog
     from causalrec.serving.privacy import pseudonym_key
 
     setting = TRAJECTORIES[name]
@@ -126,15 +131,36 @@ def run_trajectory(name: str, workdir: Path, args, source: Path, world_dir: Path
         overrides["train"]["epochs"] = args.epochs
     project = new_project(workdir / name, overrides, workdir / "cache")
     params = load_params(project / "params.yaml")
-    online = params.serve.online.model_dump() | {"enabled": setting["online"]}
-    registry, k = Registry(params.paths.registry), args.k
     log_path = project / "feedback" / "feedback.jsonl"
-    log, key = FeedbackLog(log_path), pseudonym_key(log_path.parent)
-    rng = np.random.default_rng([args.seed, 1])  # the same cohorts' request order and draws in every trajectory
     world = OnlineWorld(World.load(world_dir), seed=args.seed)
-    held = {u for c in cohorts for u in c}
-    start, rounds = time.perf_counter(), []
     retrain(params)
+    online = params.serve.online.model_dump() | {"enabled": setting["online"]}
+    return params, world, log_path, FeedbackLog(log_path), pseudonym_key(log_path.parent), online
+
+
+def export(params, log_path, key) -> dict:
+    from causalrec.registry import Registry
+    from causalrec.serving.feedback import export_feedback
+
+    return export_feedback(log_path, params.paths.data_dir, params.paths.feedback_dir,
+                           params.paths.artifacts_dir / "validation" / "feedback", key=key,
+                           known_versions=set(Registry(params.paths.registry).state()["models"]))
+
+
+def run_cohort_trajectory(name: str, workdir: Path, args, source: Path, world_dir: Path, cohorts: list) -> dict:
+    from causalrec.evaluation.metrics import exposure_coverage
+    from causalrec.pipeline.package import register_candidate
+    from causalrec.pipeline.promote import compare, served_traffic
+    from causalrec.pipeline.store import champion_bundle
+    from causalrec.registry import Registry
+    from causalrec.serving.core import RecommenderCore
+
+    start = time.perf_counter()
+    params, world, log_path, log, key, online = setup(name, workdir, args, source, world_dir)
+    registry, k = Registry(params.paths.registry), args.k
+    rng = np.random.default_rng([args.seed, 1])  # the same cohorts' request order and draws in every trajectory
+    held = {u for c in cohorts for u in c}
+    rounds = []
     for r in range(1, args.rounds + 1):
         t0 = time.perf_counter()
         champion = registry.champion
@@ -169,9 +195,7 @@ def run_trajectory(name: str, workdir: Path, args, source: Path, world_dir: Path
                                 on_request=lambda u: values.append(ratio(truth, u, inverse[greedy_slate(core, f"u{u:06d}", k)])))
         row["returning"] = {"value_ratio": float(np.mean(values)), "requests": args.requests,
                             "coverage": exposure_coverage(returning["shown"], world.n_items)}
-        export_feedback(log_path, params.paths.data_dir, params.paths.feedback_dir,
-                        params.paths.artifacts_dir / "validation" / "feedback", key=key,
-                        known_versions=set(registry.state()["models"]))
+        export(params, log_path, key)
         if r == 1:
             row["gate_power"] = gate_power(params, champion, compare, served_traffic, register_candidate)
         if r < args.rounds:
@@ -184,8 +208,94 @@ def run_trajectory(name: str, workdir: Path, args, source: Path, world_dir: Path
     return {"rounds": rounds, "seconds": round(time.perf_counter() - start, 1)}
 
 
-def _report(core, world, log, r: int, user: str, slate: dict, request_id: str) -> None:
-    """The world's answer to one slate (shown items and controls), logged as the client would send it."""
+def run_traffic_trajectory(name: str, workdir: Path, args, source: Path, world_dir: Path, cohorts: list) -> dict:
+    """Champion and challengers. fixed (today): each round's candidate is gated at once on the round's traffic
+    (the champion's) and serves from the next round if promoted. bandit: each round's candidate is registered
+    as a challenger and serves the next round beside the champion, its share set by the bandit
+    (ServingMixture: Thompson on each policy's incremental value per request on its own traffic, BANDIT_FLOOR,
+    shares updated every BANDIT_BATCH requests); at the round's end the gate decides on that round's traffic
+    (the mixture's). A reversed candidate is offered at round --bad-candidate-round - 1's end (so it is gated,
+    or serves as a challenger, in round --bad-candidate-round). Served value: the true incremental value
+    per shown item of every slate served, summed over the rounds."""
+    from causalrec.pipeline.package import gate, register_candidate
+    from causalrec.pipeline.store import champion_bundle, model_path
+    from causalrec.policy.traffic import TrafficBandit
+    from causalrec.registry import Registry
+    from causalrec.serving.core import RecommenderCore
+    from causalrec.serving.mixture import ServingMixture
+
+    start = time.perf_counter()
+    params, world, log_path, log, key, online = setup(name, workdir, args, source, world_dir)
+    bandit = TRAJECTORIES[name]["traffic"] == "bandit"
+    registry, k = Registry(params.paths.registry), args.k
+    rng = np.random.default_rng([args.seed, 2])
+    activity = world.activity.copy()
+    activity[[u for c in cohorts for u in c]] = 0.0
+    activity /= activity.sum()
+    challengers, rounds, decisions = [], [], []
+    # the bandit loop registers each candidate as a challenger instead of gating it at once
+    registering = params.model_copy(update={"package": params.package.model_copy(update={"enabled": False})})
+    for r in range(1, args.rounds + 1):
+        t0 = time.perf_counter()
+        truth = Truth(world, r, k, "uplift")
+        champion = registry.champion
+        tags = [champion["model_tag"]] + [t for t in challengers if t != champion["model_tag"]]
+        cores = [RecommenderCore(model_path(params, t), seed=int(rng.integers(2**31)), pseudonym_key=key, version=t,
+                                 feedback_log=log_path, serve={"online": online}) for t in tags]
+        server = ServingMixture(cores, TrafficBandit(tags, floor=BANDIT_FLOOR, seed=r), seed=int(rng.integers(2**31)))
+        values, served_by = [], {t: 0 for t in tags}
+        for j, u in enumerate(rng.choice(world.n_users, size=args.requests, p=activity)):
+            user = f"u{u:06d}"
+            slate = server.recommend(user, k, controls=CONTROLS)
+            items = np.array([int(it["item_id"][1:]) for it in slate["items"]])
+            values.append(float(truth.p1[u][items].mean()))
+            served_by[slate["model_version"]] += 1
+            answers = _report(cores[0], world, log, r, user, slate, f"r{r}-{j}")
+            server.observe(slate["model_version"], answers["incremental"])
+            if (j + 1) % BANDIT_BATCH == 0:
+                server.update()
+        export(params, log_path, key)
+        row = {"round": r, "champion": champion["model_tag"], "policies": tags, "served_by": served_by,
+               "final_shares": dict(zip(tags, server.bandit.shares.tolist())),
+               "served_value": float(np.mean(values)), "served_value_sum": float(np.sum(values)),
+               "oracle_value": float(np.mean([np.sort(truth.p1[u])[::-1][:k].mean() for u in range(world.n_users)]))}
+        row["decisions"] = []
+        for tag in challengers:  # the gate on this round's traffic, where each challenger served its share
+            entry = registry.get(tag)
+            d = gate(params, entry, model_path(params, tag))
+            row["decisions"].append({"tag": tag, "label": entry["model"], "promoted": d["promote"],
+                                     "reason": d["reason"]})
+        challengers = []
+        if r < args.rounds:
+            result = retrain(registering if bandit else params)["package"]
+            chosen = result["candidate"]["model"]
+            if bandit:
+                entry, _ = register_candidate(params, chosen)
+                challengers.append(entry["model_tag"])
+            else:
+                row["decisions"].append({"tag": result.get("model_tag"), "label": chosen, "promoted": result["promoted"],
+                                         "reason": result["reason"]})
+            if r + 1 == args.bad_candidate_round:  # a deliberately bad candidate: blocked (and, with the bandit, starved)
+                entry, bundle = register_candidate(params, chosen, edit=reverse_scores, label=f"{chosen} reversed")
+                if bandit:
+                    challengers.append(entry["model_tag"])
+                else:
+                    d = gate(params, entry, bundle)
+                    row["decisions"].append({"tag": entry["model_tag"], "label": entry["model"], "promoted": d["promote"],
+                                             "reason": d["reason"]})
+        decisions += [{**d, "round": r} for d in row["decisions"]]
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        rounds.append(row)
+        print(f"{name} round {r}: served value {row['served_value']:.4f} (oracle {row['oracle_value']:.4f}), served by "
+              f"{served_by}, decisions {[(d['label'], d['promoted']) for d in row['decisions']]} ({row['seconds']} s)",
+              flush=True)
+    return {"rounds": rounds, "decisions": decisions, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _report(core, world, log, r: int, user: str, slate: dict, request_id: str) -> dict:
+    """The world's answer to one slate (shown items and controls), logged as the client would send it; returns
+    the request's estimate of its incremental value per shown item: the shown items' mean outcome minus the
+    controls' organic outcomes weighted to the slate's items (each by pi / ((1 - pi) c), as the gate weighs them)."""
     now = datetime.now(timezone.utc)
     items, control = slate["items"], slate.get("controls") or []
     y = world.respond(r, [user] * len(items), [it["item_id"] for it in items], [it["propensity"] for it in items],
@@ -201,6 +311,11 @@ def _report(core, world, log, r: int, user: str, slate: dict, request_id: str) -
                                        slate["uniform"], exposed=False, control_rate=slate["control_rate"])
                    for j, (c, o) in enumerate(zip(control, y0))]
     log.append_many(events)
+    organic = 0.0
+    if control:
+        pi = np.array([c["propensity"] for c in control])
+        organic = float(np.sum(y0 * pi / ((1 - pi) * slate["control_rate"])))
+    return {"incremental": (float(np.sum(y)) - organic) / len(items)}
 
 
 def gate_power(params, champion: dict, compare, served_traffic, register_candidate) -> dict:
@@ -252,6 +367,29 @@ def summarise(runs: dict) -> dict:
                                   "served_value_ratio_new_users": by_slate(eg, "served_value_ratio_by_slate"),
                                   "coverage": last(eg, "coverage"),
                                   "slates_to_block_bad": eg["rounds"][0]["gate_power"]["detected_at_slates"]}}
+    if {"fixed", "bandit"} <= set(runs):
+        fixed, bandit = runs["fixed"], runs["bandit"]
+
+        def total(run):
+            return sum(r["served_value_sum"] for r in run["rounds"])
+
+        def bad_blocked(run):
+            bad = [d for d in run["decisions"] if "reversed" in str(d["label"])]
+            return bool(bad) and not any(d["promoted"] for d in bad)
+
+        out["bandit_traffic"] = {
+            "cumulative_value_ratio_vs_fixed": total(bandit) / total(fixed),
+            "cumulative_value": {"bandit": total(bandit), "fixed": total(fixed)},
+            "bad_candidate_blocked": bad_blocked(bandit), "bad_candidate_blocked_fixed": bad_blocked(fixed),
+            "good_candidate_promoted": any(d["promoted"] for d in bandit["decisions"] if "reversed" not in str(d["label"])),
+            "good_candidate_promoted_fixed": any(d["promoted"] for d in fixed["decisions"] if "reversed" not in str(d["label"])),
+            "bad_candidate_share_of_its_round": next((r["served_by"][t] / sum(r["served_by"].values())
+                                                      for r in bandit["rounds"] for t in r["served_by"]
+                                                      if any(d["tag"] == t and "reversed" in str(d["label"])
+                                                             for d in bandit["decisions"])), None),
+            "served_value_by_round": {"bandit": [r["served_value"] for r in bandit["rounds"]],
+                                      "fixed": [r["served_value"] for r in fixed["rounds"]]},
+            "rollback": "unchanged: the monitor's champion check does not read the bandit (not exercised here)"}
     return out
 
 
@@ -266,7 +404,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--interactions", type=int, default=100000)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--trajectories", default=",".join(TRAJECTORIES))
+    ap.add_argument("--bad-candidate-round", type=int, default=2, help="fixed/bandit: the round a reversed candidate is "
+                    "gated in (fixed) or serves as a challenger in (bandit)")
+    ap.add_argument("--trajectories", default="offline,online,thompson")
     ap.add_argument("--jobs", type=int, default=1, help="trajectories side by side (each its own process)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--only", default=None, help=argparse.SUPPRESS)

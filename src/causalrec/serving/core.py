@@ -258,12 +258,14 @@ class RecommenderCore:
         """Catalogue positions of `item_ids` (-1 for an item this service does not know)."""
         return np.array([self._pos.get(str(i), -1) for i in item_ids], dtype=int)
 
-    def inclusion(self, user_id: str, k: int) -> np.ndarray:
+    def inclusion(self, user_id: str, k: int, online: bool = False) -> np.ndarray:
         """(catalogue,) the exact probability that this service shows each item to `user_id` in a
-        slate of k: the evaluation policy's side of an off-policy estimate (pipeline.promote)."""
-        user_id, _ = self._resolve(user_id)
+        slate of k: the evaluation policy's side of an off-policy estimate (pipeline.promote: the model
+        alone); with `online`, as its next slate would be drawn now (the user's online state included)."""
+        user_id, alias = self._resolve(user_id)
         with self._lock:
-            scores = self._ranking(user_id)
+            users = self._online_users(user_id, alias) if online else {}
+            scores = self._ranking(user_id, users.get(self.config["rank_by"]))
         return self._inclusion(scores, k, self.embeddings)
 
     def _inclusion(self, scores: np.ndarray, k: int, vectors: np.ndarray | None) -> np.ndarray:
