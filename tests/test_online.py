@@ -97,6 +97,13 @@ def test_feedback_changes_the_next_slate_on_another_worker_with_exact_propensiti
         assert item["propensity"] == pytest.approx(pi[b._pos[item["item_id"]]])
     # the promotion gate replays the model without anyone's online state
     assert np.allclose(b.inclusion("newcomer", 10), b._inclusion(b._ranking("newcomer"), 10, b.embeddings))
+    # a returning user's trained vector weighs as the rows it was learned from: the same clicks move it less
+    assert b.user_rows["u000001"] > 5
+    log.append_many([a.feedback_event(f"r{j}", "u000001", item, 1.0, 0.01, now, model_version="v1")
+                     for j, item in enumerate(liked)])
+    before = b.relevance.scores("u000001")
+    moved = b.relevance.scores("u000001", users=b._online_users("u000001", b.pseudonym("u000001"))["relevance"])
+    assert 0 < moved[pos].mean() - before[pos].mean() < warm[pos].mean() - cold[pos].mean()
     # another user, or a model version that did not serve those slates (its training data had them), change nothing
     assert not b.recommend("someone-else", 10)["online_update"]
     assert not make(version="v2").recommend("newcomer", 10)["online_update"]

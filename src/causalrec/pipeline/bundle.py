@@ -29,8 +29,12 @@ def write_bundle(params: Params, model_name: str, out: Path) -> dict:
         vectors = np.load(d["embeddings"] / "items.npy")
         order = pd.Index(pd.read_parquet(d["embeddings"] / "items_index.parquet")["item_id"]).get_indexer(items["item_id"])
         np.save(out / "item_embeddings.npy", vectors[order])
-    inter = read_table(d["data"], INTERACTIONS, columns=["user_id", "item_id", "outcome"])
+    inter = read_table(d["data"], INTERACTIONS, columns=["user_id", "item_id", "outcome", "exposed"])
     inter.loc[inter["outcome"] > 0, ["user_id", "item_id"]].drop_duplicates().to_parquet(out / "history.parquet", index=False)
+    # how many shown items each user's trained vector was learned from: the weight of that vector when
+    # serving folds in their newer events (serving.online)
+    rows = inter.loc[inter["exposed"] == 1, "user_id"].value_counts()
+    pd.DataFrame({"user_id": rows.index.astype(str), "rows": rows.to_numpy(np.int64)}).to_parquet(out / "user_rows.parquet", index=False)
     causal = write_causal_summary(params, out)
     emb_manifest = d["embeddings"] / "manifest.json"
     manifest = {"model": model_name, "metrics": metrics["models"][model_name], "primary_metric": metrics["primary_metric"],

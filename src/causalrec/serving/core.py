@@ -75,6 +75,8 @@ class RecommenderCore:
         self.causal_graph = bundle_dir / "causal_graph.png" if (bundle_dir / "causal_graph.png").exists() else None
         hist = bundle_dir / "history.parquet"
         self.history = (pd.read_parquet(hist).groupby("user_id")["item_id"].apply(list).to_dict() if hist.exists() else {})
+        rows = bundle_dir / "user_rows.parquet"  # shown items each trained user vector was learned from (package)
+        self.user_rows = (pd.read_parquet(rows).set_index("user_id")["rows"] if rows.exists() else pd.Series(dtype=np.int64))
         self._lock = threading.Lock()  # catalogue growth (POST /items) vs concurrent reads
         self._rng = np.random.default_rng(seed)
         self._pseudonym_key = pseudonym_key if pseudonym_key is not None else new_pseudonym_key()
@@ -163,9 +165,12 @@ class RecommenderCore:
             pos, y, prop = (np.array(col) for col in zip(*events))
             cfg = self.config["online"]
             weight = ips_weights(prop, cfg["weight_clip"])
+            # the trained vector weighs as the shown items it was learned from (0 for a new user), so a few
+            # new events refine a returning user's vector instead of replacing it
+            l2 = cfg["l2"] + float(self.user_rows.get(user_id, 0))
             for name, scorer in (("relevance", self.relevance), ("uplift", self.uplift)):
                 if scorer is not None:
-                    out[name] = scorer.fold_in(user_id, pos, y.astype(np.float64), weight, cfg["l2"])
+                    out[name] = scorer.fold_in(user_id, pos, y.astype(np.float64), weight, l2)
         self._folded[alias] = (stamp, out)
         if len(self._folded) > self.online.max_users:
             self._folded.popitem(last=False)

@@ -12,8 +12,10 @@ What is learned here, and from what:
     minimise the term's own loss (logistic for a 0/1 model, squared for a regression part) on their
     recent events, each weighted by 1 / its logged propensity (clipped at `weight_clip` times the
     smallest weight, normalised to mean 1) so the update does not inherit the exposure bias of the slates
-    that produced it, plus `l2` (||p - p0||^2 + (b - b0)^2) towards the trained vector (zero for a user
-    the model has not seen). A few Newton steps on d + 1 unknowns: microseconds per term.
+    that produced it, plus a pull (||p - p0||^2 + (b - b0)^2) towards the trained vector p0 (zero for a
+    user the model has not seen) weighing `l2` + the number of shown items p0 was learned from (the
+    bundle's user_rows.parquet): a new user's vector follows their first events, a returning user's
+    moves as one more batch of their events would move it. A few Newton steps on d + 1 unknowns.
   * the slates drawn with the updated scores carry the exact propensities of the policy that served
     them: the exploration policy over those scores (serving.core).
 
