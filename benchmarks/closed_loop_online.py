@@ -2,7 +2,8 @@
 arrive every round, and Thompson exploration over the uplift learner's bootstrap members against
 epsilon-greedy.
 
-    python benchmarks/closed_loop_online.py                     # the full run -> results/closed_loop_online.json
+    python benchmarks/closed_loop_online.py --trajectories offline,online,thompson,fixed,bandit
+                                                                # the full run -> results/closed_loop_online.json
     python benchmarks/closed_loop_online.py --users 300 --items 150 --interactions 8000 --requests 300 \\
         --new-users 20 --rounds 2                               # a quick look
 
@@ -19,6 +20,9 @@ Trajectories, each its own project (closed_loop.new_project), the same seed, wor
   online     serve.online on (the product's default): each slate after the first from their vector
              re-estimated from the events of their earlier slates
   thompson   online on, serve.policy thompson (exploration over the uplift learner's bootstrap members)
+  fixed      online on; today's promotion step: each retrain's candidate gated at once on the round's traffic
+  bandit     online on, serve.bandit on: each retrain's candidate serves the next round beside the champion
+             with the bandit's share and is gated on that round's traffic (run_traffic_trajectory)
 
 Declared before the run (nothing here was tuned on its outcome): the product's default configuration
 (closed_loop.LOOP_PARAMS_UPLIFT: the uplift learner on, rank_by uplift, CONTROLS controls per request),
@@ -49,7 +53,9 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import RESULTS, scratch_dir, write_result
+import yaml
+
+from _common import REPO, RESULTS, scratch_dir, write_result
 from closed_loop import CONTROLS, LOOP_PARAMS_UPLIFT, Truth, new_project, retrain, reverse_scores, serve_round
 
 TRAJECTORIES = {"offline": {"policy": "epsilon_greedy", "online": False},
@@ -58,7 +64,6 @@ TRAJECTORIES = {"offline": {"policy": "epsilon_greedy", "online": False},
                 # champion and challengers (bandit_traffic): today's fixed promotion step against the bandit
                 "fixed": {"policy": "epsilon_greedy", "online": True, "traffic": "fixed"},
                 "bandit": {"policy": "epsilon_greedy", "online": True, "traffic": "bandit"}}
-BANDIT_FLOOR, BANDIT_BATCH = 0.2, 250  # declared: the floor share spread over the policies; requests between updates
 SLATES_PER_NEW_USER = 5
 SLATE_STEPS = (25, 50, 100, 200, 400, 800, 1600, 3200)
 
@@ -66,11 +71,9 @@ SLATE_STEPS = (25, 50, 100, 200, 400, 800, 1600, 3200)
 def make_source(workdir: Path, args) -> tuple[Path, Path, list[list[int]]]:
     """The world's log without the held-out users (a parquet source), its truth, and the cohorts per round."""
     import pandas as pd
-    import yaml
 
     from causalrec.config import Params
     from causalrec.data.simulate import simulate
-    from _common import REPO
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["simulate"].update(n_users=args.users, n_items=args.items, n_interactions=args.interactions)
@@ -125,6 +128,8 @@ def setup(name: str, workdir: Path, args, source: Path, world_dir: Path):
     setting = TRAJECTORIES[name]
     overrides = {s: dict(v) for s, v in LOOP_PARAMS_UPLIFT.items()}
     overrides["serve"].update(policy=setting["policy"])
+    if setting.get("traffic") == "bandit":  # params.yaml's serve.bandit (floor, batch), switched on
+        overrides["serve"]["bandit"] = {**yaml.safe_load((REPO / "params.yaml").read_text())["serve"]["bandit"], "enabled": True}
     overrides["ingest"].update(source="parquet", source_path=str(source), test_path=str(source / "test_pairs.parquet"))
     overrides["paths"] = {"input_dirs": [str(source)]}
     if args.epochs:
@@ -209,20 +214,20 @@ def run_cohort_trajectory(name: str, workdir: Path, args, source: Path, world_di
 
 
 def run_traffic_trajectory(name: str, workdir: Path, args, source: Path, world_dir: Path, cohorts: list) -> dict:
-    """Champion and challengers. fixed (today): each round's candidate is gated at once on the round's traffic
-    (the champion's) and serves from the next round if promoted. bandit: each round's candidate is registered
-    as a challenger and serves the next round beside the champion, its share set by the bandit
-    (ServingMixture: Thompson on each policy's incremental value per request on its own traffic, BANDIT_FLOOR,
-    shares updated every BANDIT_BATCH requests); at the round's end the gate decides on that round's traffic
-    (the mixture's). A reversed candidate is offered at round --bad-candidate-round - 1's end (so it is gated,
-    or serves as a challenger, in round --bad-candidate-round). Served value: the true incremental value
-    per shown item of every slate served, summed over the rounds."""
+    """Champion and challenger. fixed (today): each round's candidate is gated at once on the round's traffic
+    (the champion's) and serves from the next round if promoted. bandit (serve.bandit on, the product's own
+    path): each round's candidate becomes the challenger and serves the next round beside the champion
+    (serving.mixture.with_challenger: Thompson shares on each policy's incremental value per shown item on
+    its own traffic, read from the feedback log as the service reads it; serve.bandit's floor and batch);
+    the next retrain's package stage gates it on that round's traffic (the mixture's) before the new
+    candidate takes its place. A reversed candidate is offered after round --bad-candidate-round - 1's
+    retrain: gated at once (fixed), or the challenger of round --bad-candidate-round (bandit: gated at the
+    end of it). Served value: the true incremental value per shown item of every slate served."""
     from causalrec.pipeline.package import gate, register_candidate
-    from causalrec.pipeline.store import champion_bundle, model_path
-    from causalrec.policy.traffic import TrafficBandit
+    from causalrec.pipeline.store import model_path
     from causalrec.registry import Registry
     from causalrec.serving.core import RecommenderCore
-    from causalrec.serving.mixture import ServingMixture
+    from causalrec.serving.mixture import with_challenger
 
     start = time.perf_counter()
     params, world, log_path, log, key, online = setup(name, workdir, args, source, world_dir)
@@ -232,17 +237,16 @@ def run_traffic_trajectory(name: str, workdir: Path, args, source: Path, world_d
     activity = world.activity.copy()
     activity[[u for c in cohorts for u in c]] = 0.0
     activity /= activity.sum()
-    challengers, rounds, decisions = [], [], []
-    # the bandit loop registers each candidate as a challenger instead of gating it at once
-    registering = params.model_copy(update={"package": params.package.model_copy(update={"enabled": False})})
+    rounds, decisions = [], []
     for r in range(1, args.rounds + 1):
         t0 = time.perf_counter()
         truth = Truth(world, r, k, "uplift")
         champion = registry.champion
-        tags = [champion["model_tag"]] + [t for t in challengers if t != champion["model_tag"]]
-        cores = [RecommenderCore(model_path(params, t), seed=int(rng.integers(2**31)), pseudonym_key=key, version=t,
-                                 feedback_log=log_path, serve={"online": online}) for t in tags]
-        server = ServingMixture(cores, TrafficBandit(tags, floor=BANDIT_FLOOR, seed=r), seed=int(rng.integers(2**31)))
+        core = RecommenderCore(model_path(params, champion["model_tag"]), seed=int(rng.integers(2**31)), pseudonym_key=key,
+                               version=champion["model_tag"], feedback_log=log_path, serve={"online": online})
+        server = with_challenger(core, registry.path, lambda tag: model_path(params, tag), log_path,
+                                 seed=int(rng.integers(2**31))) or core
+        tags = [c.version for c in getattr(server, "cores", [core])]
         values, served_by = [], {t: 0 for t in tags}
         for j, u in enumerate(rng.choice(world.n_users, size=args.requests, p=activity)):
             user = f"u{u:06d}"
@@ -250,39 +254,33 @@ def run_traffic_trajectory(name: str, workdir: Path, args, source: Path, world_d
             items = np.array([int(it["item_id"][1:]) for it in slate["items"]])
             values.append(float(truth.p1[u][items].mean()))
             served_by[slate["model_version"]] += 1
-            answers = _report(cores[0], world, log, r, user, slate, f"r{r}-{j}")
-            server.observe(slate["model_version"], answers["incremental"])
-            if (j + 1) % BANDIT_BATCH == 0:
-                server.update()
+            _report(core, world, log, r, user, slate, f"r{r}-{j}")
         export(params, log_path, key)
         row = {"round": r, "champion": champion["model_tag"], "policies": tags, "served_by": served_by,
-               "final_shares": dict(zip(tags, server.bandit.shares.tolist())),
+               "final_shares": None if server is core else dict(zip(tags, server.bandit.shares.tolist())),
                "served_value": float(np.mean(values)), "served_value_sum": float(np.sum(values)),
-               "oracle_value": float(np.mean([np.sort(truth.p1[u])[::-1][:k].mean() for u in range(world.n_users)]))}
-        row["decisions"] = []
-        for tag in challengers:  # the gate on this round's traffic, where each challenger served its share
-            entry = registry.get(tag)
-            d = gate(params, entry, model_path(params, tag))
-            row["decisions"].append({"tag": tag, "label": entry["model"], "promoted": d["promote"],
-                                     "reason": d["reason"]})
-        challengers = []
+               "oracle_value": float(np.mean([np.sort(truth.p1[u])[::-1][:k].mean() for u in range(world.n_users)])),
+               "decisions": []}
         if r < args.rounds:
-            result = retrain(registering if bandit else params)["package"]
-            chosen = result["candidate"]["model"]
-            if bandit:
-                entry, _ = register_candidate(params, chosen)
-                challengers.append(entry["model_tag"])
-            else:
-                row["decisions"].append({"tag": result.get("model_tag"), "label": chosen, "promoted": result["promoted"],
-                                         "reason": result["reason"]})
-            if r + 1 == args.bad_candidate_round:  # a deliberately bad candidate: blocked (and, with the bandit, starved)
+            result = retrain(params)["package"]
+            if "challenger_decision" in result:  # the waiting challenger, gated on this round's traffic
+                d = result["challenger_decision"]
+                row["decisions"].append({"tag": d["model_tag"], "label": registry.get(d["model_tag"])["model"],
+                                         "promoted": d["promoted"], "reason": d["reason"]})
+            if not bandit:
+                row["decisions"].append({"tag": result["model_tag"], "label": result["candidate"]["model"],
+                                         "promoted": result["promoted"], "reason": result["reason"]})
+            if r + 1 == args.bad_candidate_round:  # a deliberately bad candidate (with the bandit: the challenger)
+                chosen = result["candidate"]["model"]
                 entry, bundle = register_candidate(params, chosen, edit=reverse_scores, label=f"{chosen} reversed")
-                if bandit:
-                    challengers.append(entry["model_tag"])
-                else:
+                if not bandit:
                     d = gate(params, entry, bundle)
                     row["decisions"].append({"tag": entry["model_tag"], "label": entry["model"], "promoted": d["promote"],
                                              "reason": d["reason"]})
+        elif bandit and len(tags) > 1:  # the last round's challenger: what the next retrain's gate would decide
+            waiting = registry.get(tags[1])
+            d = gate(params, waiting, model_path(params, tags[1]))
+            row["decisions"].append({"tag": tags[1], "label": waiting["model"], "promoted": d["promote"], "reason": d["reason"]})
         decisions += [{**d, "round": r} for d in row["decisions"]]
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rounds.append(row)
@@ -292,10 +290,8 @@ def run_traffic_trajectory(name: str, workdir: Path, args, source: Path, world_d
     return {"rounds": rounds, "decisions": decisions, "seconds": round(time.perf_counter() - start, 1)}
 
 
-def _report(core, world, log, r: int, user: str, slate: dict, request_id: str) -> dict:
-    """The world's answer to one slate (shown items and controls), logged as the client would send it; returns
-    the request's estimate of its incremental value per shown item: the shown items' mean outcome minus the
-    controls' organic outcomes weighted to the slate's items (each by pi / ((1 - pi) c), as the gate weighs them)."""
+def _report(core, world, log, r: int, user: str, slate: dict, request_id: str) -> None:
+    """The world's answer to one slate (shown items and controls), logged as the client would send it."""
     now = datetime.now(timezone.utc)
     items, control = slate["items"], slate.get("controls") or []
     y = world.respond(r, [user] * len(items), [it["item_id"] for it in items], [it["propensity"] for it in items],
@@ -311,11 +307,6 @@ def _report(core, world, log, r: int, user: str, slate: dict, request_id: str) -
                                        slate["uniform"], exposed=False, control_rate=slate["control_rate"])
                    for j, (c, o) in enumerate(zip(control, y0))]
     log.append_many(events)
-    organic = 0.0
-    if control:
-        pi = np.array([c["propensity"] for c in control])
-        organic = float(np.sum(y0 * pi / ((1 - pi) * slate["control_rate"])))
-    return {"incremental": (float(np.sum(y)) - organic) / len(items)}
 
 
 def gate_power(params, champion: dict, compare, served_traffic, register_candidate) -> dict:
@@ -404,8 +395,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--interactions", type=int, default=100000)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--bad-candidate-round", type=int, default=2, help="fixed/bandit: the round a reversed candidate is "
-                    "gated in (fixed) or serves as a challenger in (bandit)")
+    ap.add_argument("--bad-candidate-round", type=int, default=3, help="fixed/bandit: a reversed candidate is gated at "
+                    "the end of the round before (fixed) or serves as the challenger in this round (bandit)")
     ap.add_argument("--trajectories", default="offline,online,thompson")
     ap.add_argument("--jobs", type=int, default=1, help="trajectories side by side (each its own process)")
     ap.add_argument("--workdir", default=None)

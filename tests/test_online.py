@@ -53,3 +53,23 @@ def test_online_state_follows_the_log_bounded_per_user_and_in_users_and_rebuilds
     scrub_jsonl(log, ("carol",))  # `causalrec forget` rewrites the log without her (a new file)
     state.refresh()
     assert state.events("carol") == [] and [e[0] for e in state.events("bob")] == ["i1"]
+
+
+def test_the_bandit_learns_each_policys_reward_from_the_log_and_keeps_the_floor(tmp_path):
+    from causalrec.policy.traffic import TrafficBandit
+    from causalrec.serving.mixture import PolicyRewards
+
+    log = tmp_path / "feedback.jsonl"
+    bandit = TrafficBandit(["a", "b"], floor=0.2, seed=0)
+    rewards = PolicyRewards(log, bandit, batch=100)
+    rng = np.random.default_rng(0)
+    with open(log, "a") as fh:  # b's slates are clicked more, but its controls show users click those anyway
+        for j in range(400):
+            fh.write(_line(f"a{j}", "u", "i1", float(rng.random() < 0.3), version="a"))
+            fh.write(_line(f"b{j}", "u", "i1", float(rng.random() < 0.5), version="b"))
+            fh.write(_line(f"c{j}", "u", "i2", float(rng.random() < 0.5), version="b", propensity=0.5,
+                           exposed=False, control_rate=1.0))
+    rewards.refresh()
+    assert bandit.n.tolist() == [400, 400]  # shown items only count as the denominator
+    shares = bandit.shares
+    assert shares.sum() == pytest.approx(1) and shares[0] > 0.85 and shares[1] == pytest.approx(0.1)  # the floor / 2

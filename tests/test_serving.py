@@ -826,3 +826,21 @@ def test_traffic_bandit_shares_follow_rewards_keep_the_floor_and_log_the_mixture
         counts[first.positions([it["item_id"] for it in res["items"]])] += 1
     assert res["policy"] == "mixture" and res["shares"] == {"v1": 0.25, "v2": 0.75}
     assert np.abs(counts / n - pi).max() < 0.09  # 300 draws: a share misapplied moves the top items by more
+
+
+def test_a_waiting_challenger_shares_the_traffic_when_the_bandit_is_on(online_core, bundle, tmp_path):
+    from causalrec.registry import Registry
+    from causalrec.serving.mixture import with_challenger
+
+    make, log = online_core
+    registry = Registry(tmp_path / "registry.json")
+    registry.register({"model_tag": "v2"})
+    bandit = {"enabled": True, "floor": 0.5, "batch": 10}
+    champion = make(version="v1", bandit=bandit)
+    mixture = with_challenger(champion, registry.path, lambda tag: bundle[0], log, seed=0)
+    assert [c.version for c in mixture.cores] == ["v1", "v2"]
+    res = mixture.recommend("u000001", 5, exclude=["i000000"], controls=2)
+    assert res["policy"] == "mixture" and "i000000" not in {it["item_id"] for it in res["items"]}
+    assert with_challenger(make(version="v1"), registry.path, lambda tag: bundle[0], log) is None  # bandit off
+    registry.block("v2", "the gate said no")  # decided: it no longer shares the traffic
+    assert with_challenger(champion, registry.path, lambda tag: bundle[0], log) is None

@@ -211,6 +211,13 @@ class Online(_Section):
     scan_bytes: int = Field(ge=0, le=2**40)         # at start-up, the state is read from this much of the log's end
 
 
+class Bandit(_Section):
+    # serving.mixture: the champion and the waiting challenger share live traffic (policy.traffic)
+    enabled: bool
+    floor: float = Field(gt=0, le=1)       # share spread evenly over the policies whatever their rewards
+    batch: int = Field(ge=1, le=10**9)     # logged events between updates of the shares
+
+
 class Serve(_Section):
     policy: Literal["greedy", "epsilon_greedy", "softmax", "thompson"]
     epsilon: float = Field(ge=0, le=1)
@@ -227,6 +234,7 @@ class Serve(_Section):
     feedback_max_bytes: int = Field(ge=4096, le=2**40)  # rotate the feedback log past this size
     catalogue: Path  # items added at serving time (SQLite, shared by every worker)
     online: Online
+    bandit: Bandit
 
     @model_validator(mode="after")
     def _exact_propensities(self) -> "Serve":

@@ -24,6 +24,7 @@ serves (a BENTOML_CONFIG file, or BENTOML_CONFIG_OVERRIDES, e.g.
 """
 from __future__ import annotations
 
+import logging
 import os
 from datetime import datetime
 from http import HTTPStatus
@@ -46,6 +47,7 @@ from causalrec.serving.core import RecommenderCore
 from causalrec.serving.feedback import FeedbackLog
 from causalrec.serving.launch import server_pid
 from causalrec.serving.limits import ErrorContract, RequestLimits
+from causalrec.serving.mixture import with_challenger
 from causalrec.serving.privacy import api_key_matches, pseudonym_key
 
 class Pins(BaseModel):
@@ -132,6 +134,14 @@ class Recommender:
                                     version=PINS.recommender, registry=os.environ.get("CAUSALREC_REGISTRY"),
                                     feedback_log=log_path)  # followed for online updates (serve.online)
         self.feedback_log = FeedbackLog(log_path, max_bytes=int(self.core.config["feedback_max_bytes"]))
+        # serve.bandit: the registry's waiting challenger shares the traffic (from this machine's model store)
+        registry = os.environ.get("CAUSALREC_REGISTRY") or self.core.manifest.get("registry")
+        try:
+            self.mixture = with_challenger(self.core, registry, lambda tag: bentoml.models.get(tag).path, log_path)
+        except (BentoMLException, OSError, ValueError) as exc:
+            logging.getLogger(__name__).warning("serve.bandit: the challenger cannot be loaded here (%s); the champion "
+                                                "serves alone", exc)
+            self.mixture = None
         self.k_max = int(self.core.config["k_max"])
 
     @bentoml.api(route="/recommend")
@@ -141,7 +151,7 @@ class Recommender:
                         controls: Annotated[int, Field(ge=0, le=1000, strict=True, description=(
                             "also name this many unshown items (drawn uniformly, with their inclusion probabilities "
                             "and the control_rate): report their outcomes with exposed = false"))] = 0) -> dict:
-        return self.core.recommend(user_id, min(k, self.k_max), exclude, controls)
+        return (self.mixture or self.core).recommend(user_id, min(k, self.k_max), exclude, controls=controls)
 
     @bentoml.api(route="/explain")
     def explain(self, user_id: Id, item_id: Id) -> dict:
@@ -192,8 +202,10 @@ class Recommender:
     @bentoml.api(route="/model_info")
     def model_info(self) -> dict:
         # the exploration it serves with: serve.epsilon, or the boost after a drift alarm (exploration_boost)
+        traffic = (None if self.mixture is None else  # serve.bandit: who shares the traffic, with what shares now
+                   dict(zip(self.mixture.bandit.arms, self.mixture.bandit.shares.tolist())))
         return {**self.core.manifest, "catalogue_size": self.core.catalogue_size,
-                "serving": {"policy": self.core.policy.kind, "epsilon": self.core.policy.epsilon}}
+                "serving": {"policy": self.core.policy.kind, "epsilon": self.core.policy.epsilon, "traffic": traffic}}
 
 
 # The public API: size and content type are checked before BentoML parses a body (413 / 415, never

@@ -14,7 +14,9 @@ from causalrec.pipeline.store import (ENCODER_STORE_NAME, MODEL_STORE_NAME, bent
 
 def package(params: Params) -> dict:
     """Register the candidate chosen on validation (BentoML model store + registry), let the gate
-    (pipeline.promote) decide, and on promotion build the bento that pins its models."""
+    (pipeline.promote) decide, and on promotion build the bento that pins its models. With serve.bandit
+    the candidate becomes the challenger that serves beside the champion (serving.mixture), and the gate
+    decides on the challenger waiting from the previous run first, on the latest traffic it shared."""
     from causalrec.registry import Registry
 
     d = stage_paths(params)
@@ -23,11 +25,25 @@ def package(params: Params) -> dict:
     result = {"candidate": {"model": best, primary: metrics["models"][best][primary]}, "promoted": False,
               "champion": Registry(params.paths.registry).champion}
     if params.package.enabled:
+        registry = Registry(params.paths.registry)
+        waiting = registry.alias("challenger") if params.serve.bandit.enabled else None
+        earlier = None
+        if waiting is not None and waiting["status"] == "challenger":
+            # it served its share of the latest traffic beside the champion (serve.bandit): the gate decides now
+            earlier = gate(params, waiting, model_path(params, waiting["model_tag"]))
+            result["challenger_decision"] = {"model_tag": waiting["model_tag"], "promoted": earlier["promote"],
+                                             "reason": earlier["reason"], "ope": earlier["ope"]}
         entry, bundle = register_candidate(params, best)
-        decision = gate(params, entry, bundle)
-        keep = Registry(params.paths.registry).keep()
+        if params.serve.bandit.enabled and registry.champion is not None:
+            # the gate decides once it has served its share beside the champion (the next package run)
+            decision = {"promote": bool(earlier and earlier["promote"]), "ope": None,
+                        "reason": "challenger: serves beside the champion with the bandit's share (serve.bandit); the "
+                                  "gate decides at the next retrain, on the traffic it served"}
+        else:
+            decision = gate(params, entry, bundle)
+        keep = registry.keep()
         result.update(promoted=decision["promote"], reason=decision["reason"], ope=decision["ope"],
-                      model_tag=entry["model_tag"], champion=Registry(params.paths.registry).champion,
+                      model_tag=entry["model_tag"], champion=registry.champion,
                       pruned=prune_store(keep, d["store_tags"]), exported=export_models(params, keep))
     result["bento_tag"] = (result["champion"] or {}).get("bento_tag")
     with atomic_dir(d["package"]) as tmp:

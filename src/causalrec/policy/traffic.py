@@ -54,14 +54,23 @@ class TrafficBandit:
         """The policy serving one request: index m with probability shares[m]."""
         return int(rng.choice(len(self.arms), p=self.shares))
 
-    def observe(self, arm: int, reward: float) -> None:
-        """One served request's reward (e.g. its slate's outcome rate, or its incremental value)."""
-        self.n[arm] += 1
-        self.total[arm] += reward
-        self.squares[arm] += reward * reward
+    def observe(self, arm: int, value: float, shown: bool = True) -> None:
+        """One logged event of a policy's own traffic. Its value per shown item is sum(value) / (shown items):
+        a shown item's outcome (value = y, shown), and for the incremental value also the slates' controls,
+        each an unshown item's organic outcome weighted to the slate (value = -y0 pi / ((1 - pi) c), shown
+        False; serving.mixture)."""
+        self.n[arm] += bool(shown)
+        self.total[arm] += value
+        self.squares[arm] += value * value
+
+    def reset(self) -> None:
+        """Forget every observation (the shares stay until the next update)."""
+        self.n[:], self.total[:], self.squares[:] = 0.0, 0.0, 0.0
 
     def update(self) -> np.ndarray:
-        """New shares from the rewards observed so far (call between batches); returns them."""
+        """New shares from the rewards observed so far (call between batches); returns them. The posterior
+        of a policy's value: normal, its mean sum(value) / n and its standard error from the events' spread
+        (events treated as independent: slates' correlation makes it a little narrow)."""
         m = len(self.arms)
         pooled_n = self.n.sum()
         pooled_mean = self.total.sum() / pooled_n if pooled_n else 0.0

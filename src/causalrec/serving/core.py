@@ -263,15 +263,22 @@ class RecommenderCore:
         """Catalogue positions of `item_ids` (-1 for an item this service does not know)."""
         return np.array([self._pos.get(str(i), -1) for i in item_ids], dtype=int)
 
-    def inclusion(self, user_id: str, k: int, online: bool = False) -> np.ndarray:
+    def inclusion(self, user_id: str, k: int, online: bool = False, exclude: list[str] | None = None) -> np.ndarray:
         """(catalogue,) the exact probability that this service shows each item to `user_id` in a
         slate of k: the evaluation policy's side of an off-policy estimate (pipeline.promote: the model
-        alone); with `online`, as its next slate would be drawn now (the user's online state included)."""
+        alone); with `online`, as its next slate would be drawn now (the user's online state included);
+        `exclude`: items the request excluded (probability 0, the slate drawn from the rest)."""
         user_id, alias = self._resolve(user_id)
         with self._lock:
             users = self._online_users(user_id, alias) if online else {}
             scores = self._ranking(user_id, users.get(self.config["rank_by"]))
-        return self._inclusion(scores, k, self.embeddings)
+        drop = [p for p in (self._pos.get(item) for item in exclude or []) if p is not None]
+        if not drop:
+            return self._inclusion(scores, k, self.embeddings)
+        keep = np.delete(np.arange(scores.shape[-1]), drop)
+        pi = np.zeros(scores.shape[-1])
+        pi[keep] = self._inclusion(scores[..., keep], k, None if self.embeddings is None else self.embeddings[keep])
+        return pi
 
     def _inclusion(self, scores: np.ndarray, k: int, vectors: np.ndarray | None) -> np.ndarray:
         """(candidates,) this service's exploration policy's exact inclusion probabilities over `scores`."""

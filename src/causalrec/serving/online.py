@@ -66,29 +66,21 @@ def ips_weights(propensity: np.ndarray, clip: float) -> np.ndarray:
     return w / w.mean()
 
 
-class OnlineUsers:
-    """Per pseudonym, the recent events of the slates one model version served, read from the feedback log
-    as it grows (any worker's appends). `version(pseudonym)` changes whenever a user's events do."""
+class LogFollower:
+    """Follows the feedback log as any worker appends to it: `refresh` hands each new whole line's event
+    to `_event`; when the file was replaced (rotation, or `causalrec forget` rewriting it without a person)
+    it calls `_reset` and reads the last `scan_bytes` again (the end of the segment rotated last, then the
+    live file), as it does at start-up."""
 
-    def __init__(self, log_path: str | Path, model_version: str, max_events: int = 50, max_users: int = 100_000,
-                 scan_bytes: int = 32 * 2**20):
-        self.path, self.model_version = Path(log_path), model_version
-        self.max_events, self.max_users, self.scan_bytes = max_events, max_users, scan_bytes
-        self._users: OrderedDict[str, deque] = OrderedDict()
-        self._stamp: dict[str, int] = {}  # the sequence number of each user's latest event
-        self._seq = 0
+    def __init__(self, log_path: str | Path, scan_bytes: int = 32 * 2**20):
+        self.path, self.scan_bytes = Path(log_path), scan_bytes
         self._inode, self._offset, self._fh = None, 0, None
 
-    def events(self, pseudonym: str) -> list[tuple[str, float, float]]:
-        """(item_id, outcome, propensity) of the user's recent shown items, oldest first."""
-        return list(self._users.get(pseudonym, ()))
+    def _reset(self) -> None:
+        raise NotImplementedError
 
-    def version(self, pseudonym: str) -> int:
-        """Changes whenever the user's events do (never repeats in this process); 0: no events."""
-        return self._stamp.get(pseudonym, 0)
-
-    def __len__(self) -> int:
-        return len(self._users)
+    def _event(self, event: dict) -> None:
+        raise NotImplementedError
 
     def refresh(self) -> None:
         """Read what was appended since the last look; rebuild after the file was replaced."""
@@ -108,8 +100,7 @@ class OnlineUsers:
     def _rebuild(self, inode: int) -> None:
         from causalrec.serving.feedback import segments
 
-        self._users.clear()
-        self._stamp.clear()
+        self._reset()
         if self._fh is not None:
             self._fh.close()
         self._fh, self._inode = open(self.path, "rb"), inode
@@ -130,17 +121,52 @@ class OnlineUsers:
     def _add(self, data: bytes) -> None:
         for line in data.splitlines():
             try:
-                e = json.loads(line)
-                if e.get("model_version") != self.model_version or e.get("exposed", True) is False:
-                    continue
-                user, event = e["user_id"], (str(e["item_id"]), float(e["outcome"]), float(e["propensity"]))
-            except (ValueError, KeyError, TypeError, AttributeError):
-                continue  # a torn line, or one the rule book would refuse: not this module's to judge
-            recent = self._users.pop(user, None) or deque(maxlen=self.max_events)
-            recent.append(event)
-            self._users[user] = recent  # most recently active last
-            self._seq += 1
-            self._stamp[user] = self._seq
-            if len(self._users) > self.max_users:
-                gone, _ = self._users.popitem(last=False)
-                self._stamp.pop(gone, None)
+                event = json.loads(line)
+            except ValueError:
+                continue  # a torn line from a crash
+            if isinstance(event, dict):
+                self._event(event)
+
+
+class OnlineUsers(LogFollower):
+    """Per pseudonym, the recent events of the slates one model version served, read from the feedback log
+    as it grows (any worker's appends). `version(pseudonym)` changes whenever a user's events do."""
+
+    def __init__(self, log_path: str | Path, model_version: str, max_events: int = 50, max_users: int = 100_000,
+                 scan_bytes: int = 32 * 2**20):
+        super().__init__(log_path, scan_bytes)
+        self.model_version, self.max_events, self.max_users = model_version, max_events, max_users
+        self._users: OrderedDict[str, deque] = OrderedDict()
+        self._stamp: dict[str, int] = {}  # the sequence number of each user's latest event
+        self._seq = 0
+
+    def events(self, pseudonym: str) -> list[tuple[str, float, float]]:
+        """(item_id, outcome, propensity) of the user's recent shown items, oldest first."""
+        return list(self._users.get(pseudonym, ()))
+
+    def version(self, pseudonym: str) -> int:
+        """Changes whenever the user's events do (never repeats in this process); 0: no events."""
+        return self._stamp.get(pseudonym, 0)
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def _reset(self) -> None:
+        self._users.clear()
+        self._stamp.clear()
+
+    def _event(self, e: dict) -> None:
+        if e.get("model_version") != self.model_version or e.get("exposed", True) is False:
+            return
+        try:
+            user, event = e["user_id"], (str(e["item_id"]), float(e["outcome"]), float(e["propensity"]))
+        except (KeyError, TypeError, ValueError):
+            return  # a line the rule book would refuse: not this module's to judge
+        recent = self._users.pop(user, None) or deque(maxlen=self.max_events)
+        recent.append(event)
+        self._users[user] = recent  # most recently active last
+        self._seq += 1
+        self._stamp[user] = self._seq
+        if len(self._users) > self.max_users:
+            gone, _ = self._users.popitem(last=False)
+            self._stamp.pop(gone, None)
