@@ -32,6 +32,10 @@ incremental one, E[Y(1) - Y(0)] per shown item, against the oracle that shows th
 (the outcome rate of the same slates beside it). `--worlds` runs a stationary loop in each of
 LOOP_WORLDS named (and a drift loop in each of --drift-worlds) -> closed_loop_worlds.json.
 
+The serving core here does not follow the feedback log (no serve.online updates between retrains, no
+serve.bandit challenger): these trajectories isolate what the retrain loop learns; what the online
+updates and the bandit add is measured by benchmarks/closed_loop_online.py.
+
 Declared before the run (nothing below is tuned on its outcome):
   * headline value: the champion's greedy slate (the 1 - epsilon part of what it serves) over the
     oracle's greedy slate, like for like; the served policy's value (with its exploration) is

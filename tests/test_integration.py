@@ -157,6 +157,20 @@ def test_rerun_skips_unchanged_stages_and_keeps_production(trained, monkeypatch)
     assert sorted(m["status"] for m in state["models"].values()) == ["blocked", "champion"]
     champion = state["models"][state["aliases"]["champion"]]
     assert champion["data_md5"] == first["data_md5"] and champion["git_sha"] and len(champion["params_sha256"]) == 64
+    # serve.bandit: a candidate becomes the challenger that serves beside the champion, undecided; the next
+    # package run's gate decides on it (here: no served traffic and the same data, so no evidence to promote)
+    from causalrec import pipeline
+    from causalrec.config import load_params
+
+    monkeypatch.setenv("CAUSALREC__SERVE__BANDIT__ENABLED", "true")
+    params = load_params(project / "params.yaml")
+    waiting = pipeline.STAGES["package"](params)
+    registry = Registry(project / "registry.json")
+    assert waiting["promoted"] is False and waiting["reason"].startswith("challenger") and "challenger_decision" not in waiting
+    assert registry.alias("challenger")["model_tag"] == waiting["model_tag"] and registry.alias("challenger")["status"] == "challenger"
+    decided = pipeline.STAGES["package"](params)
+    assert decided["challenger_decision"]["model_tag"] == waiting["model_tag"] and not decided["challenger_decision"]["promoted"]
+    assert registry.get(waiting["model_tag"])["status"] == "blocked" and registry.champion["model_tag"] == champion["model_tag"]
 
 
 def test_a_fresh_machine_replays_the_champion_from_its_export(trained):
