@@ -121,7 +121,7 @@ def test_causal_effects_benchmark_tiny(tmp_path):
     import sys
 
     proc = subprocess.run([sys.executable, "causal_effects.py", "--replications", "3", "--impressions", "2000",
-                           "--placebo-simulations", "19", "--shapes", "home", "nonlinear_confounding", "--shape-replications", "2",
+                           "--placebo-simulations", "19", "--shapes", "home", "nonlinear_confounding", "--shape-replications", "1",
                            "--out", str(tmp_path)], cwd=REPO / "benchmarks", capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "causal_effects.json").read_text())

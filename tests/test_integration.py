@@ -310,7 +310,8 @@ def test_causalrec_serve_serves_the_pinned_champion(server):
     info = _post(url, "/model_info", {}).json()
     assert info["data_md5"] == champion["data_md5"]
     # no drift mark in this project: no boost, it serves with params.yaml's exploration
-    assert info["exploration_boost"] is None and info["serving"] == {"policy": "epsilon_greedy", "epsilon": info["serve"]["epsilon"]}
+    assert info["exploration_boost"] is None and info["serving"] == {"policy": "epsilon_greedy", "epsilon": info["serve"]["epsilon"],
+                                                                     "traffic": None}  # serve.bandit off: one policy
 
 
 def _post(url, path, body, key=None, **kw):
