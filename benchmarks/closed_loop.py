@@ -568,8 +568,9 @@ def run_all(names: list[str], workdir: Path, argv: list[str], jobs: int, resume:
             name = pending.pop(0)
             cmd = [sys.executable, script, *argv, "--workdir", str(workdir), "--only", name]
             # the cores shared out: two torch processes each spinning two OpenMP threads on two cores
-            # run a hundred times slower than one
-            threads = str(max(1, (os.cpu_count() or 1) // min(jobs, len(names))))
+            # run a hundred times slower than one (a thread budget the caller set wins: e.g. the test
+            # suite's one thread per xdist worker)
+            threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // min(jobs, len(names))))
             running[name] = subprocess.Popen(cmd, cwd=Path(__file__).parent,
                                              env={**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
         time.sleep(0.2)  # a finished trajectory frees its slot (and the run ends) within 0.2 s
