@@ -80,8 +80,9 @@ class ServingMixture:
             item["propensity"] = float(pi[core._pos[item["item_id"]]])
         out.update(policy="mixture" if len(self.cores) > 1 else out["policy"], shares=shares)
         if controls:  # drawn uniformly from the unshown items the mixture could have shown
-            shown = {item["item_id"] for item in out["items"]}
-            eligible = np.array([j for j in np.flatnonzero(pi > 0) if ids[j] not in shown])
+            unshown = pi > 0
+            unshown[[core._pos[item["item_id"]] for item in out["items"]]] = False
+            eligible = np.flatnonzero(unshown)
             if len(eligible):
                 picked = self._rng.choice(eligible, size=min(controls, len(eligible)), replace=False)
                 out["controls"] = [{"item_id": ids[j], "propensity": float(pi[j])} for j in picked]
