@@ -56,7 +56,7 @@ import numpy as np
 import yaml
 
 from _common import REPO, RESULTS, scratch_dir, write_result
-from closed_loop import CONTROLS, LOOP_PARAMS_UPLIFT, Truth, new_project, retrain, reverse_scores, serve_round
+from closed_loop import CONTROLS, LOOP_PARAMS_UPLIFT, LOOP_WORLDS, Truth, new_project, retrain, reverse_scores, serve_round
 
 TRAJECTORIES = {"offline": {"policy": "epsilon_greedy", "online": False},
                 "online": {"policy": "epsilon_greedy", "online": True},
@@ -76,7 +76,8 @@ def make_source(workdir: Path, args) -> tuple[Path, Path, list[list[int]]]:
     from causalrec.data.simulate import simulate
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["simulate"].update(n_users=args.users, n_items=args.items, n_interactions=args.interactions)
+    raw["simulate"].update(n_users=args.users, n_items=args.items, n_interactions=args.interactions,
+                           **LOOP_WORLDS[args.world])
     params = Params.model_validate(raw)
     src, truth = workdir / "world" / "data", workdir / "world" / "truth"
     simulate(params.simulation_config(), src, truth, progress=False)
@@ -395,6 +396,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--interactions", type=int, default=100000)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--world", choices=list(LOOP_WORLDS), default="default",
+                    help="the world's shape (closed_loop.LOOP_WORLDS: simulate overrides)")
     ap.add_argument("--bad-candidate-round", type=int, default=3, help="fixed/bandit: a reversed candidate is gated at "
                     "the end of the round before (fixed) or serves as the challenger in this round (bandit)")
     ap.add_argument("--trajectories", default="offline,online,thompson")
@@ -402,6 +405,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--only", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--name", default="closed_loop_online", help="the result file's name (results/NAME.json)")
     args = ap.parse_args(argv)
     names = args.trajectories.split(",")
     if set(names) - set(TRAJECTORIES):
@@ -426,11 +430,12 @@ def main(argv=None) -> dict:
                             "trajectories": {n: TRAJECTORIES[n] for n in names}, "rounds": args.rounds,
                             "new_users_per_round": args.new_users, "slates_per_new_user": SLATES_PER_NEW_USER,
                             "returning_requests_per_round": args.requests, "k": args.k,
-                            "world": {"users": args.users, "items": args.items, "interactions": args.interactions},
+                            "world": {"users": args.users, "items": args.items, "interactions": args.interactions,
+                                      "shape": args.world, **LOOP_WORLDS[args.world]},
                             "seed": args.seed},
                **summarise(runs), "per_round": {n: run["rounds"] for n, run in runs.items()},
                "seconds": {n: run["seconds"] for n, run in runs.items()}}
-    write_result("closed_loop_online", figures, Path(args.out) if args.out else RESULTS)
+    write_result(args.name, figures, Path(args.out) if args.out else RESULTS)
     return figures
 
 
