@@ -191,7 +191,7 @@ class RecommenderCore:
             online = self._online_users(user_id, shown_to)
             rank = self._ranking(user_id, online.get(self.config["rank_by"]))
             n = rank.shape[-1]
-            drop = [p for p in (self._pos.get(item) for item in exclude or []) if p is not None]
+            drop = self._excluded(exclude)
             if drop:
                 candidates = np.delete(np.arange(n), drop)
                 slate = self.policy.select(rank[..., candidates], min(k, len(candidates)), self._rng,
@@ -224,13 +224,8 @@ class RecommenderCore:
         """m unshown candidates drawn uniformly (without replacement) and each one's exact probability of
         having been shown in this slate; the share of the eligible unshown candidates drawn. Eligible: the
         policy could have shown it (probability > 0); a greedy policy has none, so it names no controls."""
-        keep = np.ones(rank.shape[-1], bool)
-        keep[drop] = False
-        candidates = np.flatnonzero(keep)
-        pi = np.zeros(rank.shape[-1])
-        pi[candidates] = self._inclusion(rank[..., candidates], len(chosen),
-                                         None if self.embeddings is None else self.embeddings[candidates])
-        eligible = np.setdiff1d(candidates[pi[candidates] > 0], chosen)
+        pi = self._inclusion_over(rank, len(chosen), drop)
+        eligible = np.setdiff1d(np.flatnonzero(pi > 0), chosen)  # the excluded have probability 0
         if not len(eligible):
             return [], 1.0
         picked = self._rng.choice(eligible, size=min(m, len(eligible)), replace=False)
@@ -272,7 +267,15 @@ class RecommenderCore:
         with self._lock:
             users = self._online_users(user_id, alias) if online else {}
             scores = self._ranking(user_id, users.get(self.config["rank_by"]))
-        drop = [p for p in (self._pos.get(item) for item in exclude or []) if p is not None]
+        return self._inclusion_over(scores, k, self._excluded(exclude))
+
+    def _excluded(self, exclude: list[str] | None) -> list[int]:
+        """Catalogue positions of the excluded items this service knows."""
+        return [p for p in (self._pos.get(item) for item in exclude or []) if p is not None]
+
+    def _inclusion_over(self, scores: np.ndarray, k: int, drop: list[int]) -> np.ndarray:
+        """(catalogue,) the policy's exact inclusion probabilities with the positions `drop` excluded
+        (probability 0; the slate drawn from the rest)."""
         if not drop:
             return self._inclusion(scores, k, self.embeddings)
         keep = np.delete(np.arange(scores.shape[-1]), drop)
