@@ -48,7 +48,7 @@ class ServingMixture:
     def __init__(self, cores: list, bandit: TrafficBandit | None = None, seed: int | None = None, floor: float = 0.2,
                  feedback_log=None, batch: int = 250):
         """cores: RecommenderCore per policy (the champion first), each with its own model version.
-        feedback_log: where the rewards are read from (None: `observe` them)."""
+        feedback_log: where the rewards are read from (None: the caller feeds `bandit` itself)."""
         versions = [c.version for c in cores]
         self.cores = cores
         self.bandit = bandit or TrafficBandit(versions, floor=floor, seed=seed or 0)
@@ -90,14 +90,6 @@ class ServingMixture:
             else:
                 out["controls"], out["control_rate"] = [], 1.0
         return out
-
-    def observe(self, model_version: str, value: float, shown: bool = True) -> None:
-        """One event's reward (TrafficBandit.observe), credited to the policy that drew its slate."""
-        self.bandit.observe(self.bandit.arms.index(model_version), value, shown)
-
-    def update(self) -> dict[str, float]:
-        """New shares between batches (policy.traffic)."""
-        return dict(zip(self.bandit.arms, self.bandit.update().tolist()))
 
 
 def with_challenger(champion, registry_path, bundle_of, feedback_log, seed: int | None = None) -> "ServingMixture | None":
